@@ -1,0 +1,1 @@
+//! The replicated log: openraft over sled, carrying `state` commands between the managers.

@@ -1,0 +1,1 @@
+//! The CSI driver: Identity, Controller and Node services over a unix socket (not built yet).

@@ -1,0 +1,102 @@
+//! The command line: one clap tree for every daemon and client subcommand.
+//! Subcommands that are not built yet say so and exit non-zero; none of them panics.
+
+mod engine;
+mod manager;
+mod replica;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Shorthorn: replicated block storage for Kubernetes on one Raft-replicated event log.
+#[derive(Debug, Parser)]
+#[command(name = "shorthorn", version, propagate_version = true)]
+pub struct Cli {
+    /// How log lines are written to stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SHORTHORN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a local 3-node cluster on loopback, no Kubernetes needed [not built yet].
+    #[command(subcommand)]
+    Dev(DevCommand),
+    /// Run a manager: a member of the Raft group (REST API and node agent come later).
+    Manager(manager::ManagerArgs),
+    /// Serve one replica of a volume from a directory.
+    #[command(subcommand)]
+    Replica(replica::ReplicaCommand),
+    /// Serve one attached volume: the engine that fans writes out to the replicas.
+    #[command(subcommand)]
+    Engine(engine::EngineCommand),
+    /// Create, list, attach, detach, expand and delete volumes [not built yet].
+    Volume(NotBuilt),
+    /// Create, list, delete and revert snapshots of a volume [not built yet].
+    Snapshot(NotBuilt),
+    /// Back up snapshots to S3 or NFS and restore them [not built yet].
+    Backup(NotBuilt),
+    /// List nodes with their disks and usage [not built yet].
+    Node(NotBuilt),
+    /// Read and change cluster settings [not built yet].
+    Setting(NotBuilt),
+    /// Follow the cluster's event stream [not built yet].
+    Watch(NotBuilt),
+    /// Run the CSI driver (controller and node services) [not built yet].
+    Csi(NotBuilt),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Start 3 managers on 127.0.0.1 with their own data and disk directories [not built yet].
+    Up(NotBuilt),
+    /// Stop the local cluster started by `dev up` [not built yet].
+    Down(NotBuilt),
+}
+
+/// Arguments of a subcommand that is not built yet: everything is accepted and ignored.
+#[derive(Debug, clap::Args)]
+pub struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHORTHORN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Manager(args) => manager::run(args),
+        Command::Replica(cmd) => replica::run(cmd),
+        Command::Engine(cmd) => engine::run(cmd),
+        Command::Dev(DevCommand::Up(_)) => not_built("dev up"),
+        Command::Dev(DevCommand::Down(_)) => not_built("dev down"),
+        Command::Volume(_) => not_built("volume"),
+        Command::Snapshot(_) => not_built("snapshot"),
+        Command::Backup(_) => not_built("backup"),
+        Command::Node(_) => not_built("node"),
+        Command::Setting(_) => not_built("setting"),
+        Command::Watch(_) => not_built("watch"),
+        Command::Csi(_) => not_built("csi"),
+    }
+}
+
+fn not_built(what: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`shorthorn {what}` is not built yet in this version")
+}

@@ -1,0 +1,1 @@
+//! The Shorthorn domain (not written yet).
