@@ -1,1 +1,44 @@
-//! The Shorthorn domain (not written yet).
+//! The Shorthorn domain: nodes, disks, volumes, replicas, snapshots and settings, the
+//! commands that change them, the events those commands produce, and the replica scheduler.
+//!
+//! This crate is pure. It never does I/O, never reads a clock and never draws a random
+//! number: time and the proposer come in on each [`Command`], so the same log of commands
+//! gives the same [`State`] and the same [`Event`]s on every manager, forever.
+//!
+//! The two functions that matter are [`decide`] (may a command happen, and what events
+//! follow) and [`evolve`] (apply one event). [`apply`] chains them.
+
+mod codec;
+mod command;
+mod decide;
+mod event;
+mod evolve;
+mod model;
+mod name;
+mod rejection;
+mod scheduler;
+mod setting;
+
+pub use codec::{DecodeError, FORMAT_VERSION};
+pub use command::{Command, DiskSpec, NodeSpec, Request, VolumeSpec};
+pub use decide::decide;
+pub use event::Event;
+pub use evolve::evolve;
+pub use model::{
+    Attachment, Bytes, DataLocality, Disk, Epoch, Node, Replica, ReplicaMode, Robustness, Snapshot,
+    State, Timestamp, Volume, VolumeState,
+};
+pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
+pub use rejection::{Rejection, RejectionKind};
+pub use scheduler::Placement;
+pub use setting::{SETTING_KEYS, Settings};
+
+/// Decide `command` against `state` and, when it is accepted, evolve `state` with every
+/// event it produced. Returns the events, or the rejection (and then `state` is untouched).
+pub fn apply(state: &mut State, command: &Command) -> Result<Vec<Event>, Rejection> {
+    let events = decide(state, command)?;
+    for event in &events {
+        evolve(state, event);
+    }
+    Ok(events)
+}

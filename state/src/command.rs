@@ -1,0 +1,206 @@
+//! Commands: what proposers ask of the cluster. A command is stamped by its proposer with
+//! the time and its own name; [`crate::decide`] turns it into events or a rejection.
+//!
+//! The enums are serde-tagged (`"type"`) and new fields get `#[serde(default)]`, so a later
+//! version still reads an old log.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Bytes, DataLocality, Epoch, Timestamp};
+
+/// A request with the time and the proposer that stamped it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub at: Timestamp,
+    pub proposer: String,
+    pub request: Request,
+}
+
+impl Command {
+    pub fn new(at: Timestamp, proposer: impl Into<String>, request: Request) -> Self {
+        Self {
+            at,
+            proposer: proposer.into(),
+            request,
+        }
+    }
+}
+
+/// Everything a proposer can ask for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Request {
+    RegisterNode(NodeSpec),
+    #[serde(rename_all = "camelCase")]
+    UpdateNode {
+        id: String,
+        #[serde(default)]
+        address: Option<String>,
+        #[serde(default)]
+        zone: Option<String>,
+        #[serde(default)]
+        labels: Option<BTreeMap<String, String>>,
+        #[serde(default)]
+        tags: Option<BTreeSet<String>>,
+    },
+    SetNodeSchedulable {
+        id: String,
+        schedulable: bool,
+    },
+    /// Removes a node that holds no replica and no attachment.
+    RemoveNode {
+        id: String,
+    },
+    AddDisk {
+        node: String,
+        disk: DiskSpec,
+    },
+    UpdateDisk {
+        node: String,
+        disk: String,
+        #[serde(default)]
+        capacity: Option<Bytes>,
+        #[serde(default)]
+        reserved: Option<Bytes>,
+        #[serde(default)]
+        available: Option<Bytes>,
+        #[serde(default)]
+        tags: Option<BTreeSet<String>>,
+    },
+    SetDiskSchedulable {
+        node: String,
+        disk: String,
+        schedulable: bool,
+    },
+    /// Removes a disk that holds no replica.
+    RemoveDisk {
+        node: String,
+        disk: String,
+    },
+    CreateVolume(VolumeSpec),
+    #[serde(rename_all = "camelCase")]
+    UpdateVolume {
+        name: String,
+        #[serde(default)]
+        number_of_replicas: Option<u8>,
+        #[serde(default)]
+        data_locality: Option<DataLocality>,
+    },
+    ExpandVolume {
+        name: String,
+        size: Bytes,
+    },
+    DeleteVolume {
+        name: String,
+    },
+    /// Attaches a volume on a node under a new epoch.
+    AttachVolume {
+        name: String,
+        node: String,
+    },
+    /// The node agent started the engine of `epoch`; it serves at `endpoint`.
+    ReportEngineStarted {
+        name: String,
+        epoch: Epoch,
+        endpoint: String,
+    },
+    DetachVolume {
+        name: String,
+    },
+    /// The engine of `epoch` is gone (stopped on detach, or exited).
+    ReportEngineStopped {
+        name: String,
+        epoch: Epoch,
+    },
+    ReportReplicaFailed {
+        id: String,
+        reason: String,
+    },
+    /// A new or returning replica is being rebuilt (it takes writes, serves no reads).
+    ReportReplicaRebuilding {
+        id: String,
+    },
+    /// A write-only replica finished its rebuild and serves reads.
+    ReportReplicaRebuilt {
+        id: String,
+    },
+    /// A failed replica of a detached volume was checked and holds the newest data
+    /// (salvage): it becomes read-write without a rebuild.
+    ReportReplicaHealthy {
+        id: String,
+    },
+    /// Removes one replica (its node agent deletes its directory); a volume that is not
+    /// being deleted gets a replacement scheduled.
+    RemoveReplica {
+        id: String,
+    },
+    /// Replaces every failed replica whose stale timeout has passed at the command's time.
+    ReplaceStaleReplicas,
+    SetSetting {
+        key: String,
+        value: String,
+    },
+    CreateSnapshot {
+        volume: String,
+        name: String,
+    },
+    DeleteSnapshot {
+        volume: String,
+        name: String,
+    },
+}
+
+/// A node as its agent registers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    pub id: String,
+    pub address: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+}
+
+/// A disk as its node agent registers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskSpec {
+    pub id: String,
+    pub path: String,
+    pub capacity: Bytes,
+    #[serde(default)]
+    pub reserved: Bytes,
+    /// Free bytes now; the capacity when not given.
+    #[serde(default)]
+    pub available: Option<Bytes>,
+    #[serde(default)]
+    pub tags: BTreeSet<String>,
+}
+
+/// A volume as a user asks for it; `None` fields take the cluster's default settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    pub name: String,
+    pub size: Bytes,
+    #[serde(default)]
+    pub number_of_replicas: Option<u8>,
+    #[serde(default)]
+    pub data_locality: Option<DataLocality>,
+    #[serde(default)]
+    pub node_selector: BTreeSet<String>,
+    #[serde(default)]
+    pub disk_selector: BTreeSet<String>,
+    /// Minutes a failed replica is kept before it is replaced.
+    #[serde(default)]
+    pub stale_replica_timeout: Option<u64>,
+    #[serde(default)]
+    pub standby: bool,
+}

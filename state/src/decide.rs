@@ -1,0 +1,768 @@
+//! `decide`: whether a command may happen against the current state, and which events
+//! follow. Validation, preconditions and the scheduler's placements all happen here; the
+//! state is only read.
+
+use std::collections::BTreeSet;
+
+use crate::evolve::scheduling_condition;
+use crate::name::{check_label, check_replica_count, check_subdomain, check_volume_size};
+use crate::scheduler::{Demand, Placement, Scheduler, human_bytes};
+use crate::{
+    Command, DataLocality, Disk, DiskSpec, Epoch, Event, Node, NodeSpec, Rejection, Replica,
+    ReplicaMode, Request, Robustness, Settings, Snapshot, State, Timestamp, Volume, VolumeSpec,
+    VolumeState, evolve,
+};
+
+/// Decides `command` against `state`: the events it produces, or why it is refused.
+/// Pure and deterministic: the same state and command always give the same answer.
+pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection> {
+    let at = command.at;
+    match &command.request {
+        Request::RegisterNode(spec) => register_node(state, spec, at),
+        Request::UpdateNode {
+            id,
+            address,
+            zone,
+            labels,
+            tags,
+        } => {
+            let node = state.node(id)?;
+            let event = Event::NodeUpdated {
+                id: id.clone(),
+                address: address.clone().unwrap_or_else(|| node.address.clone()),
+                zone: zone.clone().unwrap_or_else(|| node.zone.clone()),
+                labels: labels.clone().unwrap_or_else(|| node.labels.clone()),
+                tags: tags.clone().unwrap_or_else(|| node.tags.clone()),
+            };
+            with_retry(state, vec![event], at)
+        }
+        Request::SetNodeSchedulable { id, schedulable } => {
+            state.node(id)?;
+            let event = Event::NodeSchedulingChanged {
+                id: id.clone(),
+                schedulable: *schedulable,
+            };
+            with_retry(state, vec![event], at)
+        }
+        Request::RemoveNode { id } => remove_node(state, id),
+        Request::AddDisk { node, disk } => {
+            let existing = state.node(node)?;
+            if existing.disks.contains_key(&disk.id) {
+                return Err(Rejection::already_exists(
+                    "disk",
+                    &format!("{node}/{}", disk.id),
+                ));
+            }
+            let disk = new_disk(disk)?;
+            with_retry(
+                state,
+                vec![Event::DiskAdded {
+                    node: node.clone(),
+                    disk,
+                }],
+                at,
+            )
+        }
+        Request::UpdateDisk {
+            node,
+            disk,
+            capacity,
+            reserved,
+            available,
+            tags,
+        } => {
+            let current = state.disk(node, disk)?;
+            let capacity = capacity.unwrap_or(current.capacity);
+            let reserved = reserved.unwrap_or(current.reserved);
+            let available = available.unwrap_or(current.available);
+            check_disk_sizes(&format!("{node}/{disk}"), capacity, reserved, available)?;
+            let event = Event::DiskUpdated {
+                node: node.clone(),
+                disk: disk.clone(),
+                capacity,
+                reserved,
+                available,
+                tags: tags.clone().unwrap_or_else(|| current.tags.clone()),
+            };
+            with_retry(state, vec![event], at)
+        }
+        Request::SetDiskSchedulable {
+            node,
+            disk,
+            schedulable,
+        } => {
+            state.disk(node, disk)?;
+            let event = Event::DiskSchedulingChanged {
+                node: node.clone(),
+                disk: disk.clone(),
+                schedulable: *schedulable,
+            };
+            with_retry(state, vec![event], at)
+        }
+        Request::RemoveDisk { node, disk } => {
+            let current = state.disk(node, disk)?;
+            if current.replica_count > 0 {
+                return Err(Rejection::precondition(format!(
+                    "disk \"{node}/{disk}\" still holds {} replica{}; remove or move them first",
+                    current.replica_count,
+                    if current.replica_count == 1 { "" } else { "s" }
+                )));
+            }
+            Ok(vec![Event::DiskRemoved {
+                node: node.clone(),
+                disk: disk.clone(),
+            }])
+        }
+        Request::CreateVolume(spec) => create_volume(state, spec, at),
+        Request::UpdateVolume {
+            name,
+            number_of_replicas,
+            data_locality,
+        } => update_volume(state, name, *number_of_replicas, *data_locality, at),
+        Request::ExpandVolume { name, size } => expand_volume(state, name, *size),
+        Request::DeleteVolume { name } => delete_volume(state, name),
+        Request::AttachVolume { name, node } => attach_volume(state, name, node),
+        Request::ReportEngineStarted {
+            name,
+            epoch,
+            endpoint,
+        } => {
+            let volume = live_volume(state, name)?;
+            check_epoch(volume, *epoch)?;
+            match volume.state {
+                VolumeState::Attaching => Ok(vec![Event::VolumeAttached {
+                    name: name.clone(),
+                    epoch: *epoch,
+                    endpoint: endpoint.clone(),
+                }]),
+                VolumeState::Attached => Ok(vec![]),
+                other => Err(Rejection::conflict(format!(
+                    "volume \"{name}\" is {other:?}, not attaching; the engine of epoch {} should stop",
+                    epoch.0
+                ))),
+            }
+        }
+        Request::DetachVolume { name } => {
+            let volume = live_volume(state, name)?;
+            match volume.state {
+                VolumeState::Attaching | VolumeState::Attached => {
+                    Ok(vec![Event::VolumeDetaching { name: name.clone() }])
+                }
+                _ => Ok(vec![]),
+            }
+        }
+        Request::ReportEngineStopped { name, epoch } => {
+            let volume = state.volume(name)?;
+            check_epoch(volume, *epoch)?;
+            match volume.state {
+                VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+                    Ok(vec![Event::VolumeDetached { name: name.clone() }])
+                }
+                _ => Ok(vec![]),
+            }
+        }
+        Request::ReportReplicaFailed { id, reason } => {
+            let replica = state.replica(id)?;
+            if replica.mode == ReplicaMode::Error {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::ReplicaFailed {
+                id: id.clone(),
+                reason: reason.clone(),
+                at,
+            }])
+        }
+        Request::ReportReplicaRebuilding { id } => {
+            let replica = state.replica(id)?;
+            match replica.mode {
+                ReplicaMode::WriteOnly => Ok(vec![]),
+                ReplicaMode::ReadWrite => Err(Rejection::conflict(format!(
+                    "replica \"{id}\" is read-write; only a new or failed replica is rebuilt"
+                ))),
+                ReplicaMode::Error => Ok(vec![Event::ReplicaRebuilding { id: id.clone() }]),
+            }
+        }
+        Request::ReportReplicaRebuilt { id } => {
+            let replica = state.replica(id)?;
+            match replica.mode {
+                ReplicaMode::WriteOnly => Ok(vec![Event::ReplicaHealthy { id: id.clone() }]),
+                ReplicaMode::ReadWrite => Ok(vec![]),
+                ReplicaMode::Error => Err(Rejection::conflict(format!(
+                    "replica \"{id}\" failed; it must be rebuilt again before it serves reads"
+                ))),
+            }
+        }
+        Request::ReportReplicaHealthy { id } => {
+            let replica = state.replica(id)?;
+            let volume = state.volume(&replica.volume)?;
+            if replica.mode == ReplicaMode::ReadWrite {
+                return Ok(vec![]);
+            }
+            if volume.state != VolumeState::Detached {
+                return Err(Rejection::precondition(format!(
+                    "replica \"{id}\" can only be declared healthy without a rebuild while volume \
+                     \"{}\" is detached",
+                    volume.name
+                )));
+            }
+            Ok(vec![Event::ReplicaHealthy { id: id.clone() }])
+        }
+        Request::RemoveReplica { id } => remove_replica(state, id, at),
+        Request::ReplaceStaleReplicas => replace_stale_replicas(state, at),
+        Request::SetSetting { key, value } => {
+            let (key, value) = Settings::validate(key, value)?;
+            if state.settings.get(key).as_deref() == Some(value.as_str()) {
+                return Ok(vec![]);
+            }
+            with_retry(
+                state,
+                vec![Event::SettingChanged {
+                    key: key.to_string(),
+                    value,
+                }],
+                at,
+            )
+        }
+        Request::CreateSnapshot { volume, name } => {
+            check_label("snapshot", name)?;
+            let current = live_volume(state, volume)?;
+            if current.snapshots.contains_key(name) {
+                return Err(Rejection::already_exists(
+                    "snapshot",
+                    &format!("{volume}/{name}"),
+                ));
+            }
+            let max = state.settings.snapshot_max_count;
+            if current.snapshots.len() as u64 >= max {
+                return Err(Rejection::precondition(format!(
+                    "volume \"{volume}\" already has {max} snapshots (snapshotMaxCount); delete some first"
+                )));
+            }
+            Ok(vec![Event::SnapshotCreated {
+                snapshot: Snapshot {
+                    name: name.clone(),
+                    volume: volume.clone(),
+                    created_at: at,
+                    size: current.size,
+                },
+            }])
+        }
+        Request::DeleteSnapshot { volume, name } => {
+            let current = state.volume(volume)?;
+            if !current.snapshots.contains_key(name) {
+                return Err(Rejection::not_found(
+                    "snapshot",
+                    &format!("{volume}/{name}"),
+                ));
+            }
+            Ok(vec![Event::SnapshotDeleted {
+                volume: volume.clone(),
+                name: name.clone(),
+            }])
+        }
+    }
+}
+
+fn register_node(state: &State, spec: &NodeSpec, at: Timestamp) -> Result<Vec<Event>, Rejection> {
+    check_subdomain("node", &spec.id)?;
+    if state.nodes.contains_key(&spec.id) {
+        return Err(Rejection::already_exists("node", &spec.id));
+    }
+    if spec.address.is_empty() {
+        return Err(Rejection::invalid(format!(
+            "node \"{}\" needs an address",
+            spec.id
+        )));
+    }
+    let mut disks = std::collections::BTreeMap::new();
+    for disk in &spec.disks {
+        if disks.insert(disk.id.clone(), new_disk(disk)?).is_some() {
+            return Err(Rejection::invalid(format!(
+                "node \"{}\" lists disk \"{}\" twice",
+                spec.id, disk.id
+            )));
+        }
+    }
+    let node = Node {
+        id: spec.id.clone(),
+        address: spec.address.clone(),
+        zone: spec.zone.clone(),
+        labels: spec.labels.clone(),
+        tags: spec.tags.clone(),
+        schedulable: true,
+        disks,
+    };
+    with_retry(state, vec![Event::NodeRegistered { node }], at)
+}
+
+fn new_disk(spec: &DiskSpec) -> Result<Disk, Rejection> {
+    check_label("disk", &spec.id)?;
+    if spec.path.is_empty() {
+        return Err(Rejection::invalid(format!(
+            "disk \"{}\" needs a path",
+            spec.id
+        )));
+    }
+    let available = spec.available.unwrap_or(spec.capacity);
+    check_disk_sizes(&spec.id, spec.capacity, spec.reserved, available)?;
+    Ok(Disk {
+        id: spec.id.clone(),
+        path: spec.path.clone(),
+        capacity: spec.capacity,
+        reserved: spec.reserved,
+        available,
+        tags: spec.tags.clone(),
+        schedulable: true,
+        scheduled: 0,
+        replica_count: 0,
+    })
+}
+
+fn check_disk_sizes(
+    disk: &str,
+    capacity: u64,
+    reserved: u64,
+    available: u64,
+) -> Result<(), Rejection> {
+    if capacity == 0 {
+        return Err(Rejection::invalid(format!(
+            "disk \"{disk}\" capacity must be positive"
+        )));
+    }
+    if reserved > capacity {
+        return Err(Rejection::invalid(format!(
+            "disk \"{disk}\" reserves {reserved} bytes, more than its capacity of {capacity} bytes"
+        )));
+    }
+    if available > capacity {
+        return Err(Rejection::invalid(format!(
+            "disk \"{disk}\" reports {available} bytes available, more than its capacity of {capacity} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn remove_node(state: &State, id: &str) -> Result<Vec<Event>, Rejection> {
+    let node = state.node(id)?;
+    let replicas: u32 = node.disks.values().map(|d| d.replica_count).sum();
+    if replicas > 0 {
+        return Err(Rejection::precondition(format!(
+            "node \"{id}\" still holds {replicas} replica{}; remove them or let them be replaced first",
+            if replicas == 1 { "" } else { "s" }
+        )));
+    }
+    if let Some(volume) = state
+        .volumes
+        .values()
+        .find(|v| v.attachment.as_ref().is_some_and(|a| a.node == id))
+    {
+        return Err(Rejection::precondition(format!(
+            "node \"{id}\" has volume \"{}\" attached; detach it first",
+            volume.name
+        )));
+    }
+    Ok(vec![Event::NodeRemoved { id: id.to_string() }])
+}
+
+fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<Event>, Rejection> {
+    check_label("volume", &spec.name)?;
+    check_volume_size(spec.size)?;
+    let replicas = match spec.number_of_replicas {
+        Some(count) => count,
+        None => u8::try_from(state.settings.default_replica_count).unwrap_or(3),
+    };
+    check_replica_count(replicas)?;
+    if state.volumes.contains_key(&spec.name) {
+        return Err(Rejection::already_exists("volume", &spec.name));
+    }
+    let stale_minutes = spec
+        .stale_replica_timeout
+        .unwrap_or(state.settings.stale_replica_timeout);
+    let volume = Volume {
+        name: spec.name.clone(),
+        size: spec.size,
+        number_of_replicas: replicas,
+        data_locality: spec
+            .data_locality
+            .unwrap_or(state.settings.default_data_locality),
+        node_selector: spec.node_selector.clone(),
+        disk_selector: spec.disk_selector.clone(),
+        stale_replica_timeout_secs: stale_minutes.saturating_mul(60),
+        standby: spec.standby,
+        state: VolumeState::Creating,
+        robustness: Robustness::Faulted,
+        epoch: Epoch(0),
+        attachment: None,
+        replicas: BTreeSet::new(),
+        snapshots: Default::default(),
+        condition: None,
+        created_at: at,
+    };
+    let mut events = vec![Event::VolumeCreated {
+        volume: volume.clone(),
+    }];
+    let mut scheduler = Scheduler::new(state);
+    let mut next = state.next_replica;
+    schedule_missing(&volume, &[], &mut scheduler, &mut next, at, &mut events);
+    events.push(Event::VolumeDetached {
+        name: spec.name.clone(),
+    });
+    Ok(events)
+}
+
+fn update_volume(
+    state: &State,
+    name: &str,
+    replicas: Option<u8>,
+    locality: Option<DataLocality>,
+    at: Timestamp,
+) -> Result<Vec<Event>, Rejection> {
+    let volume = live_volume(state, name)?;
+    let wanted = replicas.unwrap_or(volume.number_of_replicas);
+    check_replica_count(wanted)?;
+    let mut events = vec![Event::VolumeUpdated {
+        name: name.to_string(),
+        number_of_replicas: wanted,
+        data_locality: locality.unwrap_or(volume.data_locality),
+    }];
+    let have = volume.replicas.len();
+    let wanted_len = usize::from(wanted);
+    if have > wanted_len {
+        // Drop the least useful first: failed, then rebuilding, then the most loaded disks.
+        let mut ranked: Vec<&Replica> = state.replicas_of(volume).collect();
+        ranked.sort_by_key(|r| {
+            let load = state
+                .disk(&r.node, &r.disk)
+                .map(|d| d.scheduled)
+                .unwrap_or(0);
+            (
+                std::cmp::Reverse(r.mode),
+                std::cmp::Reverse(load),
+                r.id.clone(),
+            )
+        });
+        for replica in ranked.into_iter().take(have - wanted_len) {
+            events.push(Event::ReplicaRemoved {
+                id: replica.id.clone(),
+            });
+        }
+    } else if have < wanted_len {
+        let mut updated = volume.clone();
+        updated.number_of_replicas = wanted;
+        let existing = placements_of(state, volume, &[]);
+        let mut scheduler = Scheduler::new(state);
+        let mut next = state.next_replica;
+        schedule_missing(
+            &updated,
+            &existing,
+            &mut scheduler,
+            &mut next,
+            at,
+            &mut events,
+        );
+    }
+    Ok(events)
+}
+
+fn expand_volume(state: &State, name: &str, size: u64) -> Result<Vec<Event>, Rejection> {
+    let volume = live_volume(state, name)?;
+    check_volume_size(size)?;
+    if size < volume.size {
+        return Err(Rejection::invalid(format!(
+            "volume \"{name}\" cannot shrink from {} to {}",
+            human_bytes(volume.size),
+            human_bytes(size)
+        )));
+    }
+    if size == volume.size {
+        return Ok(vec![]);
+    }
+    let grown = size - volume.size;
+    for replica in state.replicas_of(volume) {
+        let disk = state.disk(&replica.node, &replica.disk)?;
+        if disk.scheduled + grown > disk.schedulable_limit(&state.settings) {
+            return Err(Rejection::precondition(format!(
+                "disk \"{}/{}\" of replica \"{}\" has no room for {} more",
+                replica.node,
+                replica.disk,
+                replica.id,
+                human_bytes(grown)
+            )));
+        }
+    }
+    Ok(vec![Event::VolumeExpanded {
+        name: name.to_string(),
+        size,
+    }])
+}
+
+fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
+    let volume = state.volume(name)?;
+    match volume.state {
+        VolumeState::Deleting => return Ok(vec![]),
+        VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+            let node = volume.attachment.as_ref().map_or("", |a| a.node.as_str());
+            return Err(Rejection::precondition(format!(
+                "volume \"{name}\" is attached to node \"{node}\"; detach it first"
+            )));
+        }
+        VolumeState::Creating | VolumeState::Detached => {}
+    }
+    let mut events = vec![Event::VolumeDeleting {
+        name: name.to_string(),
+    }];
+    if volume.replicas.is_empty() {
+        events.push(Event::VolumeDeleted {
+            name: name.to_string(),
+        });
+    }
+    Ok(events)
+}
+
+fn attach_volume(state: &State, name: &str, node: &str) -> Result<Vec<Event>, Rejection> {
+    let volume = live_volume(state, name)?;
+    let target = state.node(node)?;
+    if let Some(attachment) = &volume.attachment {
+        if attachment.node == node && volume.state != VolumeState::Detaching {
+            return Ok(vec![]);
+        }
+        return Err(Rejection::conflict(format!(
+            "volume \"{name}\" is attached to node \"{}\"; detach it first",
+            attachment.node
+        )));
+    }
+    if volume.standby {
+        return Err(Rejection::precondition(format!(
+            "volume \"{name}\" is a disaster-recovery standby; activate it before attaching"
+        )));
+    }
+    if !target.schedulable {
+        return Err(Rejection::precondition(format!(
+            "node \"{node}\" is not schedulable; volumes cannot be attached there"
+        )));
+    }
+    if volume.robustness == Robustness::Faulted {
+        return Err(Rejection::precondition(format!(
+            "volume \"{name}\" has no healthy replica; it cannot be attached until one is salvaged or rebuilt"
+        )));
+    }
+    Ok(vec![Event::VolumeAttaching {
+        name: name.to_string(),
+        node: node.to_string(),
+        epoch: Epoch(volume.epoch.0 + 1),
+    }])
+}
+
+fn remove_replica(state: &State, id: &str, at: Timestamp) -> Result<Vec<Event>, Rejection> {
+    let replica = state.replica(id)?;
+    let volume = state.volume(&replica.volume)?;
+    let mut events = vec![Event::ReplicaRemoved { id: id.to_string() }];
+    if volume.state == VolumeState::Deleting {
+        if volume.replicas.len() == 1 {
+            events.push(Event::VolumeDeleted {
+                name: volume.name.clone(),
+            });
+        }
+        return Ok(events);
+    }
+    let is_last_healthy = replica.mode == ReplicaMode::ReadWrite
+        && state
+            .replicas_of(volume)
+            .filter(|r| r.mode == ReplicaMode::ReadWrite)
+            .count()
+            == 1;
+    if is_last_healthy && volume.number_of_replicas > 0 {
+        return Err(Rejection::precondition(format!(
+            "replica \"{id}\" is the last healthy replica of volume \"{}\"; removing it would lose the data",
+            volume.name
+        )));
+    }
+    let mut scheduler = Scheduler::new(state);
+    scheduler.release(&replica.node, &replica.disk, volume.size);
+    let existing = placements_of(state, volume, &[id]);
+    let mut next = state.next_replica;
+    schedule_missing(
+        volume,
+        &existing,
+        &mut scheduler,
+        &mut next,
+        at,
+        &mut events,
+    );
+    Ok(events)
+}
+
+fn replace_stale_replicas(state: &State, at: Timestamp) -> Result<Vec<Event>, Rejection> {
+    let mut events = Vec::new();
+    let mut scheduler = Scheduler::new(state);
+    let mut next = state.next_replica;
+    for volume in state.volumes.values() {
+        if volume.state == VolumeState::Deleting {
+            continue;
+        }
+        let stale: Vec<&Replica> = state
+            .replicas_of(volume)
+            .filter(|r| {
+                r.mode == ReplicaMode::Error
+                    && r.failed_at
+                        .is_some_and(|t| t.plus_seconds(volume.stale_replica_timeout_secs) <= at)
+            })
+            .collect();
+        if stale.is_empty() {
+            continue;
+        }
+        let gone: Vec<&str> = stale.iter().map(|r| r.id.as_str()).collect();
+        for replica in &stale {
+            scheduler.release(&replica.node, &replica.disk, volume.size);
+            events.push(Event::ReplicaRemoved {
+                id: replica.id.clone(),
+            });
+        }
+        let existing = placements_of(state, volume, &gone);
+        schedule_missing(
+            volume,
+            &existing,
+            &mut scheduler,
+            &mut next,
+            at,
+            &mut events,
+        );
+    }
+    Ok(events)
+}
+
+/// Appends `change` (events about nodes, disks or settings), then retries the placement of
+/// every volume short of replicas on the state as it will be after the change.
+fn with_retry(state: &State, change: Vec<Event>, at: Timestamp) -> Result<Vec<Event>, Rejection> {
+    if state.unscheduled.is_empty() {
+        return Ok(change);
+    }
+    // Only nodes and settings matter to the scheduler; the rest stays in `state`.
+    let mut after = State {
+        nodes: state.nodes.clone(),
+        settings: state.settings.clone(),
+        ..State::default()
+    };
+    for event in &change {
+        evolve(&mut after, event);
+    }
+    let view = State {
+        volumes: Default::default(),
+        replicas: Default::default(),
+        ..after
+    };
+    let mut events = change;
+    let mut scheduler = Scheduler::new(&view);
+    let mut next = state.next_replica;
+    for name in &state.unscheduled {
+        if let Some(volume) = state.volumes.get(name) {
+            let existing = placements_of(state, volume, &[]);
+            schedule_missing(
+                volume,
+                &existing,
+                &mut scheduler,
+                &mut next,
+                at,
+                &mut events,
+            );
+        }
+    }
+    Ok(events)
+}
+
+/// Schedules the replicas `volume` lacks beyond `existing`, appending `ReplicaScheduled`
+/// events, and a `SchedulingFailed` when some cannot be placed and the reason is new.
+fn schedule_missing(
+    volume: &Volume,
+    existing: &[Placement],
+    scheduler: &mut Scheduler<'_>,
+    next: &mut u64,
+    at: Timestamp,
+    events: &mut Vec<Event>,
+) {
+    let wanted = usize::from(volume.number_of_replicas);
+    if existing.len() >= wanted {
+        return;
+    }
+    let local_node = match (volume.data_locality, &volume.attachment) {
+        (DataLocality::BestEffort, Some(a)) if !existing.iter().any(|p| p.node == a.node) => {
+            Some(a.node.as_str())
+        }
+        _ => None,
+    };
+    let demand = Demand {
+        size: volume.size,
+        node_selector: &volume.node_selector,
+        disk_selector: &volume.disk_selector,
+        local_node,
+        existing: existing.to_vec(),
+    };
+    let (placed, shortfall) = scheduler.place(&demand, wanted - existing.len());
+    // A volume that never had an engine holds only zeros: its new replicas are current.
+    let mode = if volume.epoch.0 == 0 {
+        ReplicaMode::ReadWrite
+    } else {
+        ReplicaMode::WriteOnly
+    };
+    let scheduled = existing.len() + placed.len();
+    for placement in placed {
+        events.push(Event::ReplicaScheduled {
+            replica: Replica {
+                id: format!("{}-r{}", volume.name, *next),
+                volume: volume.name.clone(),
+                node: placement.node,
+                disk: placement.disk,
+                mode,
+                failed_at: None,
+                failure: None,
+                created_at: at,
+            },
+        });
+        *next += 1;
+    }
+    if let Some(reason) = shortfall {
+        let scheduled = u8::try_from(scheduled).unwrap_or(u8::MAX);
+        let condition = scheduling_condition(scheduled, volume.number_of_replicas, &reason);
+        if volume.condition.as_deref() != Some(condition.as_str()) {
+            events.push(Event::SchedulingFailed {
+                volume: volume.name.clone(),
+                scheduled,
+                wanted: volume.number_of_replicas,
+                reason,
+            });
+        }
+    }
+}
+
+/// Where the replicas of `volume` are, leaving out the ids in `without`.
+fn placements_of(state: &State, volume: &Volume, without: &[&str]) -> Vec<Placement> {
+    state
+        .replicas_of(volume)
+        .filter(|r| !without.contains(&r.id.as_str()))
+        .map(|r| Placement {
+            node: r.node.clone(),
+            disk: r.disk.clone(),
+        })
+        .collect()
+}
+
+/// A volume that exists and is not being deleted.
+fn live_volume<'a>(state: &'a State, name: &str) -> Result<&'a Volume, Rejection> {
+    let volume = state.volume(name)?;
+    if volume.state == VolumeState::Deleting {
+        return Err(Rejection::precondition(format!(
+            "volume \"{name}\" is being deleted"
+        )));
+    }
+    Ok(volume)
+}
+
+fn check_epoch(volume: &Volume, epoch: Epoch) -> Result<(), Rejection> {
+    if epoch != volume.epoch {
+        return Err(Rejection::conflict(format!(
+            "volume \"{}\" is at epoch {}, the report is for epoch {}",
+            volume.name, volume.epoch.0, epoch.0
+        )));
+    }
+    Ok(())
+}

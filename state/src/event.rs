@@ -1,0 +1,152 @@
+//! Events: what happened, as decided from a command. [`crate::evolve`] applies them; the
+//! log keeps them by index for subscribers (node agents, the k8s mirror, `shorthorn watch`).
+//!
+//! Serde-tagged (`"type"`) like commands, so old logs stay readable.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Bytes, DataLocality, Disk, Epoch, Node, Replica, Snapshot, Timestamp, Volume};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Event {
+    NodeRegistered {
+        node: Node,
+    },
+    NodeUpdated {
+        id: String,
+        address: String,
+        zone: String,
+        labels: BTreeMap<String, String>,
+        tags: BTreeSet<String>,
+    },
+    NodeSchedulingChanged {
+        id: String,
+        schedulable: bool,
+    },
+    NodeRemoved {
+        id: String,
+    },
+    DiskAdded {
+        node: String,
+        disk: Disk,
+    },
+    DiskUpdated {
+        node: String,
+        disk: String,
+        capacity: Bytes,
+        reserved: Bytes,
+        available: Bytes,
+        tags: BTreeSet<String>,
+    },
+    DiskSchedulingChanged {
+        node: String,
+        disk: String,
+        schedulable: bool,
+    },
+    DiskRemoved {
+        node: String,
+        disk: String,
+    },
+    /// A volume was created (state `creating`); its placements follow as `ReplicaScheduled`.
+    VolumeCreated {
+        volume: Volume,
+    },
+    #[serde(rename_all = "camelCase")]
+    VolumeUpdated {
+        name: String,
+        number_of_replicas: u8,
+        data_locality: DataLocality,
+    },
+    VolumeExpanded {
+        name: String,
+        size: Bytes,
+    },
+    /// The volume is attaching on `node` under `epoch` (bigger than any before).
+    VolumeAttaching {
+        name: String,
+        node: String,
+        epoch: Epoch,
+    },
+    VolumeAttached {
+        name: String,
+        epoch: Epoch,
+        endpoint: String,
+    },
+    VolumeDetaching {
+        name: String,
+    },
+    /// The volume has no engine (after creation, detach, or an engine exit).
+    VolumeDetached {
+        name: String,
+    },
+    VolumeDeleting {
+        name: String,
+    },
+    VolumeDeleted {
+        name: String,
+    },
+    /// The scheduler placed a replica; its node agent creates the directory.
+    ReplicaScheduled {
+        replica: Replica,
+    },
+    /// The scheduler could not give a volume all its replicas, and says why.
+    SchedulingFailed {
+        volume: String,
+        scheduled: u8,
+        wanted: u8,
+        reason: String,
+    },
+    ReplicaFailed {
+        id: String,
+        reason: String,
+        at: Timestamp,
+    },
+    ReplicaRebuilding {
+        id: String,
+    },
+    /// The replica serves reads and writes (rebuilt, or salvaged).
+    ReplicaHealthy {
+        id: String,
+    },
+    ReplicaRemoved {
+        id: String,
+    },
+    /// A setting took a new (validated, canonical) value.
+    SettingChanged {
+        key: String,
+        value: String,
+    },
+    SnapshotCreated {
+        snapshot: Snapshot,
+    },
+    SnapshotDeleted {
+        volume: String,
+        name: String,
+    },
+}
+
+impl Event {
+    /// The volume this event is about, if any (for per-volume subscribers).
+    pub fn volume(&self) -> Option<&str> {
+        match self {
+            Event::VolumeCreated { volume } => Some(&volume.name),
+            Event::VolumeUpdated { name, .. }
+            | Event::VolumeExpanded { name, .. }
+            | Event::VolumeAttaching { name, .. }
+            | Event::VolumeAttached { name, .. }
+            | Event::VolumeDetaching { name }
+            | Event::VolumeDetached { name }
+            | Event::VolumeDeleting { name }
+            | Event::VolumeDeleted { name } => Some(name),
+            Event::ReplicaScheduled { replica } => Some(&replica.volume),
+            Event::SchedulingFailed { volume, .. } | Event::SnapshotDeleted { volume, .. } => {
+                Some(volume)
+            }
+            Event::SnapshotCreated { snapshot } => Some(&snapshot.volume),
+            _ => None,
+        }
+    }
+}

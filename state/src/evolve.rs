@@ -1,0 +1,293 @@
+//! `evolve`: applies one event to the state. It trusts the event (decide checked it) and
+//! never fails; an event naming something that is gone changes nothing.
+
+use crate::{Attachment, Event, ReplicaMode, Robustness, State, Volume, VolumeState};
+
+/// Applies `event` to `state`, keeping the derived fields (disk usage, robustness, the set
+/// of volumes short of replicas) in step.
+pub fn evolve(state: &mut State, event: &Event) {
+    match event {
+        Event::NodeRegistered { node } => {
+            state.nodes.insert(node.id.clone(), node.clone());
+        }
+        Event::NodeUpdated {
+            id,
+            address,
+            zone,
+            labels,
+            tags,
+        } => {
+            if let Some(node) = state.nodes.get_mut(id) {
+                node.address.clone_from(address);
+                node.zone.clone_from(zone);
+                node.labels.clone_from(labels);
+                node.tags.clone_from(tags);
+            }
+        }
+        Event::NodeSchedulingChanged { id, schedulable } => {
+            if let Some(node) = state.nodes.get_mut(id) {
+                node.schedulable = *schedulable;
+            }
+        }
+        Event::NodeRemoved { id } => {
+            state.nodes.remove(id);
+        }
+        Event::DiskAdded { node, disk } => {
+            if let Some(node) = state.nodes.get_mut(node) {
+                node.disks.insert(disk.id.clone(), disk.clone());
+            }
+        }
+        Event::DiskUpdated {
+            node,
+            disk,
+            capacity,
+            reserved,
+            available,
+            tags,
+        } => {
+            if let Some(disk) = state
+                .nodes
+                .get_mut(node)
+                .and_then(|n| n.disks.get_mut(disk))
+            {
+                disk.capacity = *capacity;
+                disk.reserved = *reserved;
+                disk.available = *available;
+                disk.tags.clone_from(tags);
+            }
+        }
+        Event::DiskSchedulingChanged {
+            node,
+            disk,
+            schedulable,
+        } => {
+            if let Some(disk) = state
+                .nodes
+                .get_mut(node)
+                .and_then(|n| n.disks.get_mut(disk))
+            {
+                disk.schedulable = *schedulable;
+            }
+        }
+        Event::DiskRemoved { node, disk } => {
+            if let Some(node) = state.nodes.get_mut(node) {
+                node.disks.remove(disk);
+            }
+        }
+        Event::VolumeCreated { volume } => {
+            state.volumes.insert(volume.name.clone(), volume.clone());
+            refresh(state, &volume.name);
+        }
+        Event::VolumeUpdated {
+            name,
+            number_of_replicas,
+            data_locality,
+        } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.number_of_replicas = *number_of_replicas;
+                volume.data_locality = *data_locality;
+            }
+            refresh(state, name);
+        }
+        Event::VolumeExpanded { name, size } => {
+            let Some(volume) = state.volumes.get_mut(name) else {
+                return;
+            };
+            let grown = size.saturating_sub(volume.size);
+            volume.size = *size;
+            let placed: Vec<(String, String)> = state
+                .replicas_of(&state.volumes[name])
+                .map(|r| (r.node.clone(), r.disk.clone()))
+                .collect();
+            for (node, disk) in placed {
+                if let Some(disk) = state
+                    .nodes
+                    .get_mut(&node)
+                    .and_then(|n| n.disks.get_mut(&disk))
+                {
+                    disk.scheduled += grown;
+                }
+            }
+        }
+        Event::VolumeAttaching { name, node, epoch } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.state = VolumeState::Attaching;
+                volume.epoch = volume.epoch.max(*epoch);
+                volume.attachment = Some(Attachment {
+                    node: node.clone(),
+                    epoch: *epoch,
+                    endpoint: None,
+                });
+            }
+        }
+        Event::VolumeAttached { name, endpoint, .. } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.state = VolumeState::Attached;
+                if let Some(attachment) = volume.attachment.as_mut() {
+                    attachment.endpoint = Some(endpoint.clone());
+                }
+            }
+        }
+        Event::VolumeDetaching { name } => set_volume_state(state, name, VolumeState::Detaching),
+        Event::VolumeDetached { name } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.state = VolumeState::Detached;
+                volume.attachment = None;
+            }
+        }
+        Event::VolumeDeleting { name } => {
+            set_volume_state(state, name, VolumeState::Deleting);
+            refresh(state, name);
+        }
+        Event::VolumeDeleted { name } => {
+            if let Some(volume) = state.volumes.remove(name) {
+                for id in &volume.replicas {
+                    remove_replica(state, id);
+                }
+            }
+            state.unscheduled.remove(name);
+        }
+        Event::ReplicaScheduled { replica } => {
+            let Some(volume) = state.volumes.get_mut(&replica.volume) else {
+                return;
+            };
+            volume.replicas.insert(replica.id.clone());
+            let size = volume.size;
+            if let Some(disk) = state
+                .nodes
+                .get_mut(&replica.node)
+                .and_then(|n| n.disks.get_mut(&replica.disk))
+            {
+                disk.scheduled += size;
+                disk.replica_count += 1;
+            }
+            state.replicas.insert(replica.id.clone(), replica.clone());
+            state.next_replica += 1;
+            refresh(state, &replica.volume);
+        }
+        Event::SchedulingFailed {
+            volume,
+            scheduled,
+            wanted,
+            reason,
+        } => {
+            if let Some(volume) = state.volumes.get_mut(volume) {
+                volume.condition = Some(scheduling_condition(*scheduled, *wanted, reason));
+            }
+        }
+        Event::ReplicaFailed { id, reason, at } => {
+            set_replica_mode(state, id, ReplicaMode::Error, |r| {
+                r.failed_at = Some(*at);
+                r.failure = Some(reason.clone());
+            });
+        }
+        Event::ReplicaRebuilding { id } => {
+            set_replica_mode(state, id, ReplicaMode::WriteOnly, |r| r.failed_at = None);
+        }
+        Event::ReplicaHealthy { id } => {
+            set_replica_mode(state, id, ReplicaMode::ReadWrite, |r| {
+                r.failed_at = None;
+                r.failure = None;
+            });
+        }
+        Event::ReplicaRemoved { id } => {
+            if let Some(volume) = remove_replica(state, id) {
+                refresh(state, &volume);
+            }
+        }
+        Event::SettingChanged { key, value } => state.settings.set(key, value),
+        Event::SnapshotCreated { snapshot } => {
+            if let Some(volume) = state.volumes.get_mut(&snapshot.volume) {
+                volume
+                    .snapshots
+                    .insert(snapshot.name.clone(), snapshot.clone());
+            }
+        }
+        Event::SnapshotDeleted { volume, name } => {
+            if let Some(volume) = state.volumes.get_mut(volume) {
+                volume.snapshots.remove(name);
+            }
+        }
+    }
+}
+
+/// The condition text a `SchedulingFailed` event leaves on its volume.
+pub(crate) fn scheduling_condition(scheduled: u8, wanted: u8, reason: &str) -> String {
+    format!("{scheduled} of {wanted} replicas scheduled: {reason}")
+}
+
+fn set_volume_state(state: &mut State, name: &str, to: VolumeState) {
+    if let Some(volume) = state.volumes.get_mut(name) {
+        volume.state = to;
+    }
+}
+
+fn set_replica_mode(
+    state: &mut State,
+    id: &str,
+    mode: ReplicaMode,
+    also: impl FnOnce(&mut crate::Replica),
+) {
+    let Some(replica) = state.replicas.get_mut(id) else {
+        return;
+    };
+    replica.mode = mode;
+    also(replica);
+    let volume = replica.volume.clone();
+    refresh(state, &volume);
+}
+
+/// Removes a replica and its disk accounting; returns its volume's name.
+fn remove_replica(state: &mut State, id: &str) -> Option<String> {
+    let replica = state.replicas.remove(id)?;
+    let size = state.volumes.get_mut(&replica.volume).map(|volume| {
+        volume.replicas.remove(id);
+        volume.size
+    });
+    if let Some(disk) = state
+        .nodes
+        .get_mut(&replica.node)
+        .and_then(|n| n.disks.get_mut(&replica.disk))
+    {
+        disk.scheduled = disk.scheduled.saturating_sub(size.unwrap_or(0));
+        disk.replica_count = disk.replica_count.saturating_sub(1);
+    }
+    Some(replica.volume)
+}
+
+/// Recomputes a volume's derived fields: robustness, membership of `unscheduled`, and the
+/// scheduling condition once it has all its replicas.
+fn refresh(state: &mut State, name: &str) {
+    let Some(volume) = state.volumes.get(name) else {
+        state.unscheduled.remove(name);
+        return;
+    };
+    let robustness = robustness_of(state, volume);
+    let short = volume.state != VolumeState::Deleting
+        && volume.replicas.len() < usize::from(volume.number_of_replicas);
+    if short {
+        state.unscheduled.insert(name.to_string());
+    } else {
+        state.unscheduled.remove(name);
+    }
+    if let Some(volume) = state.volumes.get_mut(name) {
+        volume.robustness = robustness;
+        if !short {
+            volume.condition = None;
+        }
+    }
+}
+
+fn robustness_of(state: &State, volume: &Volume) -> Robustness {
+    let healthy = state
+        .replicas_of(volume)
+        .filter(|r| r.mode == ReplicaMode::ReadWrite)
+        .count();
+    if healthy == 0 {
+        Robustness::Faulted
+    } else if healthy >= usize::from(volume.number_of_replicas) {
+        Robustness::Healthy
+    } else {
+        Robustness::Degraded
+    }
+}

@@ -1,0 +1,405 @@
+//! The state the log builds: nodes with their disks, volumes, replicas, snapshots, settings.
+//!
+//! Fields marked *derived* are kept up to date by [`crate::evolve`] from other fields so that
+//! the scheduler never has to scan every replica; they are part of the encoded state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Settings;
+
+/// Milliseconds since the Unix epoch, as stamped on a command by its proposer.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// This time plus `seconds`, saturating.
+    pub fn plus_seconds(self, seconds: u64) -> Timestamp {
+        Timestamp(self.0.saturating_add(seconds.saturating_mul(1000)))
+    }
+}
+
+/// The fencing number of an attachment. Every attach takes a bigger one; replicas refuse
+/// I/O from an engine whose epoch is older than the newest they have seen.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+/// A count of bytes (sizes, capacities). Arithmetic is done on the inner `u64`.
+pub type Bytes = u64;
+
+/// The whole control-plane state. `Default` is the empty cluster.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct State {
+    pub nodes: BTreeMap<String, Node>,
+    pub volumes: BTreeMap<String, Volume>,
+    pub replicas: BTreeMap<String, Replica>,
+    pub settings: Settings,
+    /// Sequence number of the next replica id; replica ids are `{volume}-r{seq}`.
+    pub next_replica: u64,
+    /// *Derived*: volumes (not being deleted) with fewer replicas than they ask for.
+    pub unscheduled: BTreeSet<String>,
+}
+
+/// A storage node: where replicas live and engines run.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub id: String,
+    /// Where the node's manager is reached (host:port).
+    pub address: String,
+    /// Failure domain; empty means the node is a zone of its own for anti-affinity.
+    pub zone: String,
+    /// Free-form labels (Kubernetes node labels); informational.
+    pub labels: BTreeMap<String, String>,
+    /// Tags that volumes' node selectors must all match.
+    pub tags: BTreeSet<String>,
+    pub schedulable: bool,
+    pub disks: BTreeMap<String, Disk>,
+}
+
+/// A filesystem directory on a node that holds replica directories.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub id: String,
+    pub path: String,
+    /// Size of the filesystem, in bytes.
+    pub capacity: Bytes,
+    /// Bytes kept out of scheduling (for the system and other users of the disk).
+    pub reserved: Bytes,
+    /// Free bytes as last reported by the node agent.
+    pub available: Bytes,
+    /// Tags that volumes' disk selectors must all match.
+    pub tags: BTreeSet<String>,
+    pub schedulable: bool,
+    /// *Derived*: sum of the sizes of the replicas placed here.
+    pub scheduled: Bytes,
+    /// *Derived*: number of replicas placed here.
+    pub replica_count: u32,
+}
+
+impl Disk {
+    /// Most bytes that may be scheduled here:
+    /// `(capacity − reserved) × storageOverProvisioningPercentage / 100`.
+    pub fn schedulable_limit(&self, settings: &Settings) -> Bytes {
+        let usable = u128::from(self.capacity.saturating_sub(self.reserved));
+        let limit = usable * u128::from(settings.storage_over_provisioning_percentage) / 100;
+        Bytes::try_from(limit).unwrap_or(Bytes::MAX)
+    }
+
+    /// Whether the reported free space is above `storageMinimalAvailablePercentage`.
+    pub fn has_minimal_available(&self, settings: &Settings) -> bool {
+        u128::from(self.available) * 100
+            > u128::from(self.capacity) * u128::from(settings.storage_minimal_available_percentage)
+    }
+}
+
+/// Whether the scheduler tries to keep one replica on the node the volume is attached to.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataLocality {
+    #[default]
+    Disabled,
+    BestEffort,
+}
+
+impl DataLocality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataLocality::Disabled => "disabled",
+            DataLocality::BestEffort => "best-effort",
+        }
+    }
+}
+
+/// Where a volume is in its lifecycle.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum VolumeState {
+    /// Created; its replicas are being placed (Longhorn shows this until first detach).
+    Creating,
+    Detached,
+    /// An engine is starting on the attachment's node with the attachment's epoch.
+    Attaching,
+    /// The engine serves I/O; the attachment carries its endpoint.
+    Attached,
+    /// The engine is being stopped.
+    Detaching,
+    /// Its replicas are being removed; the volume disappears with the last one.
+    Deleting,
+}
+
+/// How many of a volume's replicas are usable.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Robustness {
+    /// As many read-write replicas as asked.
+    Healthy,
+    /// At least one read-write replica, fewer than asked.
+    Degraded,
+    /// No read-write replica.
+    Faulted,
+}
+
+/// Where a volume is attached and under which epoch.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub node: String,
+    pub epoch: Epoch,
+    /// The frontend address (e.g. `nbd://127.0.0.1:10809/db`) once the engine runs.
+    pub endpoint: Option<String>,
+}
+
+/// A replicated block device.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    /// Size in bytes, a multiple of 2 MiB.
+    pub size: Bytes,
+    pub number_of_replicas: u8,
+    pub data_locality: DataLocality,
+    pub node_selector: BTreeSet<String>,
+    pub disk_selector: BTreeSet<String>,
+    /// Seconds a failed replica is kept before it is replaced.
+    pub stale_replica_timeout_secs: u64,
+    /// A disaster-recovery standby: follows backups, cannot be attached for writing.
+    pub standby: bool,
+    pub state: VolumeState,
+    /// *Derived* from the modes of its replicas.
+    pub robustness: Robustness,
+    /// The newest epoch ever given to this volume; it only grows.
+    pub epoch: Epoch,
+    pub attachment: Option<Attachment>,
+    pub replicas: BTreeSet<String>,
+    pub snapshots: BTreeMap<String, Snapshot>,
+    /// Why the volume has fewer replicas than asked, if it has.
+    pub condition: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// A replica's role in its volume (Longhorn's RW / WO / ERR).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum ReplicaMode {
+    /// Serves reads and takes writes.
+    #[serde(rename = "RW")]
+    ReadWrite,
+    /// Takes writes while it is rebuilt; serves no reads yet.
+    #[serde(rename = "WO")]
+    WriteOnly,
+    /// Failed; kept for a delta rebuild until the stale timeout replaces it.
+    #[serde(rename = "ERR")]
+    Error,
+}
+
+/// One copy of a volume, on one disk of one node.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Replica {
+    pub id: String,
+    pub volume: String,
+    pub node: String,
+    pub disk: String,
+    pub mode: ReplicaMode,
+    pub failed_at: Option<Timestamp>,
+    pub failure: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// A point-in-time, read-only layer of a volume.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub name: String,
+    pub volume: String,
+    pub created_at: Timestamp,
+    /// Volume size when the snapshot was taken.
+    pub size: Bytes,
+}
+
+impl State {
+    pub(crate) fn node(&self, id: &str) -> Result<&Node, crate::Rejection> {
+        self.nodes
+            .get(id)
+            .ok_or_else(|| crate::Rejection::not_found("node", id))
+    }
+
+    pub(crate) fn disk(&self, node: &str, disk: &str) -> Result<&Disk, crate::Rejection> {
+        self.node(node)?
+            .disks
+            .get(disk)
+            .ok_or_else(|| crate::Rejection::not_found("disk", &format!("{node}/{disk}")))
+    }
+
+    pub(crate) fn volume(&self, name: &str) -> Result<&Volume, crate::Rejection> {
+        self.volumes
+            .get(name)
+            .ok_or_else(|| crate::Rejection::not_found("volume", name))
+    }
+
+    pub(crate) fn replica(&self, id: &str) -> Result<&Replica, crate::Rejection> {
+        self.replicas
+            .get(id)
+            .ok_or_else(|| crate::Rejection::not_found("replica", id))
+    }
+
+    /// The replicas of `volume` in id order.
+    pub fn replicas_of<'a>(&'a self, volume: &'a Volume) -> impl Iterator<Item = &'a Replica> + 'a {
+        volume
+            .replicas
+            .iter()
+            .filter_map(|id| self.replicas.get(id))
+    }
+}
