@@ -403,7 +403,15 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
     }];
     let mut scheduler = Scheduler::new(state);
     let mut next = state.next_replica;
-    schedule_missing(&volume, &[], &mut scheduler, &mut next, at, &mut events);
+    schedule_missing(
+        &volume,
+        &[],
+        &[],
+        &mut scheduler,
+        &mut next,
+        at,
+        &mut events,
+    );
     events.push(Event::VolumeDetached {
         name: spec.name.clone(),
     });
@@ -455,6 +463,7 @@ fn update_volume(
         schedule_missing(
             &updated,
             &existing,
+            &[],
             &mut scheduler,
             &mut next,
             at,
@@ -584,6 +593,7 @@ fn remove_replica(state: &State, id: &str, at: Timestamp) -> Result<Vec<Event>, 
     schedule_missing(
         volume,
         &existing,
+        &[replica],
         &mut scheduler,
         &mut next,
         at,
@@ -622,6 +632,7 @@ fn replace_stale_replicas(state: &State, at: Timestamp) -> Result<Vec<Event>, Re
         schedule_missing(
             volume,
             &existing,
+            &stale,
             &mut scheduler,
             &mut next,
             at,
@@ -660,6 +671,7 @@ fn with_retry(state: &State, change: Vec<Event>, at: Timestamp) -> Result<Vec<Ev
             schedule_missing(
                 volume,
                 &existing,
+                &[],
                 &mut scheduler,
                 &mut next,
                 at,
@@ -675,6 +687,7 @@ fn with_retry(state: &State, change: Vec<Event>, at: Timestamp) -> Result<Vec<Ev
 fn schedule_missing(
     volume: &Volume,
     existing: &[Placement],
+    avoid: &[&Replica],
     scheduler: &mut Scheduler<'_>,
     next: &mut u64,
     at: Timestamp,
@@ -696,6 +709,7 @@ fn schedule_missing(
         disk_selector: &volume.disk_selector,
         local_node,
         existing: existing.to_vec(),
+        avoid: avoid.iter().map(|r| r.node.clone()).collect(),
     };
     let (placed, shortfall) = scheduler.place(&demand, wanted - existing.len());
     // A volume that never had an engine holds only zeros: its new replicas are current.
@@ -765,4 +779,546 @@ fn check_epoch(volume: &Volume, epoch: Epoch) -> Result<(), Rejection> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RejectionKind::*;
+    use crate::testkit::{Cluster, GIB, disk};
+
+    fn three_nodes() -> Cluster {
+        let mut c = Cluster::new();
+        for n in ["n1", "n2", "n3"] {
+            c.node(n, "", 100);
+        }
+        c
+    }
+
+    fn create(name: &str, size: u64, replicas: Option<u8>) -> Request {
+        Request::CreateVolume(VolumeSpec {
+            name: name.into(),
+            size,
+            number_of_replicas: replicas,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn bad_volume_names_are_rejected_with_the_rule() {
+        let mut c = three_nodes();
+        for bad in ["DB", "-db", "db-", "", "a_b", &"x".repeat(64)] {
+            let message = c.rejected(create(bad, GIB, None), InvalidArgument);
+            assert!(message.contains("DNS-1123 label"), "{message}");
+            assert!(message.contains(&format!("\"{bad}\"")), "{message}");
+        }
+        c.ok(create(&"x".repeat(63), 2 * 1024 * 1024, Some(1)));
+    }
+
+    #[test]
+    fn sizes_must_be_positive_multiples_of_2_mib() {
+        let mut c = three_nodes();
+        assert_eq!(
+            c.rejected(create("db", 0, None), InvalidArgument),
+            "volume size must be positive"
+        );
+        let message = c.rejected(create("db", 3 * 1024 * 1024, None), InvalidArgument);
+        assert_eq!(
+            message,
+            "volume size 3145728 bytes is not a multiple of 2 MiB (2097152 bytes)"
+        );
+    }
+
+    #[test]
+    fn replica_count_is_1_to_20() {
+        let mut c = three_nodes();
+        for bad in [0, 21] {
+            let message = c.rejected(create("db", GIB, Some(bad)), InvalidArgument);
+            assert_eq!(
+                message,
+                format!("number of replicas {bad} is out of range: it must be between 1 and 20")
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_and_unknown_volumes() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 3);
+        assert_eq!(
+            c.rejected(create("db", GIB, None), AlreadyExists),
+            "volume \"db\" already exists"
+        );
+        for request in [
+            Request::DeleteVolume {
+                name: "nope".into(),
+            },
+            Request::ExpandVolume {
+                name: "nope".into(),
+                size: GIB,
+            },
+            Request::AttachVolume {
+                name: "nope".into(),
+                node: "n1".into(),
+            },
+            Request::CreateSnapshot {
+                volume: "nope".into(),
+                name: "s1".into(),
+            },
+        ] {
+            assert_eq!(c.rejected(request, NotFound), "volume \"nope\" not found");
+        }
+    }
+
+    #[test]
+    fn volumes_never_shrink() {
+        let mut c = three_nodes();
+        c.volume("db", 2, 3);
+        let message = c.rejected(
+            Request::ExpandVolume {
+                name: "db".into(),
+                size: GIB,
+            },
+            InvalidArgument,
+        );
+        assert_eq!(message, "volume \"db\" cannot shrink from 2 GiB to 1 GiB");
+        c.ok(Request::ExpandVolume {
+            name: "db".into(),
+            size: 4 * GIB,
+        });
+        assert_eq!(c.state.volumes["db"].size, 4 * GIB);
+        assert_eq!(c.state.nodes["n1"].disks["d1"].scheduled, 4 * GIB);
+    }
+
+    #[test]
+    fn expansion_needs_room_on_every_replica_disk() {
+        let mut c = three_nodes();
+        c.volume("db", 60, 3);
+        let message = c.rejected(
+            Request::ExpandVolume {
+                name: "db".into(),
+                size: 120 * GIB,
+            },
+            PreconditionFailed,
+        );
+        assert!(message.contains("has no room for 60 GiB more"), "{message}");
+    }
+
+    #[test]
+    fn attach_rules() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 3);
+        let attach = |node: &str| Request::AttachVolume {
+            name: "db".into(),
+            node: node.into(),
+        };
+        assert_eq!(c.rejected(attach("n9"), NotFound), "node \"n9\" not found");
+        c.ok(Request::SetNodeSchedulable {
+            id: "n3".into(),
+            schedulable: false,
+        });
+        assert_eq!(
+            c.rejected(attach("n3"), PreconditionFailed),
+            "node \"n3\" is not schedulable; volumes cannot be attached there"
+        );
+        let events = c.ok(attach("n1"));
+        assert_eq!(
+            events,
+            vec![Event::VolumeAttaching {
+                name: "db".into(),
+                node: "n1".into(),
+                epoch: Epoch(1)
+            }]
+        );
+        assert_eq!(
+            c.ok(attach("n1")),
+            vec![],
+            "attaching again to the same node is a no-op"
+        );
+        assert_eq!(
+            c.rejected(attach("n2"), Conflict),
+            "volume \"db\" is attached to node \"n1\"; detach it first"
+        );
+        assert_eq!(
+            c.rejected(
+                Request::DeleteVolume { name: "db".into() },
+                PreconditionFailed
+            ),
+            "volume \"db\" is attached to node \"n1\"; detach it first"
+        );
+    }
+
+    #[test]
+    fn every_attach_takes_a_bigger_epoch_and_stale_engines_are_refused() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 3);
+        for expected in 1..=3u64 {
+            c.ok(Request::AttachVolume {
+                name: "db".into(),
+                node: "n2".into(),
+            });
+            assert_eq!(c.state.volumes["db"].epoch, Epoch(expected));
+            let stale = Request::ReportEngineStarted {
+                name: "db".into(),
+                epoch: Epoch(expected - 1),
+                endpoint: "nbd://x".into(),
+            };
+            assert_eq!(
+                c.rejected(stale, Conflict),
+                format!(
+                    "volume \"db\" is at epoch {expected}, the report is for epoch {}",
+                    expected - 1
+                )
+            );
+            c.ok(Request::ReportEngineStarted {
+                name: "db".into(),
+                epoch: Epoch(expected),
+                endpoint: "nbd://x".into(),
+            });
+            assert_eq!(c.state.volumes["db"].state, VolumeState::Attached);
+            c.ok(Request::DetachVolume { name: "db".into() });
+            assert_eq!(c.state.volumes["db"].state, VolumeState::Detaching);
+            c.ok(Request::ReportEngineStopped {
+                name: "db".into(),
+                epoch: Epoch(expected),
+            });
+            assert_eq!(c.state.volumes["db"].state, VolumeState::Detached);
+            assert_eq!(c.state.volumes["db"].attachment, None);
+        }
+    }
+
+    #[test]
+    fn standby_and_faulted_volumes_cannot_be_attached() {
+        let mut c = three_nodes();
+        c.ok(Request::CreateVolume(VolumeSpec {
+            name: "dr".into(),
+            size: GIB,
+            standby: true,
+            ..Default::default()
+        }));
+        let message = c.rejected(
+            Request::AttachVolume {
+                name: "dr".into(),
+                node: "n1".into(),
+            },
+            PreconditionFailed,
+        );
+        assert!(message.contains("disaster-recovery standby"), "{message}");
+        c.volume("db", 1, 1);
+        let id = c.replicas("db")[0].id.clone();
+        c.ok(Request::ReportReplicaFailed {
+            id,
+            reason: "disk gone".into(),
+        });
+        let message = c.rejected(
+            Request::AttachVolume {
+                name: "db".into(),
+                node: "n1".into(),
+            },
+            PreconditionFailed,
+        );
+        assert_eq!(
+            message,
+            "volume \"db\" has no healthy replica; it cannot be attached until one is salvaged or rebuilt"
+        );
+    }
+
+    #[test]
+    fn settings_reject_unknown_keys_and_bad_values_naming_the_key() {
+        let mut c = Cluster::new();
+        let set = |k: &str, v: &str| Request::SetSetting {
+            key: k.into(),
+            value: v.into(),
+        };
+        let message = c.rejected(set("replicaSoftAntiAfinity", "true"), InvalidArgument);
+        assert!(
+            message.starts_with("unknown setting \"replicaSoftAntiAfinity\""),
+            "{message}"
+        );
+        assert_eq!(
+            c.rejected(set("replicaSoftAntiAffinity", "yes"), InvalidArgument),
+            "setting \"replicaSoftAntiAffinity\": \"yes\" is not a boolean (true or false)"
+        );
+        assert_eq!(
+            c.rejected(
+                set("storageMinimalAvailablePercentage", "101"),
+                InvalidArgument
+            ),
+            "setting \"storageMinimalAvailablePercentage\": 101 is out of range 0..=100"
+        );
+        assert_eq!(
+            c.rejected(set("defaultReplicaCount", "-1"), InvalidArgument),
+            "setting \"defaultReplicaCount\": \"-1\" is not a non-negative integer"
+        );
+        assert_eq!(
+            c.rejected(set("defaultDataLocality", "strict"), InvalidArgument),
+            "setting \"defaultDataLocality\": \"strict\" is not a data locality (disabled or best-effort)"
+        );
+        let message = c.rejected(set("backupTarget", "ftp://x"), InvalidArgument);
+        assert!(
+            message.starts_with("setting \"backupTarget\": \"ftp://x\" is not a backup target"),
+            "{message}"
+        );
+        let message = c.rejected(
+            set("volumeAttachmentRecoveryPolicy", "sometimes"),
+            InvalidArgument,
+        );
+        assert_eq!(
+            message,
+            "setting \"volumeAttachmentRecoveryPolicy\": \"sometimes\" is not one of never, wait, immediate"
+        );
+        // Aliases from Longhorn's values.yaml land on the canonical key.
+        c.set("priority-class", "high-priority");
+        assert_eq!(
+            c.state.settings.get("priorityClass").as_deref(),
+            Some("high-priority")
+        );
+        c.set("defaultReplicaCount", "2");
+        assert_eq!(c.state.settings.default_replica_count, 2);
+        assert_eq!(
+            c.ok(set("defaultReplicaCount", "2")),
+            vec![],
+            "an unchanged value makes no event"
+        );
+    }
+
+    #[test]
+    fn every_seed_default_setting_key_is_known() {
+        // The keys of the defaultSettings example in the Longhorn introduction.
+        for key in [
+            "backupTarget",
+            "backupTargetCredentialSecret",
+            "createDefaultDiskLabeledNodes",
+            "defaultDataPath",
+            "replicaSoftAntiAffinity",
+            "storageOverProvisioningPercentage",
+            "storageMinimalAvailablePercentage",
+            "upgradeChecker",
+            "defaultReplicaCount",
+            "defaultDataLocality",
+            "guaranteedEngineCPU",
+            "defaultLonghornStaticStorageClass",
+            "backupstorePollInterval",
+            "taintToleration",
+            "systemManagedComponentsNodeSelector",
+            "priority-class",
+            "autoSalvage",
+            "disableSchedulingOnCordonedNode",
+            "replicaZoneSoftAntiAffinity",
+            "volumeAttachmentRecoveryPolicy",
+            "nodeDownPodDeletionPolicy",
+            "mkfsExt4Parameters",
+            "guaranteed-engine-manager-cpu",
+            "guaranteed-replica-manager-cpu",
+            "replicaDiskSoftAntiAffinity",
+            "staleReplicaTimeout",
+        ] {
+            assert!(Settings::canonical_key(key).is_some(), "{key} is unknown");
+        }
+        let defaults = Settings::default();
+        assert_eq!(
+            defaults.get("storageOverProvisioningPercentage").as_deref(),
+            Some("100")
+        );
+        assert_eq!(
+            defaults.get("storageMinimalAvailablePercentage").as_deref(),
+            Some("25")
+        );
+        assert_eq!(defaults.get("defaultReplicaCount").as_deref(), Some("3"));
+        assert_eq!(
+            defaults.get("replicaSoftAntiAffinity").as_deref(),
+            Some("false")
+        );
+        assert!(Settings::describe().contains("staleReplicaTimeout (default \"2880\")"));
+    }
+
+    #[test]
+    fn node_and_disk_rejections() {
+        let mut c = three_nodes();
+        let register = |id: &str, address: &str| {
+            Request::RegisterNode(NodeSpec {
+                id: id.into(),
+                address: address.into(),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            c.rejected(register("n1", "x:1"), AlreadyExists),
+            "node \"n1\" already exists"
+        );
+        let message = c.rejected(register("Bad_Node", "x:1"), InvalidArgument);
+        assert!(message.contains("DNS-1123 subdomain"), "{message}");
+        assert_eq!(
+            c.rejected(register("n4", ""), InvalidArgument),
+            "node \"n4\" needs an address"
+        );
+        let mut big_reserve = disk("d2", 10);
+        big_reserve.reserved = 11 * GIB;
+        let message = c.rejected(
+            Request::AddDisk {
+                node: "n1".into(),
+                disk: big_reserve,
+            },
+            InvalidArgument,
+        );
+        assert!(message.contains("more than its capacity"), "{message}");
+        assert_eq!(
+            c.rejected(
+                Request::AddDisk {
+                    node: "n1".into(),
+                    disk: disk("d1", 10)
+                },
+                AlreadyExists
+            ),
+            "disk \"n1/d1\" already exists"
+        );
+        assert_eq!(
+            c.rejected(
+                Request::RemoveDisk {
+                    node: "n1".into(),
+                    disk: "zz".into()
+                },
+                NotFound
+            ),
+            "disk \"n1/zz\" not found"
+        );
+        c.volume("db", 1, 3);
+        assert_eq!(
+            c.rejected(Request::RemoveNode { id: "n1".into() }, PreconditionFailed),
+            "node \"n1\" still holds 1 replica; remove them or let them be replaced first"
+        );
+        assert_eq!(
+            c.rejected(
+                Request::RemoveDisk {
+                    node: "n1".into(),
+                    disk: "d1".into()
+                },
+                PreconditionFailed
+            ),
+            "disk \"n1/d1\" still holds 1 replica; remove or move them first"
+        );
+        c.ok(Request::RegisterNode(NodeSpec {
+            id: "n4".into(),
+            address: "n4:1".into(),
+            ..Default::default()
+        }));
+        c.ok(Request::RemoveNode { id: "n4".into() });
+        assert!(!c.state.nodes.contains_key("n4"));
+    }
+
+    #[test]
+    fn snapshot_rejections() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 3);
+        let snap = |name: &str| Request::CreateSnapshot {
+            volume: "db".into(),
+            name: name.into(),
+        };
+        let message = c.rejected(snap("Nightly"), InvalidArgument);
+        assert!(
+            message.starts_with("snapshot name \"Nightly\" is invalid"),
+            "{message}"
+        );
+        c.ok(snap("s1"));
+        assert_eq!(
+            c.rejected(snap("s1"), AlreadyExists),
+            "snapshot \"db/s1\" already exists"
+        );
+        assert_eq!(
+            c.rejected(
+                Request::DeleteSnapshot {
+                    volume: "db".into(),
+                    name: "s2".into()
+                },
+                NotFound
+            ),
+            "snapshot \"db/s2\" not found"
+        );
+        c.set("snapshotMaxCount", "2");
+        c.ok(snap("s2"));
+        let message = c.rejected(snap("s3"), PreconditionFailed);
+        assert!(message.contains("already has 2 snapshots"), "{message}");
+        c.ok(Request::DeleteSnapshot {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        c.ok(snap("s3"));
+    }
+
+    #[test]
+    fn replica_report_rejections() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 1);
+        let id = c.replicas("db")[0].id.clone();
+        assert_eq!(
+            c.rejected(
+                Request::ReportReplicaFailed {
+                    id: "r9".into(),
+                    reason: "x".into()
+                },
+                NotFound
+            ),
+            "replica \"r9\" not found"
+        );
+        let message = c.rejected(
+            Request::RemoveReplica { id: id.clone() },
+            PreconditionFailed,
+        );
+        assert!(message.contains("last healthy replica"), "{message}");
+        assert!(
+            c.rejected(
+                Request::ReportReplicaRebuilding { id: id.clone() },
+                Conflict
+            )
+            .contains("is read-write")
+        );
+        c.ok(Request::ReportReplicaFailed {
+            id: id.clone(),
+            reason: "io error".into(),
+        });
+        assert!(
+            c.rejected(Request::ReportReplicaRebuilt { id: id.clone() }, Conflict)
+                .contains("must be rebuilt again")
+        );
+        // Salvage: a detached volume's failed replica may be declared healthy.
+        c.ok(Request::ReportReplicaHealthy { id: id.clone() });
+        assert_eq!(c.state.volumes["db"].robustness, Robustness::Healthy);
+        c.ok(Request::AttachVolume {
+            name: "db".into(),
+            node: "n1".into(),
+        });
+        c.ok(Request::ReportReplicaFailed {
+            id: id.clone(),
+            reason: "io error".into(),
+        });
+        let message = c.rejected(Request::ReportReplicaHealthy { id }, PreconditionFailed);
+        assert!(
+            message.contains("while volume \"db\" is detached"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn deleting_a_volume_waits_for_its_replicas() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 3);
+        c.ok(Request::DeleteVolume { name: "db".into() });
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Deleting);
+        let message = c.rejected(
+            Request::AttachVolume {
+                name: "db".into(),
+                node: "n1".into(),
+            },
+            PreconditionFailed,
+        );
+        assert_eq!(message, "volume \"db\" is being deleted");
+        let ids: Vec<String> = c.replicas("db").into_iter().map(|r| r.id).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let events = c.ok(Request::RemoveReplica { id: id.clone() });
+            let deleted = events.contains(&Event::VolumeDeleted { name: "db".into() });
+            assert_eq!(deleted, i == ids.len() - 1);
+        }
+        assert!(c.state.volumes.is_empty() && c.state.replicas.is_empty());
+        assert!(c.state.nodes.values().all(|n| n.disks["d1"].scheduled == 0));
+    }
 }

@@ -42,3 +42,8 @@ pub fn apply(state: &mut State, command: &Command) -> Result<Vec<Event>, Rejecti
     }
     Ok(events)
 }
+
+#[cfg(test)]
+mod properties;
+#[cfg(test)]
+mod testkit;

@@ -9,7 +9,8 @@
 //!   candidates, soft rules (settings `replica*SoftAntiAffinity`) only rank them. A node with
 //!   no zone is a zone of its own;
 //! - among what is left: the attach node first when data locality is best-effort, then fewer
-//!   anti-affinity conflicts, then the least scheduled bytes, then node and disk id (so ties
+//!   anti-affinity conflicts, then not the node whose replica was just replaced, then the least
+//!   scheduled bytes, then node and disk id (so ties
 //!   break the same way on every manager).
 //!
 //! It is pure and works on one decision at a time; the bytes it places during a decision are
@@ -37,6 +38,8 @@ pub(crate) struct Demand<'a> {
     pub local_node: Option<&'a str>,
     /// (node, disk) of every replica the volume keeps, in any mode.
     pub existing: Vec<Placement>,
+    /// Nodes whose replica of this volume was just removed: used only when nothing else fits.
+    pub avoid: Vec<String>,
 }
 
 /// Placements of one decision, on top of the state.
@@ -47,8 +50,8 @@ pub(crate) struct Scheduler<'a> {
 }
 
 /// How a candidate disk ranks, smaller first: (locality miss, node conflict, zone conflict,
-/// disk conflict, scheduled bytes).
-type Rank = (bool, bool, bool, bool, i128);
+/// disk conflict, node just lost a replica of the volume, scheduled bytes).
+type Rank = (bool, bool, bool, bool, bool, i128);
 
 /// Why no candidate was left, counted over every node and disk looked at.
 #[derive(Default)]
@@ -179,11 +182,13 @@ impl<'a> Scheduler<'a> {
                     tally.disks_full += 1;
                     continue;
                 }
+                let avoided = demand.avoid.contains(&node.id);
                 let key = (
                     locality_miss,
                     node_conflict,
                     zone_conflict,
                     disk_conflict,
+                    avoided,
                     scheduled,
                 );
                 if best.as_ref().is_none_or(|(best_key, ..)| key < *best_key) {
@@ -207,7 +212,8 @@ impl Tally {
             return "no nodes registered".to_string();
         }
         let mut why = Vec::new();
-        if self.blocked_by_node > 0 {
+        // Nodes holding a replica also sit in a taken zone: name the zone rule when both block.
+        if self.blocked_by_node > 0 && self.blocked_by_zone == 0 {
             why.push(format!(
                 "hard node anti-affinity, only {} schedulable node{}",
                 self.candidate_nodes,
@@ -296,4 +302,317 @@ pub(crate) fn human_bytes(bytes: Bytes) -> String {
         }
     }
     format!("{bytes} B")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testkit::{Cluster, GIB, disk};
+    use crate::{DataLocality, Event, NodeSpec, ReplicaMode, Request, VolumeSpec};
+
+    #[test]
+    fn three_replicas_land_on_three_nodes() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c", "d"] {
+            c.node(n, "", 100);
+        }
+        c.volume("db", 10, 3);
+        let nodes = c.nodes_of("db");
+        assert_eq!(nodes.len(), 3);
+        assert!(nodes.windows(2).all(|w| w[0] != w[1]), "{nodes:?}");
+        assert_eq!(c.state.volumes["db"].robustness, crate::Robustness::Healthy);
+    }
+
+    #[test]
+    fn hard_node_anti_affinity_says_why_and_retries_when_a_node_joins() {
+        let mut c = Cluster::new();
+        c.node("a", "", 100);
+        c.node("b", "", 100);
+        let events = c.volume("db", 10, 3);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::SchedulingFailed { .. }))
+        );
+        assert_eq!(
+            c.state.volumes["db"].condition.as_deref(),
+            Some("2 of 3 replicas scheduled: hard node anti-affinity, only 2 schedulable nodes")
+        );
+        assert_eq!(c.nodes_of("db"), ["a", "b"]);
+        assert!(c.state.unscheduled.contains("db"));
+        // The same reason is not repeated on every retry.
+        let events = c.ok(Request::SetNodeSchedulable {
+            id: "b".into(),
+            schedulable: true,
+        });
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::SchedulingFailed { .. })),
+            "{events:?}"
+        );
+        c.node("c", "", 100);
+        assert_eq!(c.nodes_of("db"), ["a", "b", "c"]);
+        assert_eq!(c.state.volumes["db"].condition, None);
+        assert!(c.state.unscheduled.is_empty());
+    }
+
+    #[test]
+    fn soft_node_anti_affinity_shares_a_node_but_prefers_another_disk() {
+        let mut c = Cluster::new();
+        c.set("replicaSoftAntiAffinity", "true");
+        c.ok(Request::RegisterNode(NodeSpec {
+            id: "a".into(),
+            address: "a:1".into(),
+            disks: vec![disk("d1", 100), disk("d2", 100)],
+            ..Default::default()
+        }));
+        c.node("b", "", 100);
+        c.volume("db", 10, 3);
+        let mut placed: Vec<(String, String)> = c
+            .replicas("db")
+            .into_iter()
+            .map(|r| (r.node, r.disk))
+            .collect();
+        placed.sort();
+        assert_eq!(
+            placed,
+            [
+                ("a".into(), "d1".into()),
+                ("a".into(), "d2".into()),
+                ("b".into(), "d1".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn zones_are_spread_first_and_hard_zone_anti_affinity_holds() {
+        let mut c = Cluster::new();
+        for (n, z) in [("a1", "za"), ("a2", "za"), ("b1", "zb"), ("b2", "zb")] {
+            c.node(n, z, 100);
+        }
+        c.volume("two", 10, 2);
+        let zones: Vec<String> = c
+            .nodes_of("two")
+            .iter()
+            .map(|n| c.state.nodes[n].zone.clone())
+            .collect();
+        assert_eq!(
+            zones,
+            ["za", "zb"],
+            "soft zone anti-affinity still spreads first"
+        );
+        c.set("replicaZoneSoftAntiAffinity", "false");
+        c.volume("three", 10, 3);
+        assert_eq!(c.replicas("three").len(), 2);
+        assert_eq!(
+            c.state.volumes["three"].condition.as_deref(),
+            Some(
+                "2 of 3 replicas scheduled: hard zone anti-affinity, only 2 zones with schedulable nodes"
+            )
+        );
+        c.node("c1", "zc", 100);
+        assert_eq!(c.replicas("three").len(), 3);
+        let mut zones: Vec<String> = c
+            .nodes_of("three")
+            .iter()
+            .map(|n| c.state.nodes[n].zone.clone())
+            .collect();
+        zones.sort();
+        assert_eq!(zones, ["za", "zb", "zc"]);
+    }
+
+    #[test]
+    fn capacity_counts_over_provisioning_and_minimal_available_space() {
+        let mut c = Cluster::new();
+        c.node("a", "", 10);
+        c.volume("v1", 6, 1);
+        c.volume("v2", 6, 1);
+        assert_eq!(
+            c.state.volumes["v2"].condition.as_deref(),
+            Some(
+                "0 of 1 replicas scheduled: 1 disk without room for 6 GiB (storageOverProvisioningPercentage 100)"
+            )
+        );
+        c.set("storageOverProvisioningPercentage", "200");
+        assert_eq!(
+            c.replicas("v2").len(),
+            1,
+            "over-provisioning retried the placement"
+        );
+        c.ok(Request::UpdateDisk {
+            node: "a".into(),
+            disk: "d1".into(),
+            capacity: None,
+            reserved: None,
+            available: Some(2 * GIB),
+            tags: None,
+        });
+        c.volume("v3", 1, 1);
+        assert_eq!(
+            c.state.volumes["v3"].condition.as_deref(),
+            Some(
+                "0 of 1 replicas scheduled: 1 disk at or below storageMinimalAvailablePercentage 25"
+            )
+        );
+    }
+
+    #[test]
+    fn load_spreads_to_the_least_scheduled_disk() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c"] {
+            c.node(n, "", 1000);
+        }
+        for (i, gib) in [30, 20, 10, 5, 5, 5].iter().enumerate() {
+            c.volume(&format!("v{i}"), *gib, 1);
+        }
+        let scheduled: Vec<u64> = ["a", "b", "c"]
+            .iter()
+            .map(|n| c.state.nodes[*n].disks["d1"].scheduled / GIB)
+            .collect();
+        assert_eq!(scheduled, [30, 25, 20]);
+    }
+
+    #[test]
+    fn selectors_restrict_nodes_and_disks() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c"] {
+            c.node(n, "", 100);
+        }
+        c.ok(Request::UpdateNode {
+            id: "b".into(),
+            address: None,
+            zone: None,
+            labels: None,
+            tags: Some(["ssd".to_string()].into()),
+        });
+        let spec = VolumeSpec {
+            name: "fast".into(),
+            size: GIB,
+            number_of_replicas: Some(2),
+            node_selector: ["ssd".to_string()].into(),
+            ..Default::default()
+        };
+        c.ok(Request::CreateVolume(spec));
+        assert_eq!(c.nodes_of("fast"), ["b"]);
+        let condition = c.state.volumes["fast"]
+            .condition
+            .clone()
+            .unwrap_or_default();
+        assert!(condition.starts_with("1 of 2 replicas scheduled: hard node anti-affinity, only 1 schedulable node; 2 nodes without tags"), "{condition}");
+    }
+
+    #[test]
+    fn failed_replicas_are_replaced_after_the_stale_timeout_keeping_anti_affinity() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c", "d"] {
+            c.node(n, "", 100);
+        }
+        c.ok(Request::CreateVolume(VolumeSpec {
+            name: "db".into(),
+            size: GIB,
+            number_of_replicas: Some(3),
+            stale_replica_timeout: Some(1),
+            ..Default::default()
+        }));
+        c.ok(Request::AttachVolume {
+            name: "db".into(),
+            node: "a".into(),
+        });
+        let before = c.nodes_of("db");
+        let failed = c.replicas("db")[0].clone();
+        c.ok(Request::ReportReplicaFailed {
+            id: failed.id.clone(),
+            reason: "timeout".into(),
+        });
+        assert_eq!(
+            c.state.volumes["db"].robustness,
+            crate::Robustness::Degraded
+        );
+        assert_eq!(c.ok(Request::ReplaceStaleReplicas), vec![], "not stale yet");
+        c.clock += 60_000;
+        let events = c.ok(Request::ReplaceStaleReplicas);
+        assert!(events.contains(&Event::ReplicaRemoved {
+            id: failed.id.clone()
+        }));
+        let fresh = c
+            .replicas("db")
+            .into_iter()
+            .find(|r| !before.contains(&r.node))
+            .expect("a replacement on the free node");
+        assert_eq!(fresh.node, "d");
+        assert_eq!(
+            fresh.mode,
+            ReplicaMode::WriteOnly,
+            "a volume with data rebuilds its replacement"
+        );
+        c.ok(Request::ReportReplicaRebuilt { id: fresh.id });
+        assert_eq!(c.state.volumes["db"].robustness, crate::Robustness::Healthy);
+    }
+
+    #[test]
+    fn best_effort_locality_puts_a_replacement_on_the_attach_node() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c", "d"] {
+            c.node(n, "", 100);
+        }
+        c.ok(Request::CreateVolume(VolumeSpec {
+            name: "db".into(),
+            size: GIB,
+            number_of_replicas: Some(2),
+            data_locality: Some(DataLocality::BestEffort),
+            ..Default::default()
+        }));
+        assert_eq!(c.nodes_of("db"), ["a", "b"]);
+        c.ok(Request::AttachVolume {
+            name: "db".into(),
+            node: "d".into(),
+        });
+        let on_b = c
+            .replicas("db")
+            .into_iter()
+            .find(|r| r.node == "b")
+            .expect("replica on b");
+        c.ok(Request::RemoveReplica { id: on_b.id });
+        assert_eq!(
+            c.nodes_of("db"),
+            ["a", "d"],
+            "the least loaded node c lost to locality"
+        );
+    }
+
+    #[test]
+    fn replica_count_changes_add_and_drop_replicas() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c"] {
+            c.node(n, "", 100);
+        }
+        c.volume("db", 1, 1);
+        c.ok(Request::UpdateVolume {
+            name: "db".into(),
+            number_of_replicas: Some(3),
+            data_locality: None,
+        });
+        assert_eq!(c.nodes_of("db"), ["a", "b", "c"]);
+        let failed = c.replicas("db")[1].id.clone();
+        c.ok(Request::ReportReplicaFailed {
+            id: failed.clone(),
+            reason: "x".into(),
+        });
+        let events = c.ok(Request::UpdateVolume {
+            name: "db".into(),
+            number_of_replicas: Some(2),
+            data_locality: None,
+        });
+        assert!(
+            events.contains(&Event::ReplicaRemoved { id: failed }),
+            "the failed replica goes first"
+        );
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(super::human_bytes(6 * GIB), "6 GiB");
+        assert_eq!(super::human_bytes(3 << 20), "3 MiB");
+        assert_eq!(super::human_bytes(1536), "3 B".replace("3 B", "1536 B"));
+    }
 }
