@@ -16,7 +16,7 @@
 //! It is pure and works on one decision at a time; the bytes it places during a decision are
 //! kept in an overlay so that several placements in one command see each other.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +45,9 @@ pub(crate) struct Demand<'a> {
 /// Placements of one decision, on top of the state.
 pub(crate) struct Scheduler<'a> {
     state: &'a State,
-    /// Bytes placed (+) or freed (−) on (node, disk) by this decision so far.
-    overlay: BTreeMap<(String, String), i128>,
+    /// Bytes placed (+) or freed (−) on (node, disk) by this decision so far; a handful of
+    /// entries at most, so a list beats a map (and needs no key allocation per lookup).
+    overlay: Vec<(String, String, i128)>,
 }
 
 /// How a candidate disk ranks, smaller first: (locality miss, node conflict, zone conflict,
@@ -62,7 +63,6 @@ struct Tally {
     blocked_by_node: usize,
     blocked_by_zone: usize,
     candidate_nodes: usize,
-    zones: BTreeSet<String>,
     disks_unschedulable: usize,
     disks_missing_tags: usize,
     disks_full: usize,
@@ -74,26 +74,29 @@ impl<'a> Scheduler<'a> {
     pub fn new(state: &'a State) -> Self {
         Self {
             state,
-            overlay: BTreeMap::new(),
+            overlay: Vec::new(),
         }
     }
 
     /// Bytes on (node, disk) in the state plus this decision's overlay.
     fn scheduled(&self, node: &str, disk: &str, base: Bytes) -> i128 {
-        let extra = self
+        let extra: i128 = self
             .overlay
-            .get(&(node.to_string(), disk.to_string()))
-            .copied()
-            .unwrap_or(0);
+            .iter()
+            .filter(|(n, d, _)| n == node && d == disk)
+            .map(|(_, _, bytes)| bytes)
+            .sum();
         i128::from(base) + extra
+    }
+
+    fn adjust(&mut self, node: &str, disk: &str, bytes: i128) {
+        self.overlay
+            .push((node.to_string(), disk.to_string(), bytes));
     }
 
     /// Records that this decision frees `size` bytes on (node, disk).
     pub fn release(&mut self, node: &str, disk: &str, size: Bytes) {
-        *self
-            .overlay
-            .entry((node.to_string(), disk.to_string()))
-            .or_default() -= i128::from(size);
+        self.adjust(node, disk, -i128::from(size));
     }
 
     /// Places up to `count` replicas. Returns the placements it found and, when it found
@@ -104,10 +107,7 @@ impl<'a> Scheduler<'a> {
         for _ in 0..count {
             match self.place_one(demand, &existing) {
                 Ok(placement) => {
-                    *self
-                        .overlay
-                        .entry((placement.node.clone(), placement.disk.clone()))
-                        .or_default() += i128::from(demand.size);
+                    self.adjust(&placement.node, &placement.disk, i128::from(demand.size));
                     existing.push(placement.clone());
                     placed.push(placement);
                 }
@@ -139,11 +139,6 @@ impl<'a> Scheduler<'a> {
                 continue;
             }
             tally.candidate_nodes += 1;
-            tally.zones.insert(if node.zone.is_empty() {
-                node.id.clone()
-            } else {
-                node.zone.clone()
-            });
             let node_conflict = existing.iter().any(|p| p.node == node.id);
             if node_conflict && !settings.replica_soft_anti_affinity {
                 tally.blocked_by_node += 1;
@@ -201,13 +196,14 @@ impl<'a> Scheduler<'a> {
                 node: node.to_string(),
                 disk: disk.to_string(),
             }),
-            None => Err(tally.explain(demand, settings)),
+            None => Err(tally.explain(self.state, demand)),
         }
     }
 }
 
 impl Tally {
-    fn explain(&self, demand: &Demand<'_>, settings: &crate::Settings) -> String {
+    fn explain(&self, state: &State, demand: &Demand<'_>) -> String {
+        let settings = &state.settings;
         if self.nodes == 0 {
             return "no nodes registered".to_string();
         }
@@ -221,10 +217,23 @@ impl Tally {
             ));
         }
         if self.blocked_by_zone > 0 {
+            // Counted here, on the failure path only, to keep placement allocation-free.
+            let zones: BTreeSet<&str> = state
+                .nodes
+                .values()
+                .filter(|n| n.schedulable && demand.node_selector.is_subset(&n.tags))
+                .map(|n| {
+                    if n.zone.is_empty() {
+                        n.id.as_str()
+                    } else {
+                        n.zone.as_str()
+                    }
+                })
+                .collect();
             why.push(format!(
                 "hard zone anti-affinity, only {} zone{} with schedulable nodes",
-                self.zones.len(),
-                plural(self.zones.len())
+                zones.len(),
+                plural(zones.len())
             ));
         }
         if self.blocked_by_disk > 0 {
