@@ -1,0 +1,208 @@
+//! openraft's log storage over [`Disk`]: entries, the vote, the committed log id and the
+//! purge point. An append or a vote is reported to openraft only after it is flushed.
+//!
+//! Purging the log also trims the events of the purged entries (they are covered by the
+//! snapshot the purge follows), see [`crate::state_machine`].
+
+// openraft's `StorageError` is large; its size is openraft's choice, not ours.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+
+use crate::disk::Disk;
+use crate::{NodeId, TypeConfig};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const PURGED: &str = "last_purged";
+
+/// The Raft log of one member. Cloning gives another reader of the same log.
+#[derive(Clone)]
+pub struct LogStore {
+    disk: Disk,
+    /// Index of the last committed entry plus one (0 = nothing committed), for status.
+    committed: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    pub fn new(disk: Disk) -> LogStore {
+        LogStore {
+            disk,
+            committed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A shared view of the committed index this store last saved (None before any).
+    pub fn committed_view(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, StorageError<NodeId>> {
+        let Some(bytes) = self
+            .disk
+            .meta_get(name)
+            .map_err(|e| StorageIOError::read(&e))?
+        else {
+            return Ok(None);
+        };
+        let value = serde_json::from_slice(&bytes).map_err(|e| StorageIOError::read(&e))?;
+        Ok(Some(value))
+    }
+
+    fn write_meta<T: serde::Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<(), StorageError<NodeId>> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
+        self.disk
+            .meta_put(name, &bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+}
+
+fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
+    serde_json::from_slice(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let rows = self
+            .disk
+            .log_range(start, end)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        rows.iter().map(|(_, bytes)| decode_entry(bytes)).collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.read_meta(PURGED)?;
+        let last = self
+            .disk
+            .log_last()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = match last {
+            Some(bytes) => Some(decode_entry(&bytes)?.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.write_meta(VOTE, vote)?;
+        self.disk
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        self.read_meta(VOTE)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // Not flushed: a lost committed id only makes a restarted member re-learn it from the
+        // leader; it is flushed with the next append or vote anyway.
+        self.write_meta(COMMITTED, &committed)?;
+        if let Some(id) = committed {
+            self.committed.store(id.index + 1, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let committed: Option<Option<LogId<NodeId>>> = self.read_meta(COMMITTED)?;
+        let committed = committed.flatten();
+        if let Some(id) = committed {
+            self.committed.store(id.index + 1, Ordering::Release);
+        }
+        Ok(committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            rows.push((entry.log_id.index, bytes));
+        }
+        self.disk
+            .log_put(rows)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Durable before openraft may count this member's copy towards a commit.
+        let flushed = self.disk.flush().await;
+        callback.log_io_completed(flushed.map_err(std::io::Error::other));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.disk
+            .log_remove_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.disk
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // The purge point is written first: a crash in between leaves entries that are
+        // simply ignored behind it.
+        self.write_meta(PURGED, &log_id)?;
+        self.disk
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.disk
+            .log_remove_upto(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        crate::state_machine::trim_events(&self.disk, log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
