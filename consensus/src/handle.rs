@@ -112,6 +112,8 @@ struct Inner {
     transport: Arc<dyn Transport>,
     tuning: Tuning,
     committed: Arc<AtomicU64>,
+    /// Membership changes made through this member run one at a time.
+    changing: tokio::sync::Mutex<()>,
 }
 
 /// A running member of the group; cheap to clone.
@@ -172,6 +174,7 @@ impl Handle {
                 transport,
                 tuning,
                 committed,
+                changing: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -566,6 +569,7 @@ impl Handle {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
+        let _one_at_a_time = self.inner.changing.lock().await;
         let status = self.status();
         if let Some(known) = status.members.get(&node_id) {
             if known.incarnation != member.incarnation {
@@ -621,6 +625,7 @@ impl Handle {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
+        let _one_at_a_time = self.inner.changing.lock().await;
         let status = self.status();
         let ids: BTreeSet<NodeId> = [node_id].into();
         let change = if status.voters.contains(&node_id) {

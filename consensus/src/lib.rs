@@ -13,9 +13,11 @@
 //! - [`grpc`]: the tonic server and client for [`Transport`] over TCP.
 //! - [`membership`]: who is in the group, join and removal, disk incarnations.
 //! - [`handle`]: the API for the rest of the process.
+//! - [`client`]: calls to managers from processes that are not members.
 //!
 //! This crate never decides anything about volumes or nodes: that is `state`'s job.
 
+pub mod client;
 pub mod disk;
 pub mod error;
 pub mod grpc;
@@ -27,6 +29,7 @@ pub mod state_machine;
 
 use std::io::Cursor;
 
+pub use client::Client;
 pub use error::Error;
 pub use handle::{Handle, Status, Tuning};
 pub use membership::Member;
