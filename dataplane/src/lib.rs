@@ -1,1 +1,23 @@
-//! The block data path: replica store and server, per-volume engine, wire protocol, NBD frontend.
+//! The block data path of one volume: the replica store and its server, the per-volume
+//! engine that fans writes out to replicas, the engine <-> replica wire protocol, the NBD
+//! frontend, snapshots, rebuild and the engine's gRPC control endpoint.
+//!
+//! The on-disk format is described in `FORMAT.md`, the wire protocol in `PROTOCOL.md`.
+//! This crate knows nothing of Raft or Kubernetes: the engine is handed its replica set and
+//! epoch as arguments.
+
+pub mod address;
+pub mod control;
+pub mod engine;
+pub mod layer;
+pub mod nbd;
+pub mod protocol;
+pub mod rebuild;
+pub mod replica;
+pub mod snapshot;
+pub mod volume;
+
+/// The generated gRPC types of the engine control API (`proto/control.proto`).
+pub mod proto {
+    tonic::include_proto!("shorthorn.engine.v1");
+}

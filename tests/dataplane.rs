@@ -1,0 +1,17 @@
+//! The block data path end to end: real `shorthorn replica serve` and `shorthorn engine
+//! serve` processes on unix sockets, driven by NBD clients nobody here wrote (qemu-img,
+//! qemu-io, nbdinfo, fio's nbd engine). One scenario per module.
+
+#[path = "dataplane/testkit.rs"]
+mod testkit;
+
+#[path = "dataplane/fio_replica_killed.rs"]
+mod fio_replica_killed;
+#[path = "dataplane/layer_corruption.rs"]
+mod layer_corruption;
+#[path = "dataplane/nbd_errors.rs"]
+mod nbd_errors;
+#[path = "dataplane/qemu_img_round_trip.rs"]
+mod qemu_img_round_trip;
+#[path = "dataplane/qemu_io_odd_offsets.rs"]
+mod qemu_io_odd_offsets;

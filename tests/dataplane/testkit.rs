@@ -1,0 +1,225 @@
+//! Helpers shared by the data path scenarios: start the real `shorthorn replica serve` and
+//! `shorthorn engine serve` processes on unix sockets in a private temporary directory,
+//! kill them (by pid) when the test ends however it ends, and run the real NBD clients.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shorthorn");
+
+/// A daemon started by a test; killed and reaped on drop.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// SIGKILL now and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One scenario's private directory and the daemons in it.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub volume: String,
+    pub size: u64,
+}
+
+impl Cluster {
+    pub fn new(size: u64) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("sh-dp-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        Cluster {
+            dir,
+            volume: "vol".into(),
+            size,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn replica_socket(&self, i: usize) -> PathBuf {
+        self.path(&format!("r{i}.sock"))
+    }
+
+    /// The NBD socket of the engine started at `epoch`.
+    pub fn nbd_socket(&self, epoch: u64) -> PathBuf {
+        self.path(&format!("nbd-e{epoch}.sock"))
+    }
+
+    /// The control socket of the engine started at `epoch`.
+    pub fn control_socket(&self, epoch: u64) -> PathBuf {
+        self.path(&format!("control-e{epoch}.sock"))
+    }
+
+    /// The URI NBD clients use for the engine started at `epoch`.
+    pub fn nbd_uri(&self, epoch: u64) -> String {
+        format!(
+            "nbd+unix:///{}?socket={}",
+            self.volume,
+            self.nbd_socket(epoch).display()
+        )
+    }
+
+    fn spawn(&self, name: &str, args: &[String]) -> Daemon {
+        let log = self.path(&format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env("SHORTHORN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log clone"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn shorthorn");
+        Daemon { child, log }
+    }
+
+    /// Starts replica `i` (directory `rI`, socket `rI.sock`) and waits for its socket.
+    pub fn replica(&self, i: usize) -> Daemon {
+        let sock = self.replica_socket(i);
+        let _ = std::fs::remove_file(&sock);
+        let args = vec![
+            "replica".into(),
+            "serve".into(),
+            "--dir".into(),
+            self.path(&format!("r{i}")).display().to_string(),
+            "--size".into(),
+            self.size.to_string(),
+            "--listen".into(),
+            format!("unix:{}", sock.display()),
+        ];
+        let mut d = self.spawn(&format!("replica{i}"), &args);
+        wait_for_socket(&sock, &mut d);
+        d
+    }
+
+    /// Starts an engine at `epoch` over the given replicas, returning before it is ready.
+    pub fn engine_process(&self, epoch: u64, replicas: &[usize], extra: &[&str]) -> Daemon {
+        let _ = std::fs::remove_file(self.nbd_socket(epoch));
+        let _ = std::fs::remove_file(self.control_socket(epoch));
+        let mut args = vec![
+            "engine".into(),
+            "serve".into(),
+            "--volume".into(),
+            self.volume.clone(),
+            "--size".into(),
+            self.size.to_string(),
+            "--epoch".into(),
+            epoch.to_string(),
+            "--nbd".into(),
+            format!("unix:{}", self.nbd_socket(epoch).display()),
+            "--control".into(),
+            format!("unix:{}", self.control_socket(epoch).display()),
+        ];
+        for i in replicas {
+            args.push("--replica".into());
+            args.push(format!("unix:{}", self.replica_socket(*i).display()));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(&format!("engine-e{epoch}"), &args)
+    }
+
+    /// Starts an engine and waits until its NBD socket accepts.
+    pub fn engine(&self, epoch: u64, replicas: &[usize]) -> Daemon {
+        let mut d = self.engine_process(epoch, replicas, &[]);
+        wait_for_socket(&self.nbd_socket(epoch), &mut d);
+        d
+    }
+}
+
+/// Waits until `path` accepts a unix connection; panics with the daemon's log if it exits
+/// or takes longer than 30 s.
+pub fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return;
+        }
+        if let Some(status) = daemon.exited() {
+            panic!(
+                "daemon exited with {status} before listening on {}:\n{}",
+                path.display(),
+                daemon.log_text()
+            );
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no listener on {} after 30 s:\n{}",
+                path.display(),
+                daemon.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a client command, returning its output; panics if it cannot be started.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs a client command and asserts it succeeded, showing its output if not.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}:\n{text}",
+        out.status
+    );
+    text
+}
+
+/// sha256 of a file, through coreutils' sha256sum.
+pub fn sha256(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    out.split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// Writes `len` bytes of seeded pseudo-random data (incompressible, not all zero).
+pub fn random_file(path: &Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let b = x.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+    std::fs::write(path, data).expect("write random file");
+}
