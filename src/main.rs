@@ -1,7 +1,11 @@
 //! `shorthorn`: the one binary. Daemons (manager, replica, engine) and the CLI share it;
 //! this file only parses the command line and hands each subcommand to its module.
 
+#[allow(dead_code)] // wired into `manager` next
+mod api;
 mod cli;
+#[allow(dead_code)]
+mod size;
 
 use clap::Parser;
 

@@ -1,0 +1,479 @@
+//! The REST API of a manager (axum, JSON): volumes, nodes, replicas, settings, the event
+//! stream, health checks and the OpenAPI document.
+//!
+//! Every write becomes one command proposed to the replicated log (from any manager; a
+//! follower forwards it to the leader); every read is a linearizable read of the state.
+//! Every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
+//! Nothing a client sends can crash the manager: bad input is a 4xx with a JSON body
+//! `{"error": kind, "message": text}`.
+
+mod error;
+mod openapi;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request as HttpRequest, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use shorthorn_consensus::Handle;
+use shorthorn_state::{
+    Command, DataLocality, Event, Replica, Request, Settings, Snapshot, Timestamp, Volume,
+    VolumeSpec,
+};
+
+pub use error::ApiError;
+
+use crate::size::parse_size;
+
+/// What every handler needs: the log and who this manager is.
+#[derive(Clone)]
+pub struct Api {
+    log: Handle,
+    token: Arc<str>,
+    /// Name stamped on proposed commands as their proposer.
+    proposer: Arc<str>,
+}
+
+impl Api {
+    pub fn new(log: Handle, token: &str, proposer: &str) -> Self {
+        Self {
+            log,
+            token: token.into(),
+            proposer: proposer.into(),
+        }
+    }
+
+    /// Stamps `request` with this manager's clock and name and proposes it.
+    async fn propose(&self, request: Request) -> Result<Vec<Event>, ApiError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let command = Command::new(Timestamp(now), self.proposer.as_ref(), request);
+        Ok(self.log.propose(command).await?)
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&shorthorn_state::State) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        Ok(self.log.read(f).await?)
+    }
+}
+
+/// The router with every route, authentication included.
+pub fn router(api: Api) -> Router {
+    let v1 = Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/volumes", get(list_volumes).post(create_volume))
+        .route("/v1/volumes/{name}", get(get_volume).delete(delete_volume))
+        .route("/v1/volumes/{name}/attach", post(attach_volume))
+        .route("/v1/volumes/{name}/detach", post(detach_volume))
+        .route("/v1/volumes/{name}/expand", post(expand_volume))
+        .route("/v1/volumes/{name}/update", post(update_volume))
+        .route(
+            "/v1/volumes/{name}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/v1/volumes/{name}/snapshots/{snapshot}",
+            axum::routing::delete(delete_snapshot),
+        )
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/replicas", get(list_replicas))
+        .route("/v1/settings", get(list_settings))
+        .route("/v1/settings/{key}", get(get_setting).put(set_setting))
+        .route("/v1/events", get(events))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .merge(v1)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(api)
+}
+
+async fn authenticate(State(api): State<Api>, request: HttpRequest, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), api.token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::Unauthorized("the bearer token is not valid for this cluster".into())
+            .into_response(),
+        None => ApiError::Unauthorized("missing `Authorization: Bearer <token>` header".into())
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// JSON body extractor whose rejections are [`ApiError`]s (JSON, 400) instead of text.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(request: HttpRequest, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(ApiError::BadRequest(json_problem(&rejection))),
+        }
+    }
+}
+
+fn json_problem(rejection: &JsonRejection) -> String {
+    format!("invalid request body: {}", rejection.body_text())
+}
+
+async fn ready(State(api): State<Api>) -> Response {
+    let status = api.log.status();
+    match status.leader {
+        Some(leader) => {
+            (StatusCode::OK, format!("ready: leader is member {leader}")).into_response()
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no leader known",
+        )
+            .into_response(),
+    }
+}
+
+async fn cluster(State(api): State<Api>) -> Json<shorthorn_consensus::Status> {
+    Json(api.log.status())
+}
+
+/// A size in bytes, or a string with a binary suffix (`"10Gi"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeField {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeField {
+    fn bytes(&self) -> Result<u64, ApiError> {
+        match self {
+            SizeField::Bytes(bytes) => Ok(*bytes),
+            SizeField::Text(text) => parse_size(text).map_err(ApiError::BadRequest),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateVolumeBody {
+    name: String,
+    size: SizeField,
+    #[serde(default)]
+    number_of_replicas: Option<u8>,
+    #[serde(default)]
+    data_locality: Option<DataLocality>,
+    #[serde(default)]
+    node_selector: BTreeSet<String>,
+    #[serde(default)]
+    disk_selector: BTreeSet<String>,
+    #[serde(default)]
+    stale_replica_timeout: Option<u64>,
+    #[serde(default)]
+    standby: bool,
+}
+
+async fn list_volumes(State(api): State<Api>) -> Result<Json<Vec<Volume>>, ApiError> {
+    Ok(Json(
+        api.read(|s| s.volumes.values().cloned().collect()).await?,
+    ))
+}
+
+async fn get_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Volume>, ApiError> {
+    let found = api
+        .read(move |s| s.volumes.get(&name).cloned().ok_or(name))
+        .await?;
+    found
+        .map(Json)
+        .map_err(|name| ApiError::NotFound(format!("volume \"{name}\" not found")))
+}
+
+async fn create_volume(
+    State(api): State<Api>,
+    Body(body): Body<CreateVolumeBody>,
+) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    let spec = VolumeSpec {
+        name: body.name.clone(),
+        size: body.size.bytes()?,
+        number_of_replicas: body.number_of_replicas,
+        data_locality: body.data_locality,
+        node_selector: body.node_selector,
+        disk_selector: body.disk_selector,
+        stale_replica_timeout: body.stale_replica_timeout,
+        standby: body.standby,
+    };
+    api.propose(Request::CreateVolume(spec)).await?;
+    let Json(volume) = get_volume(State(api), Path(body.name)).await?;
+    Ok((StatusCode::CREATED, Json(volume)))
+}
+
+async fn delete_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    api.propose(Request::DeleteVolume { name }).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    node: String,
+}
+
+async fn attach_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Body(body): Body<AttachBody>,
+) -> Result<Json<Volume>, ApiError> {
+    api.propose(Request::AttachVolume {
+        name: name.clone(),
+        node: body.node,
+    })
+    .await?;
+    get_volume(State(api), Path(name)).await
+}
+
+async fn detach_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Volume>, ApiError> {
+    api.propose(Request::DetachVolume { name: name.clone() })
+        .await?;
+    get_volume(State(api), Path(name)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpandBody {
+    size: SizeField,
+}
+
+async fn expand_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Body(body): Body<ExpandBody>,
+) -> Result<Json<Volume>, ApiError> {
+    let size = body.size.bytes()?;
+    api.propose(Request::ExpandVolume {
+        name: name.clone(),
+        size,
+    })
+    .await?;
+    get_volume(State(api), Path(name)).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    number_of_replicas: Option<u8>,
+    #[serde(default)]
+    data_locality: Option<DataLocality>,
+}
+
+async fn update_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Body(body): Body<UpdateBody>,
+) -> Result<Json<Volume>, ApiError> {
+    let request = Request::UpdateVolume {
+        name: name.clone(),
+        number_of_replicas: body.number_of_replicas,
+        data_locality: body.data_locality,
+    };
+    api.propose(request).await?;
+    get_volume(State(api), Path(name)).await
+}
+
+async fn list_snapshots(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Snapshot>>, ApiError> {
+    let Json(volume) = get_volume(State(api), Path(name)).await?;
+    Ok(Json(volume.snapshots.into_values().collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    name: String,
+}
+
+async fn create_snapshot(
+    State(api): State<Api>,
+    Path(volume): Path<String>,
+    Body(body): Body<SnapshotBody>,
+) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
+    let events = api
+        .propose(Request::CreateSnapshot {
+            volume,
+            name: body.name,
+        })
+        .await?;
+    events
+        .into_iter()
+        .find_map(|e| match e {
+            Event::SnapshotCreated { snapshot } => Some((StatusCode::CREATED, Json(snapshot))),
+            _ => None,
+        })
+        .ok_or_else(|| ApiError::Internal("the snapshot was accepted but no event says so".into()))
+}
+
+async fn delete_snapshot(
+    State(api): State<Api>,
+    Path((volume, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    api.propose(Request::DeleteSnapshot { volume, name })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_nodes(State(api): State<Api>) -> Result<Json<Vec<shorthorn_state::Node>>, ApiError> {
+    Ok(Json(
+        api.read(|s| s.nodes.values().cloned().collect()).await?,
+    ))
+}
+
+async fn get_node(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+) -> Result<Json<shorthorn_state::Node>, ApiError> {
+    let found = api
+        .read(move |s| s.nodes.get(&id).cloned().ok_or(id))
+        .await?;
+    found
+        .map(Json)
+        .map_err(|id| ApiError::NotFound(format!("node \"{id}\" not found")))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReplicaFilter {
+    volume: Option<String>,
+}
+
+async fn list_replicas(
+    State(api): State<Api>,
+    Query(filter): Query<ReplicaFilter>,
+) -> Result<Json<Vec<Replica>>, ApiError> {
+    let replicas = api
+        .read(move |s| {
+            s.replicas
+                .values()
+                .filter(|r| filter.volume.as_ref().is_none_or(|v| &r.volume == v))
+                .cloned()
+                .collect()
+        })
+        .await?;
+    Ok(Json(replicas))
+}
+
+/// A setting as the API shows it.
+#[derive(Debug, Serialize)]
+struct SettingView {
+    key: &'static str,
+    value: String,
+    default: String,
+}
+
+async fn list_settings(State(api): State<Api>) -> Result<Json<Vec<SettingView>>, ApiError> {
+    let defaults = Settings::default();
+    let entries = api.read(|s| s.settings.entries()).await?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|(key, value)| SettingView {
+                key,
+                value,
+                default: defaults.get(key).unwrap_or_default(),
+            })
+            .collect(),
+    ))
+}
+
+async fn get_setting(
+    State(api): State<Api>,
+    Path(key): Path<String>,
+) -> Result<Json<SettingView>, ApiError> {
+    let Some(canonical) = Settings::canonical_key(&key) else {
+        return Err(ApiError::NotFound(format!("unknown setting \"{key}\"")));
+    };
+    let value = api
+        .read(move |s| s.settings.get(canonical).unwrap_or_default())
+        .await?;
+    let default = Settings::default().get(canonical).unwrap_or_default();
+    Ok(Json(SettingView {
+        key: canonical,
+        value,
+        default,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingBody {
+    value: String,
+}
+
+async fn set_setting(
+    State(api): State<Api>,
+    Path(key): Path<String>,
+    Body(body): Body<SettingBody>,
+) -> Result<Json<SettingView>, ApiError> {
+    api.propose(Request::SetSetting {
+        key: key.clone(),
+        value: body.value,
+    })
+    .await?;
+    get_setting(State(api), Path(key)).await
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsFrom {
+    /// First log index to stream from; the stream follows new events after that.
+    #[serde(default)]
+    from: u64,
+}
+
+async fn events(
+    State(api): State<Api>,
+    Query(from): Query<EventsFrom>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = api.log.subscribe(from.from).map(|item| {
+        Ok(match item {
+            Ok((index, event)) => SseEvent::default()
+                .id(index.to_string())
+                .event("event")
+                .json_data(&event)
+                .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string())),
+            Err(err) => SseEvent::default().event("error").data(err.to_string()),
+        })
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,223 @@
+//! The OpenAPI 3.1 document served at `/v1/openapi.json`. A test checks that it names every
+//! route the router serves, and only those.
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// Every (path, method) the router serves under authentication, as OpenAPI writes them.
+pub const OPERATIONS: &[(&str, &str)] = &[
+    ("/v1/openapi.json", "get"),
+    ("/v1/cluster", "get"),
+    ("/v1/volumes", "get"),
+    ("/v1/volumes", "post"),
+    ("/v1/volumes/{name}", "get"),
+    ("/v1/volumes/{name}", "delete"),
+    ("/v1/volumes/{name}/attach", "post"),
+    ("/v1/volumes/{name}/detach", "post"),
+    ("/v1/volumes/{name}/expand", "post"),
+    ("/v1/volumes/{name}/update", "post"),
+    ("/v1/volumes/{name}/snapshots", "get"),
+    ("/v1/volumes/{name}/snapshots", "post"),
+    ("/v1/volumes/{name}/snapshots/{snapshot}", "delete"),
+    ("/v1/nodes", "get"),
+    ("/v1/nodes/{id}", "get"),
+    ("/v1/replicas", "get"),
+    ("/v1/settings", "get"),
+    ("/v1/settings/{key}", "get"),
+    ("/v1/settings/{key}", "put"),
+    ("/v1/events", "get"),
+];
+
+pub async fn document() -> Json<Value> {
+    Json(build())
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn ok(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn body(schema: Value) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
+}
+
+fn errors() -> Value {
+    let error = json!({ "description": "error", "content": { "application/json": { "schema": reference("Error") } } });
+    json!({ "400": error, "401": error, "404": error, "409": error, "412": error, "503": error, "504": error })
+}
+
+fn operation(summary: &str, success: (&str, Value), request: Option<Value>) -> Value {
+    let mut responses = errors();
+    responses[success.0] = success.1;
+    let mut op = json!({ "summary": summary, "responses": responses });
+    if let Some(request) = request {
+        op["requestBody"] = body(request);
+    }
+    op
+}
+
+fn path_param(name: &str) -> Value {
+    json!([{ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }])
+}
+
+pub fn build() -> Value {
+    let volume = reference("Volume");
+    let list = |item: Value| json!({ "type": "array", "items": item });
+    let size = json!({ "oneOf": [{ "type": "integer", "minimum": 0 }, { "type": "string", "examples": ["10Gi"] }] });
+    let mut paths = json!({
+        "/v1/openapi.json": { "get": operation("This document", ("200", ok("OpenAPI document", json!({"type": "object"}))), None) },
+        "/v1/cluster": { "get": operation("Raft status of this manager", ("200", ok("status", json!({"type": "object"}))), None) },
+        "/v1/volumes": {
+            "get": operation("List volumes", ("200", ok("volumes", list(volume.clone()))), None),
+            "post": operation("Create a volume; its replicas are scheduled at once", ("201", ok("created", volume.clone())), Some(json!({
+                "type": "object", "required": ["name", "size"], "additionalProperties": false,
+                "properties": {
+                    "name": { "type": "string", "description": "DNS-1123 label" },
+                    "size": size.clone(),
+                    "numberOfReplicas": { "type": "integer", "minimum": 1, "maximum": 20 },
+                    "dataLocality": { "enum": ["disabled", "best-effort"] },
+                    "nodeSelector": { "type": "array", "items": { "type": "string" } },
+                    "diskSelector": { "type": "array", "items": { "type": "string" } },
+                    "staleReplicaTimeout": { "type": "integer", "description": "minutes" },
+                    "standby": { "type": "boolean" }
+                }
+            }))),
+        },
+        "/v1/volumes/{name}": {
+            "parameters": path_param("name"),
+            "get": operation("Get a volume", ("200", ok("volume", volume.clone())), None),
+            "delete": operation("Delete a detached volume", ("202", json!({"description": "deleting"})), None),
+        },
+        "/v1/volumes/{name}/attach": {
+            "parameters": path_param("name"),
+            "post": operation("Attach on a node under a new epoch", ("200", ok("volume", volume.clone())), Some(json!({
+                "type": "object", "required": ["node"], "additionalProperties": false,
+                "properties": { "node": { "type": "string" } }
+            }))),
+        },
+        "/v1/volumes/{name}/detach": {
+            "parameters": path_param("name"),
+            "post": operation("Detach", ("200", ok("volume", volume.clone())), None),
+        },
+        "/v1/volumes/{name}/expand": {
+            "parameters": path_param("name"),
+            "post": operation("Grow a volume", ("200", ok("volume", volume.clone())), Some(json!({
+                "type": "object", "required": ["size"], "additionalProperties": false, "properties": { "size": size }
+            }))),
+        },
+        "/v1/volumes/{name}/update": {
+            "parameters": path_param("name"),
+            "post": operation("Change replica count or data locality", ("200", ok("volume", volume.clone())), Some(json!({
+                "type": "object", "additionalProperties": false,
+                "properties": {
+                    "numberOfReplicas": { "type": "integer", "minimum": 1, "maximum": 20 },
+                    "dataLocality": { "enum": ["disabled", "best-effort"] }
+                }
+            }))),
+        },
+        "/v1/volumes/{name}/snapshots": {
+            "parameters": path_param("name"),
+            "get": operation("List snapshots", ("200", ok("snapshots", list(reference("Snapshot")))), None),
+            "post": operation("Create a snapshot", ("201", ok("created", reference("Snapshot"))), Some(json!({
+                "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string" } }
+            }))),
+        },
+        "/v1/volumes/{name}/snapshots/{snapshot}": {
+            "parameters": [
+                { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "snapshot", "in": "path", "required": true, "schema": { "type": "string" } }
+            ],
+            "delete": operation("Delete a snapshot", ("204", json!({"description": "deleted"})), None),
+        },
+        "/v1/nodes": { "get": operation("List nodes with their disks and usage", ("200", ok("nodes", list(reference("Node")))), None) },
+        "/v1/nodes/{id}": { "parameters": path_param("id"), "get": operation("Get a node", ("200", ok("node", reference("Node"))), None) },
+        "/v1/replicas": {
+            "get": {
+                "summary": "List replicas",
+                "parameters": [{ "name": "volume", "in": "query", "required": false, "schema": { "type": "string" } }],
+                "responses": { "200": ok("replicas", list(reference("Replica"))), "401": errors()["401"] }
+            }
+        },
+        "/v1/settings": { "get": operation("List settings", ("200", ok("settings", list(reference("Setting")))), None) },
+        "/v1/settings/{key}": {
+            "parameters": path_param("key"),
+            "get": operation("Get a setting", ("200", ok("setting", reference("Setting"))), None),
+            "put": operation("Change a setting", ("200", ok("setting", reference("Setting"))), Some(json!({
+                "type": "object", "required": ["value"], "additionalProperties": false, "properties": { "value": { "type": "string" } }
+            }))),
+        },
+        "/v1/events": {
+            "get": {
+                "summary": "Server-sent events from the log, from a log index on",
+                "parameters": [{ "name": "from", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } }],
+                "responses": { "200": { "description": "text/event-stream of events", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }
+            }
+        }
+    });
+    for (_, item) in paths.as_object_mut().into_iter().flatten() {
+        for (_, op) in item.as_object_mut().into_iter().flatten() {
+            if op.get("responses").is_some() {
+                op["security"] = json!([{ "bearer": [] }]);
+            }
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "Shorthorn manager API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": { "type": "object", "required": ["error", "message"], "properties": {
+                    "error": { "type": "string" }, "message": { "type": "string" } } },
+                "Volume": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "size": { "type": "integer" },
+                    "numberOfReplicas": { "type": "integer" },
+                    "state": { "enum": ["creating", "detached", "attaching", "attached", "detaching", "deleting"] },
+                    "robustness": { "enum": ["healthy", "degraded", "faulted"] },
+                    "epoch": { "type": "integer" },
+                    "attachment": { "type": ["object", "null"] },
+                    "replicas": { "type": "array", "items": { "type": "string" } },
+                    "condition": { "type": ["string", "null"] } } },
+                "Node": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "address": { "type": "string" }, "zone": { "type": "string" },
+                    "schedulable": { "type": "boolean" }, "disks": { "type": "object" } } },
+                "Replica": { "type": "object", "properties": {
+                    "id": { "type": "string" }, "volume": { "type": "string" }, "node": { "type": "string" },
+                    "disk": { "type": "string" }, "mode": { "enum": ["RW", "WO", "ERR"] } } },
+                "Snapshot": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "volume": { "type": "string" }, "createdAt": { "type": "integer" } } },
+                "Setting": { "type": "object", "properties": {
+                    "key": { "type": "string" }, "value": { "type": "string" }, "default": { "type": "string" } } }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_exactly_the_served_operations() {
+        let doc = build();
+        let mut listed = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if item.get(method).is_some() {
+                    listed.push((path.clone(), method.to_string()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = OPERATIONS
+            .iter()
+            .map(|(p, m)| (p.to_string(), m.to_string()))
+            .collect();
+        listed.sort();
+        served.sort();
+        assert_eq!(listed, served);
+    }
+}
