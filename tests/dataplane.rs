@@ -15,3 +15,9 @@ mod nbd_errors;
 mod qemu_img_round_trip;
 #[path = "dataplane/qemu_io_odd_offsets.rs"]
 mod qemu_io_odd_offsets;
+#[path = "dataplane/rebuild.rs"]
+mod rebuild;
+#[path = "dataplane/replica_timeout.rs"]
+mod replica_timeout;
+#[path = "dataplane/snapshot_revert.rs"]
+mod snapshot_revert;

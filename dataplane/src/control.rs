@@ -1,11 +1,217 @@
-//! The engine's gRPC control endpoint (`proto/control.proto`).
+//! The engine's gRPC control endpoint (`proto/control.proto`): replica list with modes and
+//! rebuild progress, add and remove replica, snapshot create / list / delete / revert,
+//! expand, and I/O stats. It only translates between protobuf and the engine; every
+//! decision is the engine's. Also the client side, over TCP or a unix socket.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use crate::address::Listener;
-use crate::engine::Engine;
+use hyper_util::rt::TokioIo;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::transport::{Channel, Endpoint, Server, Uri};
+use tonic::{Request, Response, Status};
+
+use crate::address::{Address, Listener};
+use crate::engine::{Engine, EngineError, ReplicaMode};
+use crate::proto;
+use crate::proto::engine_control_client::EngineControlClient;
+use crate::proto::engine_control_server::{EngineControl, EngineControlServer};
+
+/// A connected control client.
+pub type ControlClient = EngineControlClient<Channel>;
 
 /// Serves the control API on `listener` until it fails.
-pub async fn serve(_engine: Arc<Engine>, _listener: Listener) -> std::io::Result<()> {
-    std::future::pending().await
+pub async fn serve(engine: Arc<Engine>, listener: Listener) -> Result<(), tonic::transport::Error> {
+    let service = EngineControlServer::new(ControlService { engine });
+    let router = Server::builder().add_service(service);
+    match listener {
+        Listener::Unix(l, _) => router.serve_with_incoming(UnixListenerStream::new(l)).await,
+        Listener::Tcp(l) => router.serve_with_incoming(TcpListenerStream::new(l)).await,
+    }
+}
+
+/// Connects a control client to an engine at `addr`.
+pub async fn connect(addr: &Address) -> Result<ControlClient, tonic::transport::Error> {
+    let channel = match addr {
+        Address::Tcp(a) => {
+            Endpoint::from_shared(format!("http://{a}"))?
+                .connect()
+                .await?
+        }
+        Address::Unix(path) => {
+            let path = path.clone();
+            Endpoint::from_static("http://engine.invalid")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+                .await?
+        }
+    };
+    Ok(EngineControlClient::new(channel))
+}
+
+struct ControlService {
+    engine: Arc<Engine>,
+}
+
+fn status(e: EngineError) -> Status {
+    let msg = e.to_string();
+    match e {
+        EngineError::SnapshotNotFound(_) => Status::not_found(msg),
+        EngineError::SnapshotExists(_) => Status::already_exists(msg),
+        EngineError::Invalid(_) | EngineError::OutOfRange { .. } => Status::invalid_argument(msg),
+        EngineError::Busy(_) => Status::failed_precondition(msg),
+        EngineError::NoHealthyReplica | EngineError::StaleEpoch { .. } => Status::unavailable(msg),
+        EngineError::Replica { .. } => Status::internal(msg),
+    }
+}
+
+fn address(s: &str) -> Result<Address, Status> {
+    s.parse()
+        .map_err(|e: crate::address::BadAddress| Status::invalid_argument(e.to_string()))
+}
+
+fn replica_info(s: &crate::engine::ReplicaSlot) -> proto::ReplicaInfo {
+    let mode = match s.mode() {
+        ReplicaMode::Rw => proto::ReplicaMode::Rw,
+        ReplicaMode::Wo => proto::ReplicaMode::Wo,
+        ReplicaMode::Err => proto::ReplicaMode::Err,
+    };
+    proto::ReplicaInfo {
+        address: s.address.to_string(),
+        mode: mode as i32,
+        rebuild_done_bytes: s.rebuild.done_bytes.load(Ordering::Acquire),
+        rebuild_total_bytes: s.rebuild.total_bytes.load(Ordering::Acquire),
+        rebuild_copied_bytes: s.rebuild.copied_bytes.load(Ordering::Acquire),
+        rebuild_chunks_compared: s.rebuild.chunks_compared.load(Ordering::Acquire),
+        rebuild_chunks_copied: s.rebuild.chunks_copied.load(Ordering::Acquire),
+        error: s.error(),
+    }
+}
+
+fn mean_us(total_ns: u64, ops: u64) -> u64 {
+    total_ns.checked_div(ops).unwrap_or(0) / 1000
+}
+
+#[tonic::async_trait]
+impl EngineControl for ControlService {
+    async fn list_replicas(
+        &self,
+        _: Request<proto::Empty>,
+    ) -> Result<Response<proto::ReplicaList>, Status> {
+        let replicas = self
+            .engine
+            .replicas()
+            .iter()
+            .map(|s| replica_info(s))
+            .collect();
+        Ok(Response::new(proto::ReplicaList { replicas }))
+    }
+
+    async fn add_replica(
+        &self,
+        r: Request<proto::ReplicaAddress>,
+    ) -> Result<Response<proto::ReplicaInfo>, Status> {
+        let addr = address(&r.into_inner().address)?;
+        let slot = self.engine.add_replica(addr).await.map_err(status)?;
+        Ok(Response::new(replica_info(&slot)))
+    }
+
+    async fn remove_replica(
+        &self,
+        r: Request<proto::ReplicaAddress>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        let addr = address(&r.into_inner().address)?;
+        self.engine.remove_replica(&addr).map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn create_snapshot(
+        &self,
+        r: Request<proto::SnapshotName>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        self.engine
+            .snapshot_create(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<proto::Empty>,
+    ) -> Result<Response<proto::SnapshotList>, Status> {
+        let snapshots = self
+            .engine
+            .snapshot_list()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|s| proto::SnapshotInfo {
+                name: s.name,
+                parent: s.parent.unwrap_or_default(),
+                created_unix_ms: s.created_unix_ms,
+            })
+            .collect();
+        Ok(Response::new(proto::SnapshotList { snapshots }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        r: Request<proto::SnapshotName>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        self.engine
+            .snapshot_delete(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn revert_snapshot(
+        &self,
+        r: Request<proto::SnapshotName>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        self.engine
+            .snapshot_revert(&r.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn expand(
+        &self,
+        r: Request<proto::ExpandRequest>,
+    ) -> Result<Response<proto::Empty>, Status> {
+        self.engine
+            .expand(r.into_inner().size_bytes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::Empty {}))
+    }
+
+    async fn stats(
+        &self,
+        _: Request<proto::Empty>,
+    ) -> Result<Response<proto::VolumeStats>, Status> {
+        let s = &self.engine.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Ok(Response::new(proto::VolumeStats {
+            size_bytes: self.engine.size(),
+            read_ops: load(&s.read_ops),
+            write_ops: load(&s.write_ops),
+            read_bytes: load(&s.read_bytes),
+            write_bytes: load(&s.write_bytes),
+            flush_ops: load(&s.flush_ops),
+            read_latency_us: mean_us(load(&s.read_ns), load(&s.read_ops)),
+            write_latency_us: mean_us(load(&s.write_ns), load(&s.write_ops)),
+            flush_latency_us: mean_us(load(&s.flush_ns), load(&s.flush_ops)),
+            uptime_ms: self.engine.uptime().as_millis() as u64,
+            epoch: self.engine.epoch.0,
+        }))
+    }
 }

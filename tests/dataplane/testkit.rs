@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use shorthorn_dataplane::address::Address;
+use shorthorn_dataplane::control;
+use shorthorn_dataplane::proto;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_shorthorn");
 
 /// A daemon started by a test; killed and reaped on drop.
@@ -15,6 +19,10 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL now and reap.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -222,4 +230,130 @@ pub fn random_file(path: &Path, len: usize, seed: u64) {
         chunk.copy_from_slice(&b[..chunk.len()]);
     }
     std::fs::write(path, data).expect("write random file");
+}
+
+/// Waits until `cond` holds, up to `secs` seconds.
+pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A blocking client of an engine's gRPC control API.
+pub struct Control {
+    rt: tokio::runtime::Runtime,
+    client: control::ControlClient,
+}
+
+impl Control {
+    pub fn connect(c: &Cluster, epoch: u64) -> Control {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let addr = Address::Unix(c.control_socket(epoch));
+        let client = rt
+            .block_on(control::connect(&addr))
+            .expect("connect control");
+        Control { rt, client }
+    }
+
+    pub fn replicas(&mut self) -> Vec<proto::ReplicaInfo> {
+        let r = self.rt.block_on(self.client.list_replicas(proto::Empty {}));
+        r.expect("list replicas").into_inner().replicas
+    }
+
+    /// The entry for replica `i` of `c`.
+    pub fn replica(&mut self, c: &Cluster, i: usize) -> proto::ReplicaInfo {
+        let addr = format!("unix:{}", c.replica_socket(i).display());
+        self.replicas()
+            .into_iter()
+            .find(|r| r.address == addr)
+            .expect("replica in the list")
+    }
+
+    pub fn add_replica(&mut self, c: &Cluster, i: usize) -> Result<proto::ReplicaInfo, String> {
+        let address = format!("unix:{}", c.replica_socket(i).display());
+        let r = self
+            .rt
+            .block_on(self.client.add_replica(proto::ReplicaAddress { address }));
+        r.map(|r| r.into_inner()).map_err(|e| e.to_string())
+    }
+
+    pub fn snapshot(&mut self, op: &str, name: &str) -> Result<(), String> {
+        let n = proto::SnapshotName { name: name.into() };
+        let r = match op {
+            "create" => self.rt.block_on(self.client.create_snapshot(n)),
+            "delete" => self.rt.block_on(self.client.delete_snapshot(n)),
+            "revert" => self.rt.block_on(self.client.revert_snapshot(n)),
+            _ => panic!("unknown snapshot op {op}"),
+        };
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    pub fn snapshots(&mut self) -> Vec<String> {
+        let r = self
+            .rt
+            .block_on(self.client.list_snapshots(proto::Empty {}));
+        r.expect("list snapshots")
+            .into_inner()
+            .snapshots
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    }
+
+    pub fn stats(&mut self) -> proto::VolumeStats {
+        let r = self.rt.block_on(self.client.stats(proto::Empty {}));
+        r.expect("stats").into_inner()
+    }
+
+    /// Waits until replica `i` is RW again.
+    pub fn wait_rw(&mut self, c: &Cluster, i: usize, secs: u64) -> proto::ReplicaInfo {
+        let mut last = None;
+        eventually(secs, "the replica to become RW", || {
+            let r = self.replica(c, i);
+            assert_ne!(
+                r.mode,
+                proto::ReplicaMode::Err as i32,
+                "replica failed: {}",
+                r.error
+            );
+            let done = r.mode == proto::ReplicaMode::Rw as i32;
+            last = Some(r);
+            done
+        });
+        last.expect("replica info")
+    }
+}
+
+/// qemu-io with the given commands against `uri`; returns all its output, asserting it
+/// exited 0 and no pattern check failed.
+pub fn qemu_io(uri: &str, commands: &[&str]) -> String {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw"]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd.arg(uri);
+    let out = run_ok(&mut cmd);
+    assert!(
+        !out.contains("Pattern verification failed") && !out.contains("error"),
+        "{out}"
+    );
+    out
+}
+
+/// Sends `signal` (e.g. "STOP", "CONT") to a daemon.
+pub fn signal(d: &Daemon, signal: &str) {
+    run_ok(
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(d.pid().to_string()),
+    );
 }
