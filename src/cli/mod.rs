@@ -1,9 +1,12 @@
 //! The command line: one clap tree for every daemon and client subcommand.
 //! Subcommands that are not built yet say so and exit non-zero; none of them panics.
 
+mod client;
+mod dev;
 mod engine;
 mod manager;
 mod replica;
+mod volume;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -26,7 +29,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a local 3-node cluster on loopback, no Kubernetes needed [not built yet].
+    /// Run a local 3-manager cluster on loopback, no Kubernetes needed.
     #[command(subcommand)]
     Dev(DevCommand),
     /// Run a manager: a member of the Raft group (REST API and node agent come later).
@@ -37,16 +40,16 @@ pub enum Command {
     /// Serve one attached volume: the engine that fans writes out to the replicas.
     #[command(subcommand)]
     Engine(engine::EngineCommand),
-    /// Create, list, attach, detach, expand and delete volumes [not built yet].
-    Volume(NotBuilt),
-    /// Create, list, delete and revert snapshots of a volume [not built yet].
-    Snapshot(NotBuilt),
+    /// Create, list, attach, detach, expand and delete volumes.
+    Volume(VolumeArgs),
+    /// Create, list and delete snapshots of a volume (revert is not built yet).
+    Snapshot(SnapshotArgs),
     /// Back up snapshots to S3 or NFS and restore them [not built yet].
     Backup(NotBuilt),
-    /// List nodes with their disks and usage [not built yet].
-    Node(NotBuilt),
-    /// Read and change cluster settings [not built yet].
-    Setting(NotBuilt),
+    /// List nodes with their disks and usage.
+    Node(NodeArgs),
+    /// Read and change cluster settings.
+    Setting(SettingArgs),
     /// Follow the cluster's event stream [not built yet].
     Watch(NotBuilt),
     /// Run the CSI driver (controller and node services) [not built yet].
@@ -55,10 +58,48 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
-    /// Start 3 managers on 127.0.0.1 with their own data and disk directories [not built yet].
-    Up(NotBuilt),
-    /// Stop the local cluster started by `dev up` [not built yet].
-    Down(NotBuilt),
+    /// Start 3 managers on 127.0.0.1 with their own data and disk directories.
+    Up(dev::UpArgs),
+    /// Stop the local cluster started by `dev up --detach`.
+    Down(dev::DownArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VolumeArgs {
+    #[command(flatten)]
+    target: client::Target,
+    #[command(subcommand)]
+    command: volume::VolumeCommand,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    target: client::Target,
+    #[command(subcommand)]
+    command: volume::SnapshotCommand,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SettingArgs {
+    #[command(flatten)]
+    target: client::Target,
+    #[command(subcommand)]
+    command: volume::SettingCommand,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    target: client::Target,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes with their disks and usage.
+    Ls,
 }
 
 /// Arguments of a subcommand that is not built yet: everything is accepted and ignored.
@@ -85,13 +126,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manager(args) => manager::run(args),
         Command::Replica(cmd) => replica::run(cmd),
         Command::Engine(cmd) => engine::run(cmd),
-        Command::Dev(DevCommand::Up(_)) => not_built("dev up"),
-        Command::Dev(DevCommand::Down(_)) => not_built("dev down"),
-        Command::Volume(_) => not_built("volume"),
-        Command::Snapshot(_) => not_built("snapshot"),
+        Command::Dev(DevCommand::Up(args)) => dev::up(args),
+        Command::Dev(DevCommand::Down(args)) => dev::down(args),
+        Command::Volume(args) => volume::volume(args.command, &args.target),
+        Command::Snapshot(args) => volume::snapshot(args.command, &args.target),
+        Command::Node(args) => match args.command {
+            NodeCommand::Ls => volume::nodes(&args.target),
+        },
+        Command::Setting(args) => volume::setting(args.command, &args.target),
         Command::Backup(_) => not_built("backup"),
-        Command::Node(_) => not_built("node"),
-        Command::Setting(_) => not_built("setting"),
         Command::Watch(_) => not_built("watch"),
         Command::Csi(_) => not_built("csi"),
     }

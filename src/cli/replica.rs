@@ -12,8 +12,8 @@ use shorthorn_dataplane::volume::ByteSize;
 pub enum ReplicaCommand {
     /// Serve a replica directory over the engine <-> replica wire protocol.
     Serve(ServeArgs),
-    /// List the replicas the cluster knows [not built yet].
-    Ls(super::NotBuilt),
+    /// List the replicas the cluster knows.
+    Ls(super::client::Target),
 }
 
 #[derive(Debug, clap::Args)]
@@ -35,9 +35,7 @@ pub struct ServeArgs {
 pub fn run(cmd: ReplicaCommand) -> anyhow::Result<()> {
     match cmd {
         ReplicaCommand::Serve(args) => serve(args),
-        ReplicaCommand::Ls(_) => {
-            anyhow::bail!("`shorthorn replica ls` is not built yet in this version")
-        }
+        ReplicaCommand::Ls(target) => super::volume::replicas(&target),
     }
 }
 

@@ -1,0 +1,145 @@
+//! The HTTP client the CLI subcommands share: finds the cluster and the token, sends JSON,
+//! and turns error bodies into the server's own message.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::dev::DevConfig;
+
+/// Where the cluster is and how to authenticate; flags beat environment beat the dev cluster.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Manager API URL (e.g. http://127.0.0.1:9501).
+    #[arg(long, global = true, env = "SHORTHORN_API")]
+    pub api: Option<String>,
+    /// File holding the API bearer token.
+    #[arg(long, global = true, env = "SHORTHORN_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Directory of a `dev up` cluster to use when --api is not given.
+    #[arg(long, global = true, default_value = ".shorthorn-dev")]
+    pub dev_dir: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub struct Client {
+    apis: Vec<String>,
+    token: String,
+}
+
+impl Client {
+    pub fn connect(target: &Target) -> anyhow::Result<Client> {
+        let dev = || DevConfig::load(&target.dev_dir);
+        let apis = match &target.api {
+            Some(api) => vec![api.trim_end_matches('/').to_string()],
+            None => dev()
+                .context(
+                    "no cluster given: pass --api / SHORTHORN_API, or run `shorthorn dev up` here",
+                )?
+                .apis,
+        };
+        let token_file = match &target.token_file {
+            Some(path) => path.clone(),
+            None => {
+                dev()
+                    .context("no token given: pass --token-file / SHORTHORN_TOKEN_FILE")?
+                    .token_file
+            }
+        };
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("reading the token file {}", token_file.display()))?
+            .trim()
+            .to_string();
+        Ok(Client { apis, token })
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send("GET", path, None)
+    }
+    pub fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send("POST", path, Some(body))
+    }
+    pub fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send("PUT", path, Some(body))
+    }
+    pub fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send("DELETE", path, None)
+    }
+
+    /// Sends to the first manager that answers; a manager that cannot be reached is skipped
+    /// (any manager serves any request).
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut last = None;
+        for api in &self.apis {
+            let request = ureq::request(method, &format!("{api}{path}"))
+                .timeout(Duration::from_secs(30))
+                .set("Authorization", &format!("Bearer {}", self.token));
+            let result = match &body {
+                Some(body) => request.send_json(body.clone()),
+                None => request.call(),
+            };
+            match result {
+                Ok(response) => return read_body(response),
+                Err(ureq::Error::Status(code, response)) => {
+                    let body = read_body(response).unwrap_or(Value::Null);
+                    let message = body["message"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| body.to_string());
+                    bail!("{message} (HTTP {code})");
+                }
+                Err(err) => last = Some(anyhow::anyhow!("{api}: {err}")),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no manager API configured")))
+    }
+}
+
+fn read_body(response: ureq::Response) -> anyhow::Result<Value> {
+    let text = response.into_string().context("reading the response")?;
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Prints rows as aligned columns under `headers`.
+pub fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// A JSON field as table text.
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
