@@ -118,6 +118,11 @@ pub enum Request {
         id: String,
         reason: String,
     },
+    /// The node agent started the replica's process; engines reach it at `address`.
+    ReportReplicaStarted {
+        id: String,
+        address: String,
+    },
     /// A new or returning replica is being rebuilt (it takes writes, serves no reads).
     ReportReplicaRebuilding {
         id: String,

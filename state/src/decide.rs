@@ -172,6 +172,21 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
                 at,
             }])
         }
+        Request::ReportReplicaStarted { id, address } => {
+            let replica = state.replica(id)?;
+            if address.is_empty() {
+                return Err(Rejection::invalid(format!(
+                    "replica \"{id}\" needs an address"
+                )));
+            }
+            if replica.address.as_deref() == Some(address.as_str()) {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::ReplicaStarted {
+                id: id.clone(),
+                address: address.clone(),
+            }])
+        }
         Request::ReportReplicaRebuilding { id } => {
             let replica = state.replica(id)?;
             match replica.mode {
@@ -730,6 +745,7 @@ fn schedule_missing(
                 failed_at: None,
                 failure: None,
                 created_at: at,
+                address: None,
             },
         });
         *next += 1;

@@ -107,6 +107,10 @@ pub enum Event {
     ReplicaRebuilding {
         id: String,
     },
+    ReplicaStarted {
+        id: String,
+        address: String,
+    },
     /// The replica serves reads and writes (rebuilt, or salvaged).
     ReplicaHealthy {
         id: String,

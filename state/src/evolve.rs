@@ -190,6 +190,11 @@ pub fn evolve(state: &mut State, event: &Event) {
                 r.failure = None;
             });
         }
+        Event::ReplicaStarted { id, address } => {
+            if let Some(replica) = state.replicas.get_mut(id) {
+                replica.address = Some(address.clone());
+            }
+        }
         Event::ReplicaRemoved { id } => {
             if let Some(volume) = remove_replica(state, id) {
                 refresh(state, &volume);

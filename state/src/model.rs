@@ -346,6 +346,9 @@ pub struct Replica {
     pub failed_at: Option<Timestamp>,
     pub failure: Option<String>,
     pub created_at: Timestamp,
+    /// Where the replica process serves the wire protocol, once its node agent started it.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// A point-in-time, read-only layer of a volume.
