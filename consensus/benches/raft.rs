@@ -74,7 +74,9 @@ impl Drop for Proc {
 }
 
 fn free_port() -> BenchResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[derive(Debug, Default)]
@@ -228,7 +230,12 @@ async fn shorthorn_leader(client: &Client, addrs: &[String]) -> BenchResult<usiz
     .await
 }
 
-async fn bench_shorthorn(bin: &Path, dir: &Path, clients: usize, secs: f64) -> BenchResult<Figures> {
+async fn bench_shorthorn(
+    bin: &Path,
+    dir: &Path,
+    clients: usize,
+    secs: f64,
+) -> BenchResult<Figures> {
     let mut group = start_managers(bin, dir).await?;
     let client = Client::new(Duration::from_secs(5));
     let leader = shorthorn_leader(&client, &group.addrs).await?;
@@ -273,9 +280,14 @@ async fn bench_shorthorn(bin: &Path, dir: &Path, clients: usize, secs: f64) -> B
             let rpc = Rpc::Propose(setting(format!("failover-{trial}-{n}")));
             match quick.call(target, rpc).await {
                 Ok(Reply::Proposed(Ok(_))) => break,
-                Ok(Reply::Proposed(Err(Error::NotLeader { addr, .. }))) if survivors.contains(&addr) => {
+                Ok(Reply::Proposed(Err(Error::NotLeader { addr, .. })))
+                    if survivors.contains(&addr) =>
+                {
                     if let Ok(Reply::Proposed(Ok(_))) = quick
-                        .call(&addr, Rpc::Propose(setting(format!("failover-{trial}-{n}b"))))
+                        .call(
+                            &addr,
+                            Rpc::Propose(setting(format!("failover-{trial}-{n}b"))),
+                        )
                         .await
                     {
                         break;
@@ -290,10 +302,14 @@ async fn bench_shorthorn(bin: &Path, dir: &Path, clients: usize, secs: f64) -> B
         figures.failovers.push(killed.elapsed());
         group.procs[leader].start()?;
         let addr = group.addrs[leader].clone();
-        wait_until(Duration::from_secs(30), "the killed manager to catch up", async || {
-            let s = client.status(&addr).await.ok()?;
-            (s.leader.is_some() && s.applied.is_some()).then_some(())
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the killed manager to catch up",
+            async || {
+                let s = client.status(&addr).await.ok()?;
+                (s.leader.is_some() && s.applied.is_some()).then_some(())
+            },
+        )
         .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -349,9 +365,15 @@ async fn start_etcd(dir: &Path) -> BenchResult<Etcd> {
     }
     let etcd = Etcd { procs, clients };
     for c in etcd.clients.clone() {
-        wait_until(Duration::from_secs(30), "etcd to accept writes", async || {
-            etcd_put(&c, b"ready".to_vec(), Duration::from_secs(1)).await.then_some(())
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "etcd to accept writes",
+            async || {
+                etcd_put(&c, b"ready".to_vec(), Duration::from_secs(1))
+                    .await
+                    .then_some(())
+            },
+        )
         .await?;
     }
     Ok(etcd)
@@ -377,7 +399,10 @@ async fn etcd_put(addr: &str, key: Vec<u8>, timeout: Duration) -> bool {
         value: vec![b'v'; 32],
     });
     request.set_timeout(timeout);
-    matches!(tokio::time::timeout(timeout, kv.put(request)).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(timeout, kv.put(request)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// The etcd leader's index, from `etcdctl endpoint status`.
@@ -385,7 +410,14 @@ fn etcd_leader(etcd: &Etcd, alive: &[usize]) -> BenchResult<usize> {
     let endpoints: Vec<String> = alive.iter().map(|i| etcd.clients[*i].clone()).collect();
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoints.join(","), "endpoint", "status", "-w", "json"])
+        .args([
+            "--endpoints",
+            &endpoints.join(","),
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])
         .output()?;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)?;
     for (row, i) in rows.iter().zip(alive) {
@@ -447,9 +479,15 @@ async fn bench_etcd(dir: &Path, clients: usize, secs: f64) -> BenchResult<Figure
         figures.failovers.push(killed.elapsed());
         etcd.procs[leader].start()?;
         let c = etcd.clients[leader].clone();
-        wait_until(Duration::from_secs(30), "the killed etcd member to serve", async || {
-            etcd_put(&c, b"back".to_vec(), Duration::from_secs(1)).await.then_some(())
-        })
+        wait_until(
+            Duration::from_secs(30),
+            "the killed etcd member to serve",
+            async || {
+                etcd_put(&c, b"back".to_vec(), Duration::from_secs(1))
+                    .await
+                    .then_some(())
+            },
+        )
         .await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -477,7 +515,9 @@ fn main() -> BenchResult<()> {
             .map_err(|_| "set SHORTHORN_BIN to the shorthorn binary (bench/raft does)")?,
     );
     let dir = tempfile::tempdir()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         eprintln!("raft bench: 3 voters on loopback, {clients} concurrent proposers, {secs} s");
         let shorthorn = bench_shorthorn(&bin, &dir.path().join("shorthorn"), clients, secs).await?;
@@ -487,10 +527,19 @@ fn main() -> BenchResult<()> {
         let version = Command::new("etcd")
             .arg("--version")
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
             .unwrap_or_default();
         println!();
-        println!("{:<34}{:>14}{:>14}{:>10}", "3 members, loopback", "shorthorn", "etcd", "ratio");
+        println!(
+            "{:<34}{:>14}{:>14}{:>10}",
+            "3 members, loopback", "shorthorn", "etcd", "ratio"
+        );
         println!(
             "{:<34}{:>14.0}{:>14.0}{:>10.2}",
             "committed writes/s",
@@ -501,7 +550,11 @@ fn main() -> BenchResult<()> {
         for (label, a, b) in [
             ("p50 commit latency (ms)", shorthorn.p50, etcd.p50),
             ("p99 commit latency (ms)", shorthorn.p99, etcd.p99),
-            ("leader failover, median of 3 (ms)", shorthorn.failover(), etcd.failover()),
+            (
+                "leader failover, median of 3 (ms)",
+                shorthorn.failover(),
+                etcd.failover(),
+            ),
         ] {
             println!(
                 "{:<34}{:>14}{:>14}{:>10.2}",
@@ -513,10 +566,17 @@ fn main() -> BenchResult<()> {
         }
         println!(
             "failover trials (ms): shorthorn {:?}, etcd {:?}",
-            shorthorn.failovers.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            shorthorn
+                .failovers
+                .iter()
+                .map(|d| ms(*d))
+                .collect::<Vec<_>>(),
             etcd.failovers.iter().map(|d| ms(*d)).collect::<Vec<_>>()
         );
-        println!("errors during load: shorthorn {}, etcd {}", shorthorn.errors, etcd.errors);
+        println!(
+            "errors during load: shorthorn {}, etcd {}",
+            shorthorn.errors, etcd.errors
+        );
         println!("etcd: {version}");
         println!(
             "goals: writes/s >= 2x etcd: {}; p99 < 50 ms: {}; failover < 1.5 s: {}",

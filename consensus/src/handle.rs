@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use shorthorn_state::{Command, Event, State};
@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::log_store::LogStore;
 use crate::membership::{self, Member};
 use crate::network::{Envelope, NetworkFactory, Reply, Rpc, Transport, TransportError};
+use crate::proposals::Proposals;
 use crate::state_machine::{Machine, StateMachineStore};
 use crate::{NodeId, Raft};
 
@@ -49,6 +50,11 @@ pub struct Tuning {
     pub snapshot_every: u64,
     /// Entries kept in the log behind a snapshot, for followers that lag a little.
     pub keep_behind_snapshot: u64,
+    /// Log entries of proposals being committed at once on the leader; proposals that
+    /// arrive meanwhile are batched into the next entry.
+    pub batches_in_flight: usize,
+    /// Most commands in one log entry.
+    pub max_batch: usize,
 }
 
 impl Default for Tuning {
@@ -60,6 +66,8 @@ impl Default for Tuning {
             voters: 3,
             snapshot_every: 20_000,
             keep_behind_snapshot: 2_000,
+            batches_in_flight: 4,
+            max_batch: 256,
         }
     }
 }
@@ -112,6 +120,8 @@ struct Inner {
     transport: Arc<dyn Transport>,
     tuning: Tuning,
     committed: Arc<AtomicU64>,
+    /// Proposals waiting to be batched into log entries (used while leader).
+    proposals: Proposals,
     /// Membership changes made through this member run one at a time.
     changing: tokio::sync::Mutex<()>,
 }
@@ -165,6 +175,12 @@ impl Handle {
         )
         .await
         .map_err(|e| stopped(node_id, e))?;
+        let proposals = Proposals::start(
+            raft.clone(),
+            node_id,
+            tuning.batches_in_flight,
+            tuning.max_batch,
+        );
         Ok(Handle {
             inner: Arc::new(Inner {
                 id: node_id,
@@ -174,6 +190,7 @@ impl Handle {
                 transport,
                 tuning,
                 committed,
+                proposals,
                 changing: tokio::sync::Mutex::new(()),
             }),
         })
@@ -362,26 +379,12 @@ impl Handle {
 
     /// Commits `command` through this member's Raft, which must be the leader.
     async fn propose_here(&self, command: Command, timeout: Duration) -> Result<Vec<Event>, Error> {
-        let write = self.inner.raft.client_write(command);
-        match tokio::time::timeout(timeout, write).await {
-            Ok(Ok(response)) => response.data.0.map_err(|rejection| Error::Rejected {
-                kind: rejection.kind,
-                message: rejection.message,
-            }),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                match (forward.leader_id, forward.leader_node) {
-                    (Some(leader), Some(node)) => Err(Error::NotLeader {
-                        node: self.id(),
-                        leader,
-                        addr: node.addr,
-                    }),
-                    _ => Err(Error::NoLeader { node: self.id() }),
-                }
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(Error::Membership(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(stopped(self.id(), fatal)),
+        let Some(answer) = self.inner.proposals.submit(command) else {
+            return Err(stopped(self.id(), "the proposal queue is closed"));
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(stopped(self.id(), "the proposal was dropped")),
             Err(_) => Err(self.quorum_or_timeout("the proposal to commit", timeout)),
         }
     }

@@ -1,6 +1,7 @@
 //! The replicated log: openraft over sled, carrying `state` commands between the managers.
 //!
-//! Every manager runs one member of a Raft group. The log carries [`shorthorn_state::Command`]s;
+//! Every manager runs one member of a Raft group. The log carries batches of
+//! [`shorthorn_state::Command`]s;
 //! the state machine applies them with [`shorthorn_state::apply`] and keeps the events each
 //! entry produced by log index, for subscribers. The rest of the process talks to the group
 //! through a [`Handle`]: propose, linearizable read, subscribe, status, join and remove.
@@ -12,7 +13,7 @@
 //! - [`network`]: the messages between members and the [`Transport`] that carries them.
 //! - [`grpc`]: the tonic server and client for [`Transport`] over TCP.
 //! - [`membership`]: who is in the group, join and removal, disk incarnations.
-//! - [`handle`]: the API for the rest of the process.
+//! - [`handle`]: the API for the rest of the process; `proposals` batches on the leader.
 //! - [`client`]: calls to managers from processes that are not members.
 //!
 //! This crate never decides anything about volumes or nodes: that is `state`'s job.
@@ -25,6 +26,7 @@ pub mod handle;
 pub mod log_store;
 pub mod membership;
 pub mod network;
+mod proposals;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -34,7 +36,7 @@ pub use error::Error;
 pub use handle::{Handle, Status, Tuning};
 pub use membership::Member;
 pub use network::{Envelope, Reply, Rpc, Transport, TransportError};
-pub use state_machine::Outcome;
+pub use state_machine::{Batch, Outcome, Outcomes};
 
 /// A manager's Raft node id: unique in the group and never reused for another disk.
 pub type NodeId = u64;
@@ -42,8 +44,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// The openraft type configuration of Shorthorn's log.
     pub TypeConfig:
-        D = shorthorn_state::Command,
-        R = state_machine::Outcome,
+        D = state_machine::Batch,
+        R = state_machine::Outcomes,
         NodeId = NodeId,
         Node = membership::Member,
         Entry = openraft::Entry<TypeConfig>,

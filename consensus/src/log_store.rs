@@ -1,6 +1,11 @@
 //! openraft's log storage over [`Disk`]: entries, the vote, the committed log id and the
 //! purge point. An append or a vote is reported to openraft only after it is flushed.
 //!
+//! Group commit: `append` writes the entries and hands openraft's completion callback to a
+//! flusher task, which flushes once for every callback that queued up meanwhile and then
+//! completes them in order. openraft keeps appending while a flush runs, so one flush
+//! covers many entries under load; nothing is reported durable before its flush returned.
+//!
 //! Purging the log also trims the events of the purged entries (they are covered by the
 //! snapshot the purge follows), see [`crate::state_machine`].
 
@@ -15,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 
+use tokio::sync::mpsc;
+
 use crate::disk::Disk;
 use crate::{NodeId, TypeConfig};
 
@@ -28,13 +35,30 @@ pub struct LogStore {
     disk: Disk,
     /// Index of the last committed entry plus one (0 = nothing committed), for status.
     committed: Arc<AtomicU64>,
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+/// Flushes for every batch of appends that queued up, then reports them durable in order.
+async fn run_flusher(disk: Disk, mut pending: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    let mut batch = Vec::new();
+    while pending.recv_many(&mut batch, 4096).await > 0 {
+        let flushed = disk.flush().await.map_err(|e| e.to_string());
+        for callback in batch.drain(..) {
+            callback.log_io_completed(flushed.clone().map_err(std::io::Error::other));
+        }
+    }
 }
 
 impl LogStore {
+    /// A log store over `disk`; must be called inside a tokio runtime (it starts the
+    /// flusher task, which ends when the last clone of the store is dropped).
     pub fn new(disk: Disk) -> LogStore {
+        let (flusher, pending) = mpsc::unbounded_channel();
+        tokio::spawn(run_flusher(disk.clone(), pending));
         LogStore {
             disk,
             committed: Arc::new(AtomicU64::new(0)),
+            flusher,
         }
     }
 
@@ -173,9 +197,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.disk
             .log_put(rows)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        // Durable before openraft may count this member's copy towards a commit.
-        let flushed = self.disk.flush().await;
-        callback.log_io_completed(flushed.map_err(std::io::Error::other));
+        // Reported durable only by the flusher, after a flush that started after this write:
+        // openraft counts this member's copy towards a commit only then.
+        if let Err(unsent) = self.flusher.send(callback) {
+            let flushed = self.disk.flush().await;
+            unsent
+                .0
+                .log_io_completed(flushed.map_err(std::io::Error::other));
+        }
         Ok(())
     }
 

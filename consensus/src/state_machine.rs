@@ -21,7 +21,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
-use shorthorn_state::{Event, Rejection, State};
+use shorthorn_state::{Command, Event, Rejection, State};
 use tokio::sync::watch;
 
 use crate::disk::{Disk, DiskError};
@@ -33,10 +33,20 @@ const SNAPSHOT_META: &str = "snapshot_meta";
 const SNAPSHOT_DATA: &str = "snapshot_data";
 const EVENTS_FLOOR: &str = "events_floor";
 
-/// What applying one log entry gave: the events, or the state machine's rejection. Entries
-/// that carry no command (blank, membership) give no events.
+/// What applying one command gave: the events, or the state machine's rejection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome(pub Result<Vec<Event>, Rejection>);
+
+/// The payload of a log entry: commands proposed together, applied in order. The leader
+/// groups proposals that arrive while earlier ones are being committed (see
+/// [`crate::handle`]); each command still succeeds or fails on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Batch(pub Vec<Command>);
+
+/// What applying one log entry gave: one [`Outcome`] per command of its [`Batch`]; none for
+/// entries without commands (blank, membership).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcomes(pub Vec<Outcome>);
 
 struct Applied {
     state: State,
@@ -232,7 +242,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -245,26 +255,30 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let log_id = entry.log_id;
                 applied.last_applied = Some(log_id);
                 match entry.payload {
-                    EntryPayload::Blank => outcomes.push(Outcome(Ok(Vec::new()))),
-                    EntryPayload::Normal(command) => {
-                        let result = shorthorn_state::apply(&mut applied.state, &command);
-                        if let Ok(events) = &result
-                            && !events.is_empty()
-                        {
-                            let mut encoded = Vec::with_capacity(events.len());
-                            for event in events {
-                                encoded.push(
-                                    serde_json::to_vec(event)
-                                        .map_err(|e| StorageIOError::apply(log_id, &e))?,
-                                );
+                    EntryPayload::Blank => outcomes.push(Outcomes(Vec::new())),
+                    EntryPayload::Normal(Batch(commands)) => {
+                        let mut results = Vec::with_capacity(commands.len());
+                        let mut encoded = Vec::new();
+                        for command in &commands {
+                            let result = shorthorn_state::apply(&mut applied.state, command);
+                            if let Ok(events) = &result {
+                                for event in events {
+                                    encoded.push(
+                                        serde_json::to_vec(event)
+                                            .map_err(|e| StorageIOError::apply(log_id, &e))?,
+                                    );
+                                }
                             }
+                            results.push(Outcome(result));
+                        }
+                        if !encoded.is_empty() {
                             recorded.push((log_id.index, encoded));
                         }
-                        outcomes.push(Outcome(result));
+                        outcomes.push(Outcomes(results));
                     }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(log_id), membership);
-                        outcomes.push(Outcome(Ok(Vec::new())));
+                        outcomes.push(Outcomes(Vec::new()));
                     }
                 }
             }

@@ -153,3 +153,59 @@ async fn a_new_leader_takes_over_when_the_leader_stops() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_a_purged_log_installs_the_snapshot() {
+    // A member misses commands while the leader snapshots and purges its log; on restart it
+    // catches up through the snapshot, ends with the same state, and its subscriptions say
+    // which events it no longer has instead of silently skipping them.
+    let mut cluster = Cluster::start(3, 4, test_tuning(3)).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let lagging = cluster
+        .ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.kill(lagging).await;
+    for i in 0..20 {
+        cluster.members[&leader]
+            .propose(create_volume(&format!("vol-{i}")))
+            .await
+            .expect("commit without the lagging member");
+    }
+    let status = cluster.members[&leader]
+        .snapshot(true)
+        .await
+        .expect("snapshot and purge");
+    let purged = status.purged.expect("purged");
+
+    let restarted = cluster.start_member(lagging).await;
+    cluster.converge(Duration::from_secs(15)).await;
+    let state = cluster.assert_identical_states();
+    assert!(state.volumes.contains_key("vol-19"));
+    assert!(restarted.status().snapshot >= Some(purged));
+
+    let mut from_start = Box::pin(restarted.subscribe(0));
+    let first = tokio::time::timeout(Duration::from_secs(5), from_start.next())
+        .await
+        .expect("an answer in time")
+        .expect("stream open");
+    assert!(
+        matches!(first, Err(Error::EventsTrimmed { .. })),
+        "{first:?}"
+    );
+    cluster
+        .any()
+        .propose(create_volume("after"))
+        .await
+        .expect("commit");
+    let mut tail = Box::pin(restarted.subscribe(purged + 1));
+    let (_, event) = tokio::time::timeout(Duration::from_secs(5), tail.next())
+        .await
+        .expect("an event in time")
+        .expect("stream open")
+        .expect("kept events");
+    assert!(format!("{event:?}").contains("after"), "{event:?}");
+    cluster.shutdown().await;
+}

@@ -219,6 +219,7 @@ pub fn test_tuning(voters: usize) -> Tuning {
         voters,
         snapshot_every: 1_000_000,
         keep_behind_snapshot: 1_000,
+        ..Tuning::default()
     }
 }
 
