@@ -95,8 +95,8 @@ impl ReplicaServer {
                 Err(e) => return Err(e.into()),
             }
             let h = RequestHeader::decode(&hb)?;
-            payload.resize(h.payload_len as usize, 0);
-            r.read_exact(&mut payload).await?;
+            let body = grow(&mut payload, h.payload_len as usize);
+            r.read_exact(body).await?;
             let newest = Epoch(self.newest_epoch.load(Ordering::Acquire));
             if newest > epoch {
                 let reply = ReplyHeader {
@@ -108,24 +108,22 @@ impl ReplicaServer {
                 w.flush().await?;
                 return Err(ConnError::Superseded(epoch, newest));
             }
-            out.clear();
-            let status = match self.execute(&h, &payload, &mut out).await {
-                Ok(()) => Status::Ok,
+            let (status, len) = match self.execute(&h, body, &mut out).await {
+                Ok(len) => (Status::Ok, len),
                 Err(e) => {
                     if e.status() == Status::Io {
                         tracing::error!(op = ?h.op, offset = h.offset, error = %e, "replica I/O failed");
                     }
-                    out.clear();
-                    e.status()
+                    (e.status(), 0)
                 }
             };
             let reply = ReplyHeader {
                 status,
                 id: h.id,
-                payload_len: out.len() as u32,
+                payload_len: len as u32,
             };
             w.write_all(&reply.encode()).await?;
-            w.write_all(&out).await?;
+            w.write_all(&out[..len]).await?;
             if r.buffer().is_empty() {
                 w.flush().await?;
             }
@@ -168,24 +166,38 @@ impl ReplicaServer {
         }
     }
 
+    /// Runs one request; the reply payload is the first returned-length bytes of `out`.
     async fn execute(
+        &self,
+        h: &RequestHeader,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, ReplicaError> {
+        if h.op == Op::Read {
+            if h.length > MAX_PAYLOAD {
+                return Err(ReplicaError::OutOfRange {
+                    offset: h.offset,
+                    length: h.length as u64,
+                    size: 0,
+                });
+            }
+            let buf = grow(out, h.length as usize);
+            self.store().read(h.offset, buf)?;
+            return Ok(buf.len());
+        }
+        out.clear();
+        self.execute_other(h, payload, out).await?;
+        Ok(out.len())
+    }
+
+    async fn execute_other(
         &self,
         h: &RequestHeader,
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), ReplicaError> {
         match h.op {
-            Op::Read => {
-                if h.length > MAX_PAYLOAD {
-                    return Err(ReplicaError::OutOfRange {
-                        offset: h.offset,
-                        length: h.length as u64,
-                        size: 0,
-                    });
-                }
-                out.resize(h.length as usize, 0);
-                self.store().read(h.offset, out)
-            }
+            Op::Read => Ok(()),
             Op::Write => {
                 self.store().write(h.offset, payload)?;
                 if h.flags & FLAG_FUA != 0 {
@@ -235,6 +247,15 @@ impl ReplicaServer {
             .map_err(|source| ReplicaError::Io { path: dir, source })?;
         self.store().persist_revision(revision)
     }
+}
+
+/// The first `n` bytes of `buf`, growing it (zeroed, never shrinking) when it is shorter;
+/// the block path reuses one buffer per connection instead of allocating per request.
+fn grow(buf: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if buf.len() < n {
+        *buf = vec![0u8; n];
+    }
+    &mut buf[..n]
 }
 
 fn text(payload: &[u8]) -> Result<String, ReplicaError> {
