@@ -308,6 +308,13 @@ impl Control {
             .collect()
     }
 
+    pub fn expand(&mut self, size_bytes: u64) -> Result<(), String> {
+        let r = self
+            .rt
+            .block_on(self.client.expand(proto::ExpandRequest { size_bytes }));
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+
     pub fn stats(&mut self) -> proto::VolumeStats {
         let r = self.rt.block_on(self.client.stats(proto::Empty {}));
         r.expect("stats").into_inner()
