@@ -44,6 +44,7 @@ pub enum Op {
     SnapshotRevert = 11,
     ChunkHashes = 12,
     Expand = 13,
+    SetRevision = 14,
 }
 
 impl Op {
@@ -62,6 +63,7 @@ impl Op {
             11 => Op::SnapshotRevert,
             12 => Op::ChunkHashes,
             13 => Op::Expand,
+            14 => Op::SetRevision,
             _ => return None,
         })
     }

@@ -48,16 +48,14 @@ impl Engine {
         tokio::spawn(async move {
             match engine.rebuild(&target).await {
                 Ok(()) => {
-                    if target.set_mode(ReplicaMode::Wo, ReplicaMode::Rw) {
-                        tracing::info!(
-                            event = "replica_mode",
-                            replica = %target.address,
-                            mode = "RW",
-                            copied_bytes = target.rebuild.copied_bytes.load(Ordering::Relaxed),
-                            chunks_copied = target.rebuild.chunks_copied.load(Ordering::Relaxed),
-                            "rebuild done"
-                        );
-                    }
+                    tracing::info!(
+                        event = "replica_mode",
+                        replica = %target.address,
+                        mode = "RW",
+                        copied_bytes = target.rebuild.copied_bytes.load(Ordering::Relaxed),
+                        chunks_copied = target.rebuild.chunks_copied.load(Ordering::Relaxed),
+                        "rebuild done"
+                    );
                 }
                 Err(e) => engine.fail(&target, &format!("rebuild failed: {e}")),
             }
@@ -123,8 +121,22 @@ impl Engine {
             offset = (offset + count * CHUNK).min(size);
             target.rebuild.done_bytes.store(offset, Ordering::Release);
         }
+        // With frontend I/O held, the target takes the source's revision counter and turns
+        // RW, so both count the same writes from here on.
+        let _hold = self.gate.write().await;
+        let source = self
+            .rw_replicas()
+            .into_iter()
+            .next()
+            .ok_or(EngineError::NoHealthyReplica)?;
+        let revision = self.revision(&source).await?;
+        self.call_or_fail(target, Op::SetRevision, 0, revision, 0, Bytes::new())
+            .await?;
         self.call_or_fail(target, Op::Flush, 0, 0, 0, Bytes::new())
             .await?;
+        if !target.set_mode(ReplicaMode::Wo, ReplicaMode::Rw) {
+            return Err(EngineError::Busy("replica left WO mode".into()));
+        }
         Ok(())
     }
 }

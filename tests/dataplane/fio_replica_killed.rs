@@ -2,7 +2,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::testkit::{Cluster, run, run_ok};
+use crate::testkit::{Cluster, Control, run, run_ok};
 
 fn fio(c: &Cluster, epoch: u64, verify_only: bool) -> Command {
     let mut cmd = Command::new("fio");
@@ -29,7 +29,8 @@ fn fio(c: &Cluster, epoch: u64, verify_only: bool) -> Command {
 
 /// fio writes with crc32c verification on 3 replicas; one replica is SIGKILLed mid-run and
 /// fio still finishes with no I/O error and no verify failure. The engine is then killed
-/// and restarted with a higher epoch, and all the data verifies again; an engine with the
+/// and restarted with a higher epoch with the killed replica back (stale, kept out), and all
+/// the data verifies again; an engine with the
 /// old epoch is refused by the replicas, and an engine that is superseded while running
 /// gets EIO instead of writing.
 #[test]
@@ -83,9 +84,14 @@ fn fio_verify_survives_replica_sigkill_and_engine_restart() {
         "the engine did not report the failed replica"
     );
 
-    // Restart the engine with a higher epoch; replica 1 is gone, the others verify.
+    // Restart the engine with a higher epoch. Replica 1 is back, but it missed writes: the
+    // engine must see it is stale and keep it out; the others verify.
     e1.kill();
+    let _r1 = c.replica(1);
     let mut e2 = c.engine(2, &[0, 1, 2]);
+    let stale = Control::connect(&c, 2).replica(&c, 1);
+    assert_eq!(stale.mode, 3, "the stale replica must not serve: {stale:?}");
+    assert!(stale.error.contains("stale"), "{}", stale.error);
     let out = run(&mut fio(&c, 2, true));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -192,7 +192,7 @@ impl Engine {
             }
             return Err(EngineError::NoHealthyReplica);
         }
-        Ok(Arc::new(Engine {
+        let engine = Arc::new(Engine {
             volume: config.volume,
             epoch: config.epoch,
             token: config.token,
@@ -204,7 +204,48 @@ impl Engine {
             stats: Stats::default(),
             clients: AtomicUsize::new(0),
             started: Instant::now(),
-        }))
+        });
+        engine.drop_stale_replicas().await;
+        if engine.rw_replicas().is_empty() {
+            return Err(EngineError::NoHealthyReplica);
+        }
+        Ok(engine)
+    }
+
+    /// The revision counter of a replica (writes applied), from its Info.
+    pub(crate) async fn revision(&self, slot: &ReplicaSlot) -> Result<u64, EngineError> {
+        let reply = self
+            .call_or_fail(slot, Op::Info, 0, 0, 0, Bytes::new())
+            .await?;
+        let info: crate::replica::ReplicaInfo =
+            serde_json::from_slice(&reply.payload).map_err(|e| EngineError::Replica {
+                address: slot.address.to_string(),
+                reason: format!("info: {e}"),
+            })?;
+        Ok(info.revision)
+    }
+
+    /// Marks failed every RW replica whose revision counter is below the highest: it missed
+    /// writes (it was down while the others went on) and must be rebuilt before serving.
+    async fn drop_stale_replicas(&self) {
+        let rw = self.rw_replicas();
+        let revisions = join_all(rw.iter().map(|s| self.revision(s))).await;
+        let newest = revisions
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .copied()
+            .max()
+            .unwrap_or(0);
+        for (slot, rev) in rw.iter().zip(revisions) {
+            if let Ok(rev) = rev
+                && rev < newest
+            {
+                self.fail(
+                    slot,
+                    &format!("stale: revision {rev} is behind {newest}; rebuild it"),
+                );
+            }
+        }
     }
 
     pub fn size(&self) -> u64 {

@@ -452,6 +452,12 @@ impl Replica {
             .map_err(io_err(&path))
     }
 
+    /// Sets the revision counter (after a rebuild, to the source's) and records it.
+    pub fn set_revision(&mut self, revision: u64) -> Result<(), ReplicaError> {
+        self.revision = revision;
+        self.persist_revision(revision)
+    }
+
     /// Fsyncs the head and records the revision.
     pub fn flush(&self) -> Result<(), ReplicaError> {
         self.head.sync()?;

@@ -220,6 +220,7 @@ impl ReplicaServer {
             Op::SnapshotDelete => self.store().snapshot_delete(&text(payload)?),
             Op::SnapshotRevert => self.store().snapshot_revert(&text(payload)?),
             Op::Expand => self.store().expand(h.offset),
+            Op::SetRevision => self.store().set_revision(h.offset),
             Op::ChunkHashes => {
                 if payload.len() != 4 || h.length as usize * 32 > MAX_PAYLOAD as usize {
                     return Err(ReplicaError::Unaligned(0));
