@@ -1,10 +1,10 @@
 //! `shorthorn`: the one binary. Daemons (manager, replica, engine) and the CLI share it;
 //! this file only parses the command line and hands each subcommand to its module.
 
-#[allow(dead_code)] // wired into `manager` next
+mod agent;
 mod api;
 mod cli;
-#[allow(dead_code)]
+mod daemon;
 mod size;
 
 use clap::Parser;

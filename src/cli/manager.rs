@@ -39,8 +39,14 @@ pub struct ManagerArgs {
     #[arg(long, default_value_t = 20_000)]
     pub snapshot_every: u64,
     /// Leader heartbeat period in milliseconds (elections start after 4 to 8 of them).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 75)]
     pub heartbeat_ms: u64,
+    /// Log entries of proposals the leader commits at once; proposals that arrive meanwhile
+    /// are batched into the next entry.
+    #[arg(long, default_value_t = Tuning::default().batches_in_flight)]
+    pub batches_in_flight: usize,
+    #[command(flatten)]
+    pub services: crate::daemon::ServiceArgs,
 }
 
 fn parse_voters(text: &str) -> Result<usize, String> {
@@ -75,6 +81,7 @@ async fn serve(args: ManagerArgs) -> anyhow::Result<()> {
         election_timeout: (heartbeat * 4, heartbeat * 8),
         voters: args.voters,
         snapshot_every: args.snapshot_every,
+        batches_in_flight: args.batches_in_flight,
         ..Tuning::default()
     };
     let handle = Handle::open(
@@ -105,7 +112,14 @@ async fn serve(args: ManagerArgs) -> anyhow::Result<()> {
     };
     let outcome = tokio::select! {
         started = started => match started {
-            Ok(()) => wait_for_signal().await,
+            Ok(()) => match crate::daemon::start(&args.services, &handle, args.node_id).await {
+                Ok(services) => {
+                    let outcome = wait_for_signal().await;
+                    services.iter().for_each(|task| task.abort());
+                    outcome
+                }
+                Err(err) => Err(err),
+            },
             Err(err) => Err(err),
         },
         signal = wait_for_signal() => signal,

@@ -1,0 +1,621 @@
+//! The node agent (Longhorn's instance manager): registers this node and its disk, then
+//! keeps the replica and engine processes of this node in step with the log.
+//!
+//! It is level-triggered: every tick it reads the state, compares it with the processes it
+//! runs, starts and stops `shorthorn replica serve` / `shorthorn engine serve` children, and
+//! turns what it sees (a replica started, an engine serving, a replica the engine dropped, a
+//! rebuild finished, an engine gone) into commands. It never decides placement or epochs:
+//! those come from the log. Children outlive a manager crash; a restarted agent adopts the
+//! ones its records name and that are still alive.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use shorthorn_consensus::{Error as LogError, Handle};
+use shorthorn_dataplane::proto::ReplicaMode as EngineMode;
+use shorthorn_state::{
+    Command, DiskSpec, NodeSpec, RejectionKind, Replica, ReplicaMode, Request, State, Timestamp,
+    Volume, VolumeState,
+};
+
+const TICK: Duration = Duration::from_millis(500);
+const STALE_CHECK: Duration = Duration::from_secs(5);
+
+/// Who this agent is and where it keeps things.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node id in the log.
+    pub node: String,
+    /// The node's manager API address, recorded on the node.
+    pub address: String,
+    /// The disk directory replicas live under (`<disk>/replicas/<replica id>`).
+    pub disk: PathBuf,
+    /// Host the replica and engine processes listen on.
+    pub host: String,
+    /// The `shorthorn` executable to start children from.
+    pub exe: PathBuf,
+    /// This manager's Raft member id (the leader runs the cluster-wide timers).
+    pub member: u64,
+}
+
+/// What the agent records about a child so a restarted agent can adopt it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    pid: i32,
+    /// Replica: wire-protocol address. Engine: the NBD endpoint URI.
+    address: String,
+    /// Engine only: epoch and control address.
+    #[serde(default)]
+    epoch: u64,
+    #[serde(default)]
+    control: String,
+}
+
+struct Proc {
+    record: Record,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn alive(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => pid_alive(self.record.pid),
+        }
+    }
+
+    fn stop(&mut self) {
+        signal(self.record.pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if self.alive() {
+            signal(self.record.pid, libc::SIGKILL);
+        }
+        if let Some(child) = &mut self.child {
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct Agent {
+    log: Handle,
+    config: AgentConfig,
+    replicas: BTreeMap<String, Proc>,
+    engines: BTreeMap<String, Proc>,
+    last_stale_check: Instant,
+}
+
+impl Agent {
+    pub fn new(log: Handle, config: AgentConfig) -> Self {
+        Self {
+            log,
+            config,
+            replicas: BTreeMap::new(),
+            engines: BTreeMap::new(),
+            last_stale_check: Instant::now(),
+        }
+    }
+
+    /// Registers the node, adopts surviving children, then converges forever.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        self.register().await?;
+        self.adopt();
+        loop {
+            if let Err(err) = self.tick().await {
+                tracing::warn!("node agent: {err:#}");
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    }
+
+    async fn propose(&self, request: Request) -> Result<(), LogError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let command = Command::new(
+            Timestamp(now),
+            format!("agent/{}", self.config.node),
+            request,
+        );
+        self.log.propose(command).await.map(|_| ())
+    }
+
+    async fn register(&self) -> anyhow::Result<()> {
+        fs::create_dir_all(self.config.disk.join("replicas"))
+            .with_context(|| format!("creating {}", self.config.disk.display()))?;
+        let (capacity, available) = disk_space(&self.config.disk)?;
+        let spec = NodeSpec {
+            id: self.config.node.clone(),
+            address: self.config.address.clone(),
+            disks: vec![DiskSpec {
+                id: "disk-1".into(),
+                path: self.config.disk.display().to_string(),
+                capacity,
+                available: Some(available),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match self.propose(Request::RegisterNode(spec.clone())).await {
+                Ok(()) => {
+                    tracing::info!(node = %self.config.node, "registered the node and its disk");
+                    return Ok(());
+                }
+                Err(LogError::Rejected {
+                    kind: RejectionKind::AlreadyExists,
+                    ..
+                }) => return Ok(()),
+                Err(err @ LogError::Rejected { .. }) => {
+                    return Err(err).context("registering the node");
+                }
+                Err(err) if Instant::now() > deadline => {
+                    return Err(err).context("registering the node");
+                }
+                Err(err) => {
+                    tracing::info!("registering the node: {err}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    fn replica_dir(&self, id: &str) -> PathBuf {
+        self.config.disk.join("replicas").join(id)
+    }
+
+    fn engine_dir(&self, volume: &str) -> PathBuf {
+        self.config.disk.join("engines").join(volume)
+    }
+
+    /// Picks up the children a previous run of this agent left running.
+    fn adopt(&mut self) {
+        for (kind, root) in [
+            ("replica", self.config.disk.join("replicas")),
+            ("engine", self.config.disk.join("engines")),
+        ] {
+            let Ok(entries) = fs::read_dir(&root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let Some(record) = read_record(&entry.path()) else {
+                    continue;
+                };
+                if !pid_alive(record.pid) {
+                    continue;
+                }
+                tracing::info!(kind, name, pid = record.pid, "adopted a running child");
+                let proc = Proc {
+                    record,
+                    child: None,
+                };
+                if kind == "replica" {
+                    self.replicas.insert(name, proc);
+                } else {
+                    self.engines.insert(name, proc);
+                }
+            }
+        }
+    }
+
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        let node = self.config.node.clone();
+        let view = self
+            .log
+            .read(move |state| NodeView::of(state, &node))
+            .await?;
+        self.converge_replicas(&view).await;
+        self.converge_engines(&view).await;
+        if self.last_stale_check.elapsed() >= STALE_CHECK {
+            self.last_stale_check = Instant::now();
+            if self.log.status().leader == Some(self.config.member) && view.has_failed_replicas {
+                // Only the leader's agent runs the cluster-wide stale-replica timer.
+                self.propose(Request::ReplaceStaleReplicas).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn converge_replicas(&mut self, view: &NodeView) {
+        for (replica, volume) in &view.replicas {
+            let dir = self.replica_dir(&replica.id);
+            if volume.state == VolumeState::Deleting {
+                if let Some(mut proc) = self.replicas.remove(&replica.id) {
+                    proc.stop();
+                }
+                let _ = fs::remove_dir_all(&dir);
+                if let Err(err) = self
+                    .propose(Request::RemoveReplica {
+                        id: replica.id.clone(),
+                    })
+                    .await
+                {
+                    tracing::warn!(replica = %replica.id, "reporting the removal: {err}");
+                }
+                continue;
+            }
+            let running = self
+                .replicas
+                .get_mut(&replica.id)
+                .is_some_and(|p| p.alive());
+            if !running {
+                match self.start_replica(replica, volume.size, &dir) {
+                    Ok(proc) => {
+                        self.replicas.insert(replica.id.clone(), proc);
+                    }
+                    Err(err) => {
+                        tracing::warn!(replica = %replica.id, "starting the replica: {err:#}");
+                        continue;
+                    }
+                }
+            }
+            let address = self.replicas[&replica.id].record.address.clone();
+            if replica.address.as_deref() != Some(address.as_str()) {
+                let request = Request::ReportReplicaStarted {
+                    id: replica.id.clone(),
+                    address,
+                };
+                if let Err(err) = self.propose(request).await {
+                    tracing::warn!(replica = %replica.id, "reporting the address: {err}");
+                }
+            }
+        }
+        let wanted: Vec<&str> = view.replicas.iter().map(|(r, _)| r.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .replicas
+            .keys()
+            .filter(|id| !wanted.contains(&id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(mut proc) = self.replicas.remove(&id) {
+                proc.stop();
+            }
+            tracing::info!(replica = %id, "replica removed from the log: its directory is deleted");
+            let _ = fs::remove_dir_all(self.replica_dir(&id));
+        }
+    }
+
+    fn start_replica(&self, replica: &Replica, size: u64, dir: &Path) -> anyhow::Result<Proc> {
+        fs::create_dir_all(dir)?;
+        let address = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
+        let mut process = Process::new(&self.config.exe);
+        process
+            .arg("replica")
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--size")
+            .arg(size.to_string())
+            .arg("--listen")
+            .arg(format!("tcp:{address}"));
+        let child = spawn_logged(process, &dir.join("replica.log"))?;
+        let record = Record {
+            pid: child.id() as i32,
+            address,
+            epoch: 0,
+            control: String::new(),
+        };
+        write_record(dir, &record)?;
+        wait_listening(&record.address, Duration::from_secs(10));
+        tracing::info!(replica = %replica.id, address = %record.address, "replica started");
+        Ok(Proc {
+            record,
+            child: Some(child),
+        })
+    }
+
+    async fn converge_engines(&mut self, view: &NodeView) {
+        for (volume, replicas) in &view.attached {
+            let epoch = volume.epoch;
+            // An engine of an older epoch is fenced by its replicas; stop it.
+            if let Some(proc) = self.engines.get_mut(&volume.name)
+                && (proc.record.epoch != epoch.0 || !proc.alive())
+            {
+                let mut proc = self.engines.remove(&volume.name).expect("present");
+                let died = proc.record.epoch == epoch.0;
+                proc.stop();
+                if died && volume.state == VolumeState::Attached {
+                    tracing::warn!(volume = %volume.name, "engine exited; the volume is detached");
+                    let request = Request::ReportEngineStopped {
+                        name: volume.name.clone(),
+                        epoch,
+                    };
+                    if let Err(err) = self.propose(request).await {
+                        tracing::warn!("reporting the engine exit: {err}");
+                    }
+                    continue;
+                }
+            }
+            match volume.state {
+                VolumeState::Attaching | VolumeState::Attached => {
+                    if !self.engines.contains_key(&volume.name) {
+                        match self.start_engine(volume, replicas) {
+                            Ok(proc) => {
+                                self.engines.insert(volume.name.clone(), proc);
+                            }
+                            Err(err) => {
+                                tracing::warn!(volume = %volume.name, "starting the engine: {err:#}");
+                                continue;
+                            }
+                        }
+                    }
+                    let endpoint = self.engines[&volume.name].record.address.clone();
+                    if volume.state == VolumeState::Attaching {
+                        let request = Request::ReportEngineStarted {
+                            name: volume.name.clone(),
+                            epoch,
+                            endpoint,
+                        };
+                        if let Err(err) = self.propose(request).await {
+                            tracing::warn!(volume = %volume.name, "reporting the engine: {err}");
+                        }
+                    }
+                    self.watch_engine(volume, replicas).await;
+                }
+                VolumeState::Detaching => {
+                    if let Some(mut proc) = self.engines.remove(&volume.name) {
+                        proc.stop();
+                        let _ = fs::remove_dir_all(self.engine_dir(&volume.name));
+                    }
+                    let request = Request::ReportEngineStopped {
+                        name: volume.name.clone(),
+                        epoch,
+                    };
+                    if let Err(err) = self.propose(request).await {
+                        tracing::warn!(volume = %volume.name, "reporting the detach: {err}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let wanted: Vec<&str> = view.attached.iter().map(|(v, _)| v.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .engines
+            .keys()
+            .filter(|v| !wanted.contains(&v.as_str()))
+            .cloned()
+            .collect();
+        for volume in gone {
+            if let Some(mut proc) = self.engines.remove(&volume) {
+                tracing::info!(volume = %volume, "volume no longer attached here: stopping its engine");
+                proc.stop();
+            }
+            let _ = fs::remove_dir_all(self.engine_dir(&volume));
+        }
+    }
+
+    fn start_engine(&self, volume: &Volume, replicas: &[Replica]) -> anyhow::Result<Proc> {
+        let healthy: Vec<&str> = replicas
+            .iter()
+            .filter(|r| r.mode == ReplicaMode::ReadWrite)
+            .filter_map(|r| r.address.as_deref())
+            .collect();
+        anyhow::ensure!(
+            !healthy.is_empty(),
+            "no read-write replica has reported its address yet"
+        );
+        let dir = self.engine_dir(&volume.name);
+        fs::create_dir_all(&dir)?;
+        let nbd = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
+        let control = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
+        let mut process = Process::new(&self.config.exe);
+        process
+            .arg("engine")
+            .arg("serve")
+            .arg("--volume")
+            .arg(&volume.name)
+            .arg("--size")
+            .arg(volume.size.to_string())
+            .arg("--epoch")
+            .arg(volume.epoch.0.to_string())
+            .arg("--nbd")
+            .arg(format!("tcp:{nbd}"))
+            .arg("--control")
+            .arg(format!("tcp:{control}"));
+        for address in &healthy {
+            process.arg("--replica").arg(format!("tcp:{address}"));
+        }
+        let child = spawn_logged(process, &dir.join("engine.log"))?;
+        let endpoint = format!("nbd://{nbd}/{}", volume.name);
+        let record = Record {
+            pid: child.id() as i32,
+            address: endpoint,
+            epoch: volume.epoch.0,
+            control,
+        };
+        write_record(&dir, &record)?;
+        wait_listening(&nbd, Duration::from_secs(15));
+        tracing::info!(volume = %volume.name, epoch = volume.epoch.0, nbd = %nbd, "engine started");
+        Ok(Proc {
+            record,
+            child: Some(child),
+        })
+    }
+
+    /// Reads the engine's replica list: reports replicas it dropped, adds write-only
+    /// replicas for rebuild, and reports finished rebuilds.
+    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica]) {
+        let Some(proc) = self.engines.get(&volume.name) else {
+            return;
+        };
+        let Ok(address) = proc
+            .record
+            .control
+            .parse::<shorthorn_dataplane::address::Address>()
+        else {
+            return;
+        };
+        let Ok(Ok(mut client)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            shorthorn_dataplane::control::connect(&address),
+        )
+        .await
+        else {
+            return;
+        };
+        let Ok(Ok(list)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.list_replicas(shorthorn_dataplane::proto::Empty {}),
+        )
+        .await
+        else {
+            return;
+        };
+        let seen = list.into_inner().replicas;
+        let find = |addr: &str| {
+            seen.iter()
+                .find(|i| i.address.trim_start_matches("tcp:") == addr)
+        };
+        for replica in replicas {
+            let Some(addr) = replica.address.as_deref() else {
+                continue;
+            };
+            let info = find(addr);
+            let request = match (replica.mode, info.map(|i| i.mode())) {
+                (ReplicaMode::ReadWrite | ReplicaMode::WriteOnly, Some(EngineMode::Err)) => {
+                    let reason = info.map(|i| i.error.clone()).unwrap_or_default();
+                    Some(Request::ReportReplicaFailed {
+                        id: replica.id.clone(),
+                        reason,
+                    })
+                }
+                (ReplicaMode::WriteOnly, Some(EngineMode::Rw)) => {
+                    Some(Request::ReportReplicaRebuilt {
+                        id: replica.id.clone(),
+                    })
+                }
+                (ReplicaMode::WriteOnly, None) => {
+                    let add = shorthorn_dataplane::proto::ReplicaAddress {
+                        address: format!("tcp:{addr}"),
+                    };
+                    match client.add_replica(add).await {
+                        Ok(_) => tracing::info!(replica = %replica.id, "rebuild started"),
+                        Err(err) => {
+                            tracing::warn!(replica = %replica.id, "adding the replica for rebuild: {err}")
+                        }
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if let Some(request) = request
+                && let Err(err) = self.propose(request).await
+            {
+                tracing::warn!(replica = %replica.id, "reporting the replica: {err}");
+            }
+        }
+    }
+}
+
+/// What the agent needs from the state, copied out of a linearizable read.
+struct NodeView {
+    /// Replicas on this node with their volume.
+    replicas: Vec<(Replica, Volume)>,
+    /// Volumes attached (or attaching, detaching) on this node, with all their replicas.
+    attached: Vec<(Volume, Vec<Replica>)>,
+    has_failed_replicas: bool,
+}
+
+impl NodeView {
+    fn of(state: &State, node: &str) -> NodeView {
+        let replicas = state
+            .replicas
+            .values()
+            .filter(|r| r.node == node)
+            .filter_map(|r| state.volumes.get(&r.volume).map(|v| (r.clone(), v.clone())))
+            .collect();
+        let attached = state
+            .volumes
+            .values()
+            .filter(|v| v.attachment.as_ref().is_some_and(|a| a.node == node))
+            .map(|v| (v.clone(), state.replicas_of(v).cloned().collect()))
+            .collect();
+        let has_failed_replicas = state
+            .replicas
+            .values()
+            .any(|r| r.mode == ReplicaMode::Error);
+        NodeView {
+            replicas,
+            attached,
+            has_failed_replicas,
+        }
+    }
+}
+
+fn spawn_logged(mut process: Process, log: &Path) -> anyhow::Result<Child> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    process
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    process.spawn().context("spawning the child process")
+}
+
+fn write_record(dir: &Path, record: &Record) -> anyhow::Result<()> {
+    let path = dir.join("process.json");
+    fs::write(&path, serde_json::to_vec(record)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_record(dir: &Path) -> Option<Record> {
+    serde_json::from_slice(&fs::read(dir.join("process.json")).ok()?).ok()
+}
+
+/// A free TCP port on `host`, found by binding port 0.
+fn free_port(host: &str) -> anyhow::Result<u16> {
+    let listener =
+        TcpListener::bind((host, 0)).with_context(|| format!("finding a free port on {host}"))?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn wait_listening(address: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(address).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+        && fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("shorthorn"))
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on a pid this agent started or adopted from its own records.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// (capacity, available) bytes of the filesystem holding `path`.
+fn disk_space(path: &Path) -> anyhow::Result<(u64, u64)> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .context("disk path has a NUL byte")?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes into the struct we own; the path is a valid C string.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
+    anyhow::ensure!(
+        rc == 0,
+        "statvfs {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    let block = stat.f_frsize as u64;
+    Ok((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
+}
