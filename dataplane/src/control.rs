@@ -212,6 +212,10 @@ impl EngineControl for ControlService {
             flush_latency_us: mean_us(load(&s.flush_ns), load(&s.flush_ops)),
             uptime_ms: self.engine.uptime().as_millis() as u64,
             epoch: self.engine.epoch.0,
+            read_iops: load(&s.read_iops),
+            write_iops: load(&s.write_iops),
+            read_bytes_per_sec: load(&s.read_bytes_per_sec),
+            write_bytes_per_sec: load(&s.write_bytes_per_sec),
         }))
     }
 }

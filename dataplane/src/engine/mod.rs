@@ -103,6 +103,11 @@ pub struct Stats {
     pub write_ns: AtomicU64,
     pub flush_ops: AtomicU64,
     pub flush_ns: AtomicU64,
+    /// Rates over the last full second, refreshed once a second.
+    pub read_iops: AtomicU64,
+    pub write_iops: AtomicU64,
+    pub read_bytes_per_sec: AtomicU64,
+    pub write_bytes_per_sec: AtomicU64,
 }
 
 /// How to start an engine.
@@ -206,6 +211,7 @@ impl Engine {
             started: Instant::now(),
         });
         engine.drop_stale_replicas().await;
+        tokio::spawn(track_rates(Arc::downgrade(&engine)));
         if engine.rw_replicas().is_empty() {
             return Err(EngineError::NoHealthyReplica);
         }
@@ -563,5 +569,30 @@ impl Engine {
 
     pub(crate) fn rw_replicas(&self) -> Vec<Arc<ReplicaSlot>> {
         self.with_modes(&[ReplicaMode::Rw])
+    }
+}
+
+/// Once a second, turns the counters into per-second rates; ends with the engine.
+async fn track_rates(engine: std::sync::Weak<Engine>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = [0u64; 4];
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        let s = &engine.stats;
+        let now = [&s.read_ops, &s.write_ops, &s.read_bytes, &s.write_bytes]
+            .map(|a| a.load(Ordering::Relaxed));
+        let rates = [
+            &s.read_iops,
+            &s.write_iops,
+            &s.read_bytes_per_sec,
+            &s.write_bytes_per_sec,
+        ];
+        for i in 0..4 {
+            rates[i].store(now[i].saturating_sub(last[i]), Ordering::Relaxed);
+        }
+        last = now;
     }
 }
