@@ -610,6 +610,13 @@ impl Replica {
         if chunk == 0 || !chunk.is_multiple_of(BLOCK_SIZE) || chunk > STEP * 16 {
             return Err(ReplicaError::Unaligned(chunk));
         }
+        if offset > self.meta.size {
+            return Err(ReplicaError::OutOfRange {
+                offset,
+                length: chunk,
+                size: self.meta.size,
+            });
+        }
         let mut out = Vec::with_capacity(count as usize * 32);
         let mut buf = vec![0u8; chunk as usize];
         let mut zero_hash: Option<(usize, blake3::Hash)> = None;
