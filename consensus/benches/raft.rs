@@ -6,6 +6,9 @@
 //! Reported: committed writes per second, p50 and p99 commit latency, and leader failover
 //! time (SIGKILL of the leader to the first write committed by the survivors; median of 3).
 //!
+//! `RAFT_BENCH_MANAGER_ARGS` adds arguments to every `shorthorn manager` (for example
+//! `--batches-in-flight 8`).
+//!
 //! Durability differs: etcd syncs its WAL with fdatasync; sled (under Shorthorn) syncs with
 //! sync_file_range, which survives a process crash but not a power loss (see
 //! `consensus/src/disk.rs`).
@@ -201,6 +204,9 @@ async fn start_managers(bin: &Path, dir: &Path) -> BenchResult<Managers> {
             "--listen".into(),
             addr.clone(),
         ];
+        if let Ok(extra) = std::env::var("RAFT_BENCH_MANAGER_ARGS") {
+            argv.extend(extra.split_whitespace().map(str::to_string));
+        }
         if let Some(first) = addrs.first() {
             argv.push("--join".into());
             argv.push(first.clone());
