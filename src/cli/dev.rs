@@ -125,6 +125,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             )
         })?;
     }
+    wait_nodes(
+        &config.apis[0],
+        &token_file,
+        usize::from(MANAGERS),
+        Duration::from_secs(60),
+    )?;
     println!(
         "Shorthorn dev cluster is up ({} managers{}).",
         MANAGERS,
@@ -143,6 +149,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     stop_children(&mut children);
     for m in &managers {
         let _ = fs::remove_file(m.dir.join("pid"));
+        stop_instances(&m.dir);
     }
     Ok(())
 }
@@ -163,12 +170,47 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
             stopped += 1;
         }
         let _ = fs::remove_file(dir.join("pid"));
+        stop_instances(&dir);
     }
     println!(
         "stopped {stopped} manager{}",
         if stopped == 1 { "" } else { "s" }
     );
     Ok(())
+}
+
+/// Stops the replica and engine processes the node agent of manager `dir` left running
+/// (they outlive their manager on purpose, so that a manager crash does not stop I/O).
+fn stop_instances(dir: &Path) {
+    for kind in ["engines", "replicas"] {
+        let Ok(entries) = fs::read_dir(dir.join("disk").join(kind)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path().join("process.json")) else {
+                continue;
+            };
+            let Some(pid) = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["pid"].as_i64())
+                .and_then(|p| i32::try_from(p).ok())
+            else {
+                continue;
+            };
+            let is_ours = fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("shorthorn"));
+            if is_ours && alive(pid) {
+                signal(pid, libc::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if alive(pid) {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
 }
 
 fn write_token(path: &Path) -> anyhow::Result<()> {
@@ -249,6 +291,30 @@ fn wait_ready(api: &str, within: Duration) -> anyhow::Result<()> {
             Err(err) if Instant::now() >= deadline => bail!("{url}: {err}"),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
+    }
+}
+
+/// Waits until `count` nodes have registered (each manager's agent registers its node).
+fn wait_nodes(api: &str, token_file: &Path, count: usize, within: Duration) -> anyhow::Result<()> {
+    let token = fs::read_to_string(token_file)?;
+    let deadline = Instant::now() + within;
+    let url = format!("{api}/v1/nodes");
+    loop {
+        let registered = ureq::get(&url)
+            .set("Authorization", &format!("Bearer {}", token.trim()))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<serde_json::Value>().ok())
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0);
+        if registered >= count {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("only {registered} of {count} nodes registered in time");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
