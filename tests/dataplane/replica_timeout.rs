@@ -13,7 +13,7 @@ fn hung_replica_times_out_and_last_loss_gives_eio() {
     crate::testkit::wait_for_socket(&c.nbd_socket(1), &mut e);
     let uri = c.nbd_uri(1);
     qemu_io(&uri, &["write -P 0x11 0 65536"]);
-    signal(&r1, "STOP");
+    signal(&r1, libc::SIGSTOP);
     qemu_io(&uri, &["write -P 0x22 0 65536", "read -P 0x22 0 65536"]);
     let mut ctl = Control::connect(&c, 1);
     let info = ctl.replica(&c, 1);
@@ -30,5 +30,5 @@ fn hung_replica_times_out_and_last_loss_gives_eio() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("Input/output error"), "{text}");
-    signal(&r1, "CONT");
+    signal(&r1, libc::SIGCONT);
 }
