@@ -490,8 +490,15 @@ impl Handle {
                     }
                 };
                 if batch.is_empty() {
-                    if applied.changed().await.is_err() {
-                        return;
+                    // Wait for new entries, but end as soon as the subscriber goes away:
+                    // this task holds the state machine (and its database) open.
+                    tokio::select! {
+                        changed = applied.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                        }
+                        () = tx.closed() => return,
                     }
                     continue;
                 }

@@ -209,3 +209,29 @@ async fn a_member_behind_a_purged_log_installs_the_snapshot() {
     assert!(format!("{event:?}").contains("after"), "{event:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_resumes_after_the_member_restarts() {
+    // Events are kept by log index on disk: after a restart a subscriber can resume from
+    // index 0 (or any later index) on the same member and sees the same events.
+    let mut cluster = Cluster::start(3, 5, test_tuning(3)).await;
+    cluster.leader(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        cluster
+            .any()
+            .propose(token_command(&format!("before-{i}")))
+            .await
+            .expect("commit");
+    }
+    cluster.converge(Duration::from_secs(10)).await;
+    let member = 2;
+    let applied = cluster.members[&member].status().applied.unwrap_or(0);
+    let before = events_of(&cluster.members[&member], applied).await;
+    cluster.kill(member).await;
+    let restarted = cluster.start_member(member).await;
+    cluster.converge(Duration::from_secs(15)).await;
+    let after = events_of(&restarted, applied).await;
+    assert_eq!(tokens(&after), vec!["before-0", "before-1", "before-2"]);
+    assert_eq!(after, before);
+    cluster.shutdown().await;
+}
