@@ -234,3 +234,35 @@ async fn a_manager_with_a_wiped_disk_cannot_rejoin_until_removed() {
         .expect_err("a duplicate volume is rejected");
     assert!(matches!(err, Error::Rejected { .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_manager_cleanly_and_it_restarts_with_its_data() {
+    // A one-manager group commits, is stopped with SIGTERM (exit status 0), and restarts
+    // from its data directory with everything it acknowledged.
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut managers = start_group(root.path(), 1).await;
+    let client = client();
+    let all = addrs(&managers);
+    for i in 0..5 {
+        client
+            .propose(&all, create_volume(&format!("term-{i}")))
+            .await
+            .expect("commit");
+    }
+    managers[0].terminate();
+    let exited = managers[0].wait_exit(Duration::from_secs(15));
+    assert_eq!(exited, Some(true), "log:\n{}", managers[0].log_text());
+    managers[0].restart(None);
+    let addr = managers[0].addr.clone();
+    wait_status(
+        &client,
+        &addr,
+        Duration::from_secs(20),
+        "leader again",
+        |s| s.role == "Leader",
+    )
+    .await;
+    let members: Vec<&Manager> = managers.iter().collect();
+    let state = converge(&client, &members, Duration::from_secs(10)).await;
+    assert!(state.volumes.contains_key("term-4"));
+}

@@ -72,6 +72,16 @@ impl Manager {
         self.spawn(join);
     }
 
+    /// Sends SIGTERM (a clean stop request) to the process.
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
