@@ -26,6 +26,8 @@ use shorthorn_state::{
 
 const TICK: Duration = Duration::from_millis(500);
 const STALE_CHECK: Duration = Duration::from_secs(5);
+/// How long an engine start waits for every read-write replica to report its address.
+const ADDRESS_GRACE: Duration = Duration::from_secs(15);
 
 /// Who this agent is and where it keeps things.
 #[derive(Debug, Clone)]
@@ -90,6 +92,8 @@ pub struct Agent {
     config: AgentConfig,
     replicas: BTreeMap<String, Proc>,
     engines: BTreeMap<String, Proc>,
+    /// When this agent first saw each volume attaching here.
+    attach_seen: BTreeMap<String, Instant>,
     last_stale_check: Instant,
 }
 
@@ -100,6 +104,7 @@ impl Agent {
             config,
             replicas: BTreeMap::new(),
             engines: BTreeMap::new(),
+            attach_seen: BTreeMap::new(),
             last_stale_check: Instant::now(),
         }
     }
@@ -339,6 +344,9 @@ impl Agent {
             }
             match volume.state {
                 VolumeState::Attaching | VolumeState::Attached => {
+                    self.attach_seen
+                        .entry(volume.name.clone())
+                        .or_insert_with(Instant::now);
                     if !self.engines.contains_key(&volume.name) {
                         match self.start_engine(volume, replicas) {
                             Ok(proc) => {
@@ -380,6 +388,7 @@ impl Agent {
             }
         }
         let wanted: Vec<&str> = view.attached.iter().map(|(v, _)| v.name.as_str()).collect();
+        self.attach_seen.retain(|v, _| wanted.contains(&v.as_str()));
         let gone: Vec<String> = self
             .engines
             .keys()
@@ -396,14 +405,30 @@ impl Agent {
     }
 
     fn start_engine(&self, volume: &Volume, replicas: &[Replica]) -> anyhow::Result<Proc> {
-        let healthy: Vec<&str> = replicas
+        let read_write: Vec<&Replica> = replicas
             .iter()
             .filter(|r| r.mode == ReplicaMode::ReadWrite)
+            .collect();
+        let healthy: Vec<&str> = read_write
+            .iter()
             .filter_map(|r| r.address.as_deref())
             .collect();
         anyhow::ensure!(
             !healthy.is_empty(),
             "no read-write replica has reported its address yet"
+        );
+        // An engine started without a read-write replica would never write to it: wait for
+        // every one to report its address; one that has not within the grace period is
+        // reported failed by `watch_engine` and rebuilt later.
+        let waited = self
+            .attach_seen
+            .get(&volume.name)
+            .map_or(Duration::ZERO, Instant::elapsed);
+        anyhow::ensure!(
+            healthy.len() == read_write.len() || waited >= ADDRESS_GRACE,
+            "waiting for {} of {} read-write replicas to report their address",
+            read_write.len() - healthy.len(),
+            read_write.len()
         );
         let dir = self.engine_dir(&volume.name);
         fs::create_dir_all(&dir)?;
@@ -490,6 +515,11 @@ impl Agent {
                         reason,
                     })
                 }
+                (ReplicaMode::ReadWrite, None) => Some(Request::ReportReplicaFailed {
+                    id: replica.id.clone(),
+                    reason: "not in the engine's replica set (no address when the engine started)"
+                        .into(),
+                }),
                 (ReplicaMode::WriteOnly, Some(EngineMode::Rw)) => {
                     Some(Request::ReportReplicaRebuilt {
                         id: replica.id.clone(),

@@ -19,7 +19,11 @@ struct DevCluster {
 
 impl DevCluster {
     fn up() -> DevCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var_os("SHORTHORN_KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("dev cluster directory kept: {}", dir.path().display());
+        }
         let base = free_port_base();
         let out = Command::new(BIN)
             .args([
@@ -35,7 +39,7 @@ impl DevCluster {
             .expect("runs dev up");
         let cluster = DevCluster {
             dir,
-            api: format!("http://127.0.0.1:{}", base + 2),
+            api: format!("http://127.0.0.1:{}", base + 1),
         };
         assert!(
             out.status.success(),
@@ -43,6 +47,9 @@ impl DevCluster {
             text(&out.stdout),
             text(&out.stderr)
         );
+        // The dev disks share this machine's root filesystem, whose free space the tests do
+        // not control: let scheduling ignore it (capacity limits still apply).
+        cluster.ok(&["setting", "set", "storageMinimalAvailablePercentage", "0"]);
         cluster
     }
 
@@ -320,4 +327,207 @@ fn bad_input_gets_clear_errors() {
         .call()
         .expect("healthz");
     assert_eq!(health.status(), 200);
+}
+
+/// A manager process started by hand to join a dev cluster as one more node.
+struct ExtraManager {
+    child: std::process::Child,
+}
+
+impl Drop for ExtraManager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl DevCluster {
+    /// Starts manager `n` (≥ 4) under the cluster's directory, joining through manager 1.
+    fn add_node(&self, n: u16) -> ExtraManager {
+        let base: u16 = self
+            .api
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .expect("api port")
+            - 1;
+        let dir = self.dir.path().join(format!("m{n}"));
+        std::fs::create_dir_all(dir.join("disk")).expect("node dir");
+        let log = std::fs::File::create(dir.join("manager.log")).expect("log");
+        let child = Command::new(BIN)
+            .args([
+                "manager",
+                "--node-id",
+                &n.to_string(),
+                "--name",
+                &format!("node-{n}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{}", base + 10 + n)])
+            .args(["--join", &format!("127.0.0.1:{}", base + 11)])
+            .args(["--api-listen", &format!("127.0.0.1:{}", base + n)])
+            .arg("--token-file")
+            .arg(self.token_file())
+            .arg("--disk")
+            .arg(dir.join("disk"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starts a manager");
+        std::fs::write(dir.join("pid"), child.id().to_string()).expect("pid file");
+        ExtraManager { child }
+    }
+
+    /// SIGKILLs manager `n` and every replica or engine process of its node: the node dies.
+    fn kill_node(&self, n: u16) {
+        let dir = self.dir.path().join(format!("m{n}"));
+        let mut pids = vec![std::fs::read_to_string(dir.join("pid")).expect("manager pid")];
+        for kind in ["replicas", "engines"] {
+            for entry in std::fs::read_dir(dir.join("disk").join(kind))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(text) = std::fs::read_to_string(entry.path().join("process.json")) {
+                    let record: Value = serde_json::from_str(&text).expect("process record");
+                    pids.push(record["pid"].to_string());
+                }
+            }
+        }
+        for pid in pids {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}
+
+#[test]
+fn replica_node_killed_mid_write_is_replaced_and_rebuilt() {
+    // A 4-replica volume is short of nodes until a 4th node joins; then the node of one
+    // replica of an attached volume dies while a writer runs; the replica is replaced on
+    // the free node, rebuilt, and every byte written is read back.
+    let cluster = DevCluster::up();
+    cluster.ok(&[
+        "volume",
+        "create",
+        "wide",
+        "--size",
+        "8Mi",
+        "--replicas",
+        "4",
+    ]);
+    let wide = cluster.json(&["volume", "get", "wide"]);
+    let condition = wide["condition"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        condition,
+        "3 of 4 replicas scheduled: hard node anti-affinity, only 3 schedulable nodes"
+    );
+    let _node4 = cluster.add_node(4);
+    cluster.wait_volume("wide", "fully scheduled", |v| {
+        v["replicas"].as_array().is_some_and(|r| r.len() == 4) && v["condition"].is_null()
+    });
+
+    cluster.ok(&[
+        "volume",
+        "create",
+        "db",
+        "--size",
+        "32Mi",
+        "--replicas",
+        "3",
+        "--stale-replica-timeout",
+        "0",
+    ]);
+    let replica_nodes = |c: &DevCluster| -> Vec<(String, String)> {
+        c.json(&["replica", "ls"])
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter(|r| r["volume"] == "db")
+            .map(|r| {
+                (
+                    r["node"].as_str().expect("node").to_string(),
+                    r["mode"].as_str().expect("mode").to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = replica_nodes(&cluster);
+    let victim = before
+        .iter()
+        .map(|(n, _)| n.clone())
+        .find(|n| n != "node-1")
+        .expect("a replica off node-1");
+    let victim_n: u16 = victim
+        .trim_start_matches("node-")
+        .parse()
+        .expect("node number");
+    let endpoint = cluster.attach("db", "node-1");
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data.img");
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", data.display()),
+            "bs=1M",
+            "count=32",
+            "status=none",
+        ],
+    );
+    let writer = {
+        let (data, endpoint) = (data.clone(), endpoint.clone());
+        std::thread::spawn(move || {
+            for _ in 0..6 {
+                run(
+                    "qemu-img",
+                    &[
+                        "convert",
+                        "-n",
+                        "-f",
+                        "raw",
+                        "-O",
+                        "raw",
+                        data.to_str().expect("path"),
+                        &endpoint,
+                    ],
+                );
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.kill_node(victim_n);
+    writer.join().expect("the writer saw no I/O error");
+
+    let healthy = cluster.wait_volume("db", "healthy again", |v| {
+        v["robustness"] == "healthy" && v["replicas"].as_array().is_some_and(|r| r.len() == 3)
+    });
+    let after = replica_nodes(&cluster);
+    assert!(
+        after
+            .iter()
+            .all(|(node, mode)| node != &victim && mode == "RW"),
+        "{after:?}"
+    );
+    assert_eq!(healthy["epoch"], 1, "the engine kept serving: no re-attach");
+
+    let back = work.path().join("back.img");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &endpoint,
+            back.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(
+        sha256(&data),
+        sha256(&back),
+        "data read back after the rebuild differs"
+    );
 }

@@ -156,8 +156,19 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 
 pub fn down(args: DownArgs) -> anyhow::Result<()> {
     let mut stopped = 0;
-    for n in 1..=MANAGERS {
-        let dir = args.dir.join(format!("m{n}"));
+    // Every manager directory, including managers added by hand with `--join`.
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&args.dir)
+        .with_context(|| format!("reading {}", args.dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('m'))
+        })
+        .collect();
+    dirs.sort();
+    for dir in dirs {
         if let Some(pid) = running_pid(&dir) {
             signal(pid, libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(15);

@@ -17,6 +17,10 @@ pub enum VolumeCommand {
         /// Number of replicas (default: the defaultReplicaCount setting).
         #[arg(long)]
         replicas: Option<u8>,
+        /// Minutes a failed replica is kept for a delta rebuild before it is replaced
+        /// (default: the staleReplicaTimeout setting).
+        #[arg(long)]
+        stale_replica_timeout: Option<u64>,
     },
     /// List volumes.
     Ls,
@@ -67,11 +71,15 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             name,
             size,
             replicas,
+            stale_replica_timeout,
         } => {
             let size = parse_size(&size).map_err(anyhow::Error::msg)?;
             let mut body = json!({ "name": name, "size": size });
             if let Some(replicas) = replicas {
                 body["numberOfReplicas"] = json!(replicas);
+            }
+            if let Some(minutes) = stale_replica_timeout {
+                body["staleReplicaTimeout"] = json!(minutes);
             }
             client.post("/v1/volumes", body)?
         }
