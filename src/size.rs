@@ -27,6 +27,20 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// Formats bytes for tables: exact when a binary unit divides them, else one decimal
+/// (`252.0Gi`).
+pub fn display_size(bytes: u64) -> String {
+    let exact = format_size(bytes);
+    if exact != bytes.to_string() || bytes < 1024 {
+        return exact;
+    }
+    let (suffix, shift) = [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)]
+        .into_iter()
+        .find(|(_, shift)| bytes >= 1u64 << shift)
+        .unwrap_or(("Ki", 10));
+    format!("{:.1}{suffix}", bytes as f64 / (1u64 << shift) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +66,8 @@ mod tests {
         assert_eq!(format_size(10 << 30), "10Gi");
         assert_eq!(format_size(3 << 20), "3Mi");
         assert_eq!(format_size(1000), "1000");
+        assert_eq!(display_size(3 << 30), "3Gi");
+        assert_eq!(display_size((5 << 30) + (1 << 29) + 1), "5.5Gi");
+        assert_eq!(display_size(1000), "1000");
     }
 }

@@ -4,7 +4,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::client::{Client, Output, Target, print_table, text};
-use crate::size::{format_size, parse_size};
+use crate::size::{display_size, format_size, parse_size};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum VolumeCommand {
@@ -191,8 +191,8 @@ pub fn nodes(target: &Target) -> anyhow::Result<()> {
                 text(&n["zone"]),
                 text(&n["schedulable"]),
                 disks.len().to_string(),
-                format_size(sum("scheduled")),
-                format_size(sum("capacity")),
+                display_size(sum("scheduled")),
+                display_size(sum("capacity")),
             ]
         },
     )
