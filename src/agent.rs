@@ -26,6 +26,10 @@ use shorthorn_state::{
 
 const TICK: Duration = Duration::from_millis(500);
 const STALE_CHECK: Duration = Duration::from_secs(5);
+/// How often the agent tells the log its node is alive.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node not heard from for this long is marked down by the leader's agent.
+const NODE_DOWN_AFTER: Duration = Duration::from_secs(10);
 /// How long an engine start waits for every read-write replica to report its address.
 const ADDRESS_GRACE: Duration = Duration::from_secs(15);
 
@@ -95,6 +99,9 @@ pub struct Agent {
     /// When this agent first saw each volume attaching here.
     attach_seen: BTreeMap<String, Instant>,
     last_stale_check: Instant,
+    last_heartbeat: Instant,
+    /// Since when this manager has been the Raft leader, as far as this agent saw.
+    leader_since: Option<Instant>,
 }
 
 impl Agent {
@@ -106,6 +113,8 @@ impl Agent {
             engines: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
             last_stale_check: Instant::now(),
+            last_heartbeat: Instant::now() - HEARTBEAT,
+            leader_since: None,
         }
     }
 
@@ -122,11 +131,8 @@ impl Agent {
     }
 
     async fn propose(&self, request: Request) -> Result<(), LogError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let command = Command::new(
-            Timestamp(now),
+            Timestamp(now_millis()),
             format!("agent/{}", self.config.node),
             request,
         );
@@ -214,16 +220,44 @@ impl Agent {
     }
 
     async fn tick(&mut self) -> anyhow::Result<()> {
+        if self.last_heartbeat.elapsed() >= HEARTBEAT {
+            self.last_heartbeat = Instant::now();
+            self.propose(Request::Heartbeat {
+                node: self.config.node.clone(),
+            })
+            .await?;
+        }
+        let leader = self.log.status().leader == Some(self.config.member);
+        match (leader, self.leader_since) {
+            (true, None) => self.leader_since = Some(Instant::now()),
+            (false, Some(_)) => self.leader_since = None,
+            _ => {}
+        }
+        // Judge others' heartbeats only after leading for a whole timeout: a cluster that
+        // just restarted has old heartbeat times everywhere.
         let node = self.config.node.clone();
         let view = self
             .log
             .read(move |state| NodeView::of(state, &node))
             .await?;
+        let late = now_millis().saturating_sub(NODE_DOWN_AFTER.as_millis() as u64);
+        if self
+            .leader_since
+            .is_some_and(|since| since.elapsed() >= NODE_DOWN_AFTER)
+            && view
+                .heartbeats
+                .iter()
+                .any(|(ready, at)| *ready && at.0 <= late)
+        {
+            let timeout_secs = NODE_DOWN_AFTER.as_secs();
+            self.propose(Request::MarkDeadNodes { timeout_secs })
+                .await?;
+        }
         self.converge_replicas(&view).await;
         self.converge_engines(&view).await;
         if self.last_stale_check.elapsed() >= STALE_CHECK {
             self.last_stale_check = Instant::now();
-            if self.log.status().leader == Some(self.config.member) && view.has_failed_replicas {
+            if leader && view.has_failed_replicas {
                 // Only the leader's agent runs the cluster-wide stale-replica timer.
                 self.propose(Request::ReplaceStaleReplicas).await?;
             }
@@ -555,6 +589,8 @@ struct NodeView {
     /// Volumes attached (or attaching, detaching) on this node, with all their replicas.
     attached: Vec<(Volume, Vec<Replica>)>,
     has_failed_replicas: bool,
+    /// (ready, last heartbeat) of every node.
+    heartbeats: Vec<(bool, Timestamp)>,
 }
 
 impl NodeView {
@@ -575,7 +611,13 @@ impl NodeView {
             .replicas
             .values()
             .any(|r| r.mode == ReplicaMode::Error);
+        let heartbeats = state
+            .nodes
+            .values()
+            .map(|n| (n.ready, n.last_heartbeat))
+            .collect();
         NodeView {
+            heartbeats,
             replicas,
             attached,
             has_failed_replicas,
@@ -648,4 +690,10 @@ fn disk_space(path: &Path) -> anyhow::Result<(u64, u64)> {
     );
     let block = stat.f_frsize as u64;
     Ok((stat.f_blocks as u64 * block, stat.f_bavail as u64 * block))
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

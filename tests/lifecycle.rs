@@ -531,3 +531,82 @@ fn replica_node_killed_mid_write_is_replaced_and_rebuilt() {
         "data read back after the rebuild differs"
     );
 }
+
+#[test]
+fn attached_node_killed_volume_reattaches_elsewhere_with_its_data() {
+    // The node running a volume's engine dies: after missed heartbeats the log marks it
+    // down, the volume is detached, and it attaches on another node under a new epoch with
+    // every byte that was written.
+    let cluster = DevCluster::up();
+    cluster.ok(&[
+        "volume",
+        "create",
+        "db",
+        "--size",
+        "32Mi",
+        "--replicas",
+        "3",
+    ]);
+    let endpoint = cluster.attach("db", "node-3");
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data.img");
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", data.display()),
+            "bs=1M",
+            "count=32",
+            "status=none",
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            data.to_str().expect("path"),
+            &endpoint,
+        ],
+    );
+    cluster.kill_node(3);
+
+    cluster.wait_volume("db", "detached from the dead node", |v| {
+        v["state"] == "detached"
+    });
+    let nodes = cluster.json(&["node", "ls"]);
+    let node3 = nodes
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|n| n["id"] == "node-3")
+        .expect("node-3");
+    assert_eq!(node3["ready"], false, "node-3 is down: {node3}");
+    let (ok, _, err) = cluster.cli(&["volume", "attach", "db", "--node", "node-3"]);
+    assert!(!ok && err.contains("is down"), "{err}");
+
+    let endpoint = cluster.attach("db", "node-1");
+    let back = work.path().join("back.img");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &endpoint,
+            back.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(
+        sha256(&data),
+        sha256(&back),
+        "data read back on node-1 differs"
+    );
+    assert_eq!(cluster.json(&["volume", "get", "db"])["epoch"], 2);
+}

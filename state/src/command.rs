@@ -49,6 +49,16 @@ pub enum Request {
         id: String,
         schedulable: bool,
     },
+    /// The node's agent is alive.
+    Heartbeat {
+        node: String,
+    },
+    /// Marks down every ready node not heard from for `timeout_secs` at the command's time:
+    /// its replicas fail and its attached volumes lose their engine (they can be attached
+    /// elsewhere under a new epoch).
+    MarkDeadNodes {
+        timeout_secs: u64,
+    },
     /// Removes a node that holds no replica and no attachment.
     RemoveNode {
         id: String,

@@ -45,6 +45,19 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
             with_retry(state, vec![event], at)
         }
         Request::RemoveNode { id } => remove_node(state, id),
+        Request::Heartbeat { node } => {
+            let current = state.node(node)?;
+            let event = Event::NodeHeartbeat {
+                id: node.clone(),
+                at,
+            };
+            if current.ready {
+                Ok(vec![event])
+            } else {
+                with_retry(state, vec![event], at)
+            }
+        }
+        Request::MarkDeadNodes { timeout_secs } => mark_dead_nodes(state, *timeout_secs, at),
         Request::AddDisk { node, disk } => {
             let existing = state.node(node)?;
             if existing.disks.contains_key(&disk.id) {
@@ -306,6 +319,8 @@ fn register_node(state: &State, spec: &NodeSpec, at: Timestamp) -> Result<Vec<Ev
         tags: spec.tags.clone(),
         schedulable: true,
         disks,
+        ready: true,
+        last_heartbeat: at,
     };
     with_retry(state, vec![Event::NodeRegistered { node }], at)
 }
@@ -355,6 +370,43 @@ fn check_disk_sizes(
         )));
     }
     Ok(())
+}
+
+fn mark_dead_nodes(
+    state: &State,
+    timeout_secs: u64,
+    at: Timestamp,
+) -> Result<Vec<Event>, Rejection> {
+    let mut events = Vec::new();
+    for node in state.nodes.values() {
+        if !node.ready || node.last_heartbeat.plus_seconds(timeout_secs) > at {
+            continue;
+        }
+        events.push(Event::NodeDown {
+            id: node.id.clone(),
+        });
+        for replica in state.replicas.values() {
+            if replica.node == node.id && replica.mode != ReplicaMode::Error {
+                events.push(Event::ReplicaFailed {
+                    id: replica.id.clone(),
+                    reason: format!("node \"{}\" is down (missed heartbeats)", node.id),
+                    at,
+                });
+            }
+        }
+        for volume in state.volumes.values() {
+            if volume
+                .attachment
+                .as_ref()
+                .is_some_and(|a| a.node == node.id)
+            {
+                events.push(Event::VolumeDetached {
+                    name: volume.name.clone(),
+                });
+            }
+        }
+    }
+    Ok(events)
 }
 
 fn remove_node(state: &State, id: &str) -> Result<Vec<Event>, Rejection> {
@@ -558,6 +610,11 @@ fn attach_volume(state: &State, name: &str, node: &str) -> Result<Vec<Event>, Re
     if volume.standby {
         return Err(Rejection::precondition(format!(
             "volume \"{name}\" is a disaster-recovery standby; activate it before attaching"
+        )));
+    }
+    if !target.ready {
+        return Err(Rejection::precondition(format!(
+            "node \"{node}\" is down (missed heartbeats); volumes cannot be attached there"
         )));
     }
     if !target.schedulable {
@@ -1336,5 +1393,68 @@ mod tests {
         }
         assert!(c.state.volumes.is_empty() && c.state.replicas.is_empty());
         assert!(c.state.nodes.values().all(|n| n.disks["d1"].scheduled == 0));
+    }
+
+    #[test]
+    fn a_node_that_misses_heartbeats_goes_down_and_frees_its_volumes() {
+        let mut c = Cluster::new();
+        for n in ["n1", "n2", "n3", "n4"] {
+            c.node(n, "", 100);
+        }
+        c.volume("db", 1, 3);
+        let on_n1 = c.nodes_of("db").contains(&"n1".to_string());
+        c.ok(Request::AttachVolume {
+            name: "db".into(),
+            node: "n1".into(),
+        });
+        for n in ["n2", "n3", "n4"] {
+            c.ok(Request::Heartbeat { node: n.into() });
+        }
+        assert_eq!(
+            c.ok(Request::MarkDeadNodes { timeout_secs: 60 }),
+            vec![],
+            "nobody is late yet"
+        );
+        c.clock += 61_000;
+        for n in ["n2", "n3", "n4"] {
+            c.ok(Request::Heartbeat { node: n.into() });
+        }
+        let events = c.ok(Request::MarkDeadNodes { timeout_secs: 60 });
+        assert!(
+            events.contains(&Event::NodeDown { id: "n1".into() }),
+            "{events:?}"
+        );
+        assert!(!c.state.nodes["n1"].ready);
+        let volume = &c.state.volumes["db"];
+        assert_eq!(
+            volume.state,
+            VolumeState::Detached,
+            "the engine died with its node"
+        );
+        assert_eq!(volume.attachment, None);
+        if on_n1 {
+            assert_eq!(volume.robustness, Robustness::Degraded);
+        }
+        assert_eq!(
+            c.rejected(
+                Request::AttachVolume {
+                    name: "db".into(),
+                    node: "n1".into()
+                },
+                PreconditionFailed
+            ),
+            "node \"n1\" is down (missed heartbeats); volumes cannot be attached there"
+        );
+        c.ok(Request::AttachVolume {
+            name: "db".into(),
+            node: "n2".into(),
+        });
+        assert_eq!(
+            c.state.volumes["db"].epoch,
+            Epoch(2),
+            "re-attached elsewhere under a new epoch"
+        );
+        c.ok(Request::Heartbeat { node: "n1".into() });
+        assert!(c.state.nodes["n1"].ready);
     }
 }

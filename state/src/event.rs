@@ -29,6 +29,15 @@ pub enum Event {
     NodeRemoved {
         id: String,
     },
+    /// The node's agent was heard from; a node that was down is ready again.
+    NodeHeartbeat {
+        id: String,
+        at: Timestamp,
+    },
+    /// The node missed its heartbeats.
+    NodeDown {
+        id: String,
+    },
     DiskAdded {
         node: String,
         disk: Disk,

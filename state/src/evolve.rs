@@ -29,6 +29,17 @@ pub fn evolve(state: &mut State, event: &Event) {
                 node.schedulable = *schedulable;
             }
         }
+        Event::NodeHeartbeat { id, at } => {
+            if let Some(node) = state.nodes.get_mut(id) {
+                node.ready = true;
+                node.last_heartbeat = *at;
+            }
+        }
+        Event::NodeDown { id } => {
+            if let Some(node) = state.nodes.get_mut(id) {
+                node.ready = false;
+            }
+        }
         Event::NodeRemoved { id } => {
             state.nodes.remove(id);
         }

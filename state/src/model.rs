@@ -109,6 +109,13 @@ pub struct Node {
     pub tags: BTreeSet<String>,
     pub schedulable: bool,
     pub disks: BTreeMap<String, Disk>,
+    /// Whether the node's agent has been heard from within the heartbeat timeout. A node
+    /// that is not ready takes no new replica and no attachment.
+    #[serde(default)]
+    pub ready: bool,
+    /// When the node's agent was last heard from.
+    #[serde(default)]
+    pub last_heartbeat: Timestamp,
 }
 
 /// A filesystem directory on a node that holds replica directories.

@@ -95,6 +95,12 @@ enum Step {
         pick: usize,
     },
     ReplaceStale,
+    Heartbeat {
+        node: usize,
+    },
+    MarkDead {
+        timeout_secs: u64,
+    },
     Setting {
         which: usize,
         choice: usize,
@@ -132,6 +138,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<usize>().prop_map(|pick| Step::Healthy { pick }),
         1 => any::<usize>().prop_map(|pick| Step::RemoveReplica { pick }),
         2 => Just(Step::ReplaceStale),
+        1 => n.clone().prop_map(|node| Step::Heartbeat { node }),
+        1 => (0..200u64).prop_map(|timeout_secs| Step::MarkDead { timeout_secs }),
         2 => (0..6usize, 0..3usize).prop_map(|(which, choice)| Step::Setting { which, choice }),
         1 => (v, 0..3usize).prop_map(|(volume, name)| Step::Snapshot { volume, name }),
     ]
@@ -284,6 +292,8 @@ fn request(state: &State, step: &Step) -> Request {
         Step::Healthy { pick } => Request::ReportReplicaHealthy { id: replica(pick) },
         Step::RemoveReplica { pick } => Request::RemoveReplica { id: replica(pick) },
         Step::ReplaceStale => Request::ReplaceStaleReplicas,
+        Step::Heartbeat { node: n } => Request::Heartbeat { node: node(n) },
+        Step::MarkDead { timeout_secs } => Request::MarkDeadNodes { timeout_secs },
         Step::Setting { which, choice } => {
             let (key, values): (&str, [&str; 3]) = match which {
                 0 => ("replicaSoftAntiAffinity", ["false", "true", "false"]),
@@ -320,6 +330,12 @@ fn check_placement(before: &State, event: &Event) -> Result<(), TestCaseError> {
     prop_assert!(
         node.schedulable,
         "replica {} on unschedulable node {}",
+        replica.id,
+        node.id
+    );
+    prop_assert!(
+        node.ready,
+        "replica {} on down node {}",
         replica.id,
         node.id
     );
@@ -392,6 +408,8 @@ fn check_state(state: &State, epochs: &mut BTreeMap<String, Epoch>) -> Result<()
         "replicas on unknown disks: {:?}",
         scheduled
     );
+    // A deleted volume's name may be used again; its epochs start over with new replicas.
+    epochs.retain(|name, _| state.volumes.contains_key(name));
     for volume in state.volumes.values() {
         let live = state
             .replicas_of(volume)

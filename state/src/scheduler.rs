@@ -59,6 +59,7 @@ type Rank = (bool, bool, bool, bool, bool, i128);
 struct Tally {
     nodes: usize,
     nodes_unschedulable: usize,
+    nodes_down: usize,
     nodes_missing_tags: usize,
     blocked_by_node: usize,
     blocked_by_zone: usize,
@@ -130,6 +131,10 @@ impl<'a> Scheduler<'a> {
 
         for node in self.state.nodes.values() {
             tally.nodes += 1;
+            if !node.ready {
+                tally.nodes_down += 1;
+                continue;
+            }
             if !node.schedulable {
                 tally.nodes_unschedulable += 1;
                 continue;
@@ -241,6 +246,13 @@ impl Tally {
                 "hard disk anti-affinity on {} disk{}",
                 self.blocked_by_disk,
                 plural(self.blocked_by_disk)
+            ));
+        }
+        if self.nodes_down > 0 {
+            why.push(format!(
+                "{} node{} down",
+                self.nodes_down,
+                plural(self.nodes_down)
             ));
         }
         if self.nodes_unschedulable > 0 {
