@@ -610,3 +610,68 @@ fn attached_node_killed_volume_reattaches_elsewhere_with_its_data() {
     );
     assert_eq!(cluster.json(&["volume", "get", "db"])["epoch"], 2);
 }
+
+#[test]
+fn leader_killed_during_volume_create_happens_once_or_not_at_all() {
+    // `volume create` goes to the Raft leader's manager, which is SIGKILLed right after the
+    // request leaves; the CLI fails over to the other managers and must report truthfully.
+    let cluster = DevCluster::up();
+    let status: Value = ureq::get(&format!("{}/v1/cluster", cluster.api))
+        .set("Authorization", &format!("Bearer {}", cluster.token()))
+        .call()
+        .expect("cluster status")
+        .into_json()
+        .expect("JSON");
+    let leader = status["leader"].as_u64().expect("a leader") as u16;
+    let base: u16 = cluster
+        .api
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("port")
+        - 1;
+    let order: Vec<String> = std::iter::once(leader)
+        .chain((1..=3).filter(|n| *n != leader))
+        .map(|n| format!("http://127.0.0.1:{}", base + n))
+        .collect();
+    let survivor = order[1].clone();
+
+    let cli = Command::new(BIN)
+        .args(["volume", "create", "db", "--size", "8Mi", "-o", "json"])
+        .env("SHORTHORN_API", order.join(","))
+        .env("SHORTHORN_TOKEN_FILE", cluster.token_file())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs the CLI");
+    std::thread::sleep(Duration::from_millis(5));
+    cluster.kill_node(leader);
+    let out = cli.wait_with_output().expect("CLI finishes");
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+
+    let volumes: Value = ureq::get(&format!("{survivor}/v1/volumes"))
+        .set("Authorization", &format!("Bearer {}", cluster.token()))
+        .call()
+        .expect("volumes from a survivor")
+        .into_json()
+        .expect("JSON");
+    let count = volumes
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|v| v["name"] == "db")
+        .count();
+    if out.status.success() {
+        assert_eq!(count, 1, "the CLI said created: {stdout}{stderr}");
+        let created: Value = serde_json::from_str(&stdout).expect("JSON volume");
+        assert_eq!(created["name"], "db");
+    } else {
+        assert!(
+            stderr.contains("was not created") || stderr.contains("may still"),
+            "{stderr}"
+        );
+        if stderr.contains("was not created") {
+            assert_eq!(count, 0, "the CLI said not created: {stderr}");
+        }
+    }
+}

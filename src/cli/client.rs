@@ -2,9 +2,9 @@
 //! and turns error bodies into the server's own message.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 
 use super::dev::DevConfig;
@@ -12,7 +12,8 @@ use super::dev::DevConfig;
 /// Where the cluster is and how to authenticate; flags beat environment beat the dev cluster.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
-    /// Manager API URL (e.g. http://127.0.0.1:9501).
+    /// Manager API URL (e.g. http://127.0.0.1:9501); several, comma-separated, are tried in
+    /// turn when one cannot be reached.
     #[arg(long, global = true, env = "SHORTHORN_API")]
     pub api: Option<String>,
     /// File holding the API bearer token.
@@ -41,7 +42,11 @@ impl Client {
     pub fn connect(target: &Target) -> anyhow::Result<Client> {
         let dev = || DevConfig::load(&target.dev_dir);
         let apis = match &target.api {
-            Some(api) => vec![api.trim_end_matches('/').to_string()],
+            Some(api) => api
+                .split(',')
+                .map(|a| a.trim().trim_end_matches('/').to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
             None => dev()
                 .context(
                     "no cluster given: pass --api / SHORTHORN_API, or run `shorthorn dev up` here",
@@ -77,33 +82,76 @@ impl Client {
     }
 
     /// Sends to the first manager that answers; a manager that cannot be reached is skipped
-    /// (any manager serves any request).
+    /// (any manager serves any request), and a cluster without a leader (503) or that timed out
+    /// (504) is retried for up to 20 s. A failure carries its HTTP status and whether another manager was tried
+    /// after a request may have reached one ([`Failure`]).
     fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let mut last = None;
-        for api in &self.apis {
-            let request = ureq::request(method, &format!("{api}{path}"))
-                .timeout(Duration::from_secs(30))
-                .set("Authorization", &format!("Bearer {}", self.token));
-            let result = match &body {
-                Some(body) => request.send_json(body.clone()),
-                None => request.call(),
-            };
-            match result {
-                Ok(response) => return read_body(response),
-                Err(ureq::Error::Status(code, response)) => {
-                    let body = read_body(response).unwrap_or(Value::Null);
-                    let message = body["message"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| body.to_string());
-                    bail!("{message} (HTTP {code})");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut failed_over = false;
+        loop {
+            let mut last = None;
+            for api in &self.apis {
+                let request = ureq::request(method, &format!("{api}{path}"))
+                    .timeout(Duration::from_secs(30))
+                    .set("Authorization", &format!("Bearer {}", self.token));
+                let result = match &body {
+                    Some(body) => request.send_json(body.clone()),
+                    None => request.call(),
+                };
+                match result {
+                    Ok(response) => return read_body(response),
+                    Err(ureq::Error::Status(status, response)) => {
+                        let body = read_body(response).unwrap_or(Value::Null);
+                        let message = body["message"]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| body.to_string());
+                        let kind = body["error"].as_str().unwrap_or_default().to_string();
+                        let failure = Failure {
+                            status,
+                            kind,
+                            message,
+                            failed_over,
+                        };
+                        if (status == 503 || status == 504) && Instant::now() < deadline {
+                            last = Some(anyhow::Error::new(failure));
+                            failed_over = true;
+                            continue;
+                        }
+                        return Err(anyhow::Error::new(failure));
+                    }
+                    Err(err) => {
+                        failed_over = true;
+                        last = Some(anyhow::anyhow!("{api}: {err}"));
+                    }
                 }
-                Err(err) => last = Some(anyhow::anyhow!("{api}: {err}")),
             }
+            if Instant::now() >= deadline {
+                return Err(last.unwrap_or_else(|| anyhow::anyhow!("no manager API configured")));
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no manager API configured")))
     }
 }
+
+/// An error answer from a manager.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: u16,
+    /// The `error` field of the body (`alreadyExists`, `notFound`, ...).
+    pub kind: String,
+    pub message: String,
+    /// Whether an earlier manager failed after the request may have reached it.
+    pub failed_over: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (HTTP {})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for Failure {}
 
 fn read_body(response: ureq::Response) -> anyhow::Result<Value> {
     let text = response.into_string().context("reading the response")?;

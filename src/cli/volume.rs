@@ -3,7 +3,7 @@
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::client::{Client, Output, Target, print_table, text};
+use super::client::{Client, Failure, Output, Target, print_table, text};
 use crate::size::{display_size, format_size, parse_size};
 
 #[derive(Debug, clap::Subcommand)]
@@ -81,7 +81,7 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             if let Some(minutes) = stale_replica_timeout {
                 body["staleReplicaTimeout"] = json!(minutes);
             }
-            client.post("/v1/volumes", body)?
+            create_once(&client, &name, body)?
         }
         VolumeCommand::Ls => client.get("/v1/volumes")?,
         VolumeCommand::Get { name } => client.get(&format!("/v1/volumes/{name}"))?,
@@ -230,6 +230,31 @@ pub fn setting(cmd: SettingCommand, target: &Target) -> anyhow::Result<()> {
     show(target.output, &shown, &["KEY", "VALUE", "DEFAULT"], |s| {
         vec![text(&s["key"]), text(&s["value"]), text(&s["default"])]
     })
+}
+
+/// Creates a volume, saying truthfully whether it happened when a manager died mid-request:
+/// the request is retried on another manager, and "already exists" after such a retry means
+/// the first attempt was committed — the volume was created once.
+fn create_once(client: &Client, name: &str, body: Value) -> anyhow::Result<Value> {
+    match client.post("/v1/volumes", body) {
+        Ok(volume) => Ok(volume),
+        Err(err) => match err.downcast_ref::<Failure>() {
+            Some(failure) if failure.failed_over && failure.kind == "alreadyExists" => {
+                eprintln!(
+                    "note: a manager failed while creating \"{name}\"; the creation had been \
+                     committed before it failed, so the volume was created once"
+                );
+                client.get(&format!("/v1/volumes/{name}"))
+            }
+            Some(failure) if failure.status < 500 => {
+                Err(err.context(format!("volume \"{name}\" was not created")))
+            }
+            _ => Err(err.context(format!(
+                "no manager confirmed the creation of volume \"{name}\" in time; it may still \
+                 happen: check with `shorthorn volume get {name}`"
+            ))),
+        },
+    }
 }
 
 /// Prints an object or a list of objects: as JSON unchanged, or as a table of `row`s.
