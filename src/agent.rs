@@ -559,6 +559,15 @@ impl Agent {
                         id: replica.id.clone(),
                     })
                 }
+                // A failed replica that is serving again at an address the engine does not
+                // know (its process was restarted): rebuild it by delta instead of waiting
+                // for the stale timeout to replace it.
+                (ReplicaMode::Error, None) if std::net::TcpStream::connect(addr).is_ok() => {
+                    tracing::info!(replica = %replica.id, "failed replica is back: delta rebuild");
+                    Some(Request::ReportReplicaRebuilding {
+                        id: replica.id.clone(),
+                    })
+                }
                 (ReplicaMode::WriteOnly, None) => {
                     let add = shorthorn_dataplane::proto::ReplicaAddress {
                         address: format!("tcp:{addr}"),

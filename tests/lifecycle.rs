@@ -675,3 +675,157 @@ fn leader_killed_during_volume_create_happens_once_or_not_at_all() {
         }
     }
 }
+
+#[test]
+fn replica_process_killed_comes_back_and_is_rebuilt_by_delta() {
+    // Only a replica process dies (its node stays up): the engine drops it, its agent
+    // restarts it, and it is rebuilt in place — same replica, no replacement — with the data
+    // written meanwhile.
+    let cluster = DevCluster::up();
+    cluster.ok(&[
+        "volume",
+        "create",
+        "db",
+        "--size",
+        "32Mi",
+        "--replicas",
+        "3",
+    ]);
+    let endpoint = cluster.attach("db", "node-1");
+    let replicas = |c: &DevCluster| -> Vec<(String, String, String)> {
+        let mut all: Vec<(String, String, String)> = c
+            .json(&["replica", "ls"])
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|r| (text_of(&r["id"]), text_of(&r["node"]), text_of(&r["mode"])))
+            .collect();
+        all.sort();
+        all
+    };
+    let before = replicas(&cluster);
+    let (victim_id, victim_node, _) = before
+        .iter()
+        .find(|(_, n, _)| n == "node-2")
+        .cloned()
+        .expect("a replica on node-2");
+    let record = cluster
+        .dir
+        .path()
+        .join(format!("m2/disk/replicas/{victim_id}/process.json"));
+    let pid = serde_json::from_str::<Value>(&std::fs::read_to_string(&record).expect("record"))
+        .expect("json")["pid"]
+        .to_string();
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data.img");
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", data.display()),
+            "bs=1M",
+            "count=32",
+            "status=none",
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            data.to_str().expect("path"),
+            &endpoint,
+        ],
+    );
+    let _ = Command::new("kill").args(["-9", &pid]).status();
+    // While it is down, only the first 2 MiB change.
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x5a 0 2M", &endpoint],
+    );
+    let mut expected = std::fs::read(&data).expect("data");
+    expected[..2 << 20].fill(0x5a);
+    std::fs::write(&data, &expected).expect("expected image");
+
+    // The log must show this replica failing, being rebuilt and serving again, in order.
+    cluster.wait_events(&[
+        ("replicaFailed", &victim_id),
+        ("replicaRebuilding", &victim_id),
+        ("replicaHealthy", &victim_id),
+    ]);
+    cluster.wait_volume("db", "healthy again", |v| v["robustness"] == "healthy");
+    let after = replicas(&cluster);
+    assert!(
+        after
+            .iter()
+            .any(|(id, node, _)| id == &victim_id && node == &victim_node),
+        "the replica was replaced, not rebuilt: {after:?}"
+    );
+    assert_eq!(after.len(), 3);
+    let back = work.path().join("back.img");
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &endpoint,
+            back.to_str().expect("path"),
+        ],
+    );
+    assert_eq!(sha256(&data), sha256(&back));
+    // Only the changed chunks were copied (1 MiB chunks; the engine logs the count).
+    let log = std::fs::read_to_string(cluster.dir.path().join("m1/disk/engines/db/engine.log"))
+        .expect("engine log");
+    let copied: Vec<&str> = log.lines().filter(|l| l.contains("rebuild done")).collect();
+    assert!(
+        copied.iter().any(|l| l.contains("chunks_copied=2")),
+        "rebuild copied more than the 2 changed chunks: {copied:?}"
+    );
+}
+
+impl DevCluster {
+    /// Reads the event stream from the start until `wanted` (event type, id) pairs have been
+    /// seen in that order; fails after 60 s.
+    fn wait_events(&self, wanted: &[(&str, &str)]) {
+        use std::io::BufRead;
+        let response = ureq::get(&format!("{}/v1/events?from=0", self.api))
+            .set("Authorization", &format!("Bearer {}", self.token()))
+            .timeout(Duration::from_secs(60))
+            .call()
+            .expect("event stream");
+        let mut next = 0;
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(response.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(data.trim()).expect("event JSON");
+            seen.push(format!(
+                "{} {}",
+                text_of(&event["type"]),
+                text_of(&event["id"])
+            ));
+            let (kind, id) = wanted[next];
+            if event["type"] == kind && event["id"] == id {
+                next += 1;
+                if next == wanted.len() {
+                    return;
+                }
+            }
+        }
+        panic!("events {wanted:?} not seen in order; saw {seen:?}");
+    }
+}
+
+fn text_of(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_string()
+}
