@@ -158,6 +158,53 @@ fn run(program: &str, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Fills `path` with `mib` MiB of random bytes.
+fn random_file(path: &Path, mib: usize) {
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", path.display()),
+            "bs=1M",
+            &format!("count={mib}"),
+            "status=none",
+        ],
+    );
+}
+
+/// Writes the raw image at `path` to the start of the NBD export at `endpoint` with qemu-img.
+fn write_image(path: &Path, endpoint: &str) {
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            path.to_str().expect("utf-8 path"),
+            endpoint,
+        ],
+    );
+}
+
+/// Reads the whole NBD export at `endpoint` into `path` with qemu-img.
+fn read_image(endpoint: &str, path: &Path) {
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            endpoint,
+            path.to_str().expect("utf-8 path"),
+        ],
+    );
+}
+
 fn sha256(path: &Path) -> String {
     run("sha256sum", &[path.to_str().expect("utf-8 path")])
         .split_whitespace()
@@ -209,35 +256,12 @@ fn volume_restarted_on_another_node_keeps_its_filesystem() {
 
     let endpoint = cluster.attach("db", "node-1");
     assert!(endpoint.starts_with("nbd://127.0.0.1:"), "{endpoint}");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            image.to_str().expect("path"),
-            &endpoint,
-        ],
-    );
+    write_image(&image, &endpoint);
     cluster.detach("db");
 
     let endpoint = cluster.attach("db", "node-2");
     let back = work.path().join("back.img");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &endpoint,
-            back.to_str().expect("path"),
-        ],
-    );
+    read_image(&endpoint, &back);
     assert_eq!(
         sha256(&image),
         sha256(&back),
@@ -466,33 +490,12 @@ fn replica_node_killed_mid_write_is_replaced_and_rebuilt() {
 
     let work = tempfile::tempdir().expect("tempdir");
     let data = work.path().join("data.img");
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", data.display()),
-            "bs=1M",
-            "count=32",
-            "status=none",
-        ],
-    );
+    random_file(&data, 32);
     let writer = {
         let (data, endpoint) = (data.clone(), endpoint.clone());
         std::thread::spawn(move || {
             for _ in 0..6 {
-                run(
-                    "qemu-img",
-                    &[
-                        "convert",
-                        "-n",
-                        "-f",
-                        "raw",
-                        "-O",
-                        "raw",
-                        data.to_str().expect("path"),
-                        &endpoint,
-                    ],
-                );
+                write_image(&data, &endpoint);
             }
         })
     };
@@ -513,18 +516,7 @@ fn replica_node_killed_mid_write_is_replaced_and_rebuilt() {
     assert_eq!(healthy["epoch"], 1, "the engine kept serving: no re-attach");
 
     let back = work.path().join("back.img");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &endpoint,
-            back.to_str().expect("path"),
-        ],
-    );
+    read_image(&endpoint, &back);
     assert_eq!(
         sha256(&data),
         sha256(&back),
@@ -550,29 +542,8 @@ fn attached_node_killed_volume_reattaches_elsewhere_with_its_data() {
     let endpoint = cluster.attach("db", "node-3");
     let work = tempfile::tempdir().expect("tempdir");
     let data = work.path().join("data.img");
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", data.display()),
-            "bs=1M",
-            "count=32",
-            "status=none",
-        ],
-    );
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            data.to_str().expect("path"),
-            &endpoint,
-        ],
-    );
+    random_file(&data, 32);
+    write_image(&data, &endpoint);
     cluster.kill_node(3);
 
     cluster.wait_volume("db", "detached from the dead node", |v| {
@@ -591,18 +562,7 @@ fn attached_node_killed_volume_reattaches_elsewhere_with_its_data() {
 
     let endpoint = cluster.attach("db", "node-1");
     let back = work.path().join("back.img");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &endpoint,
-            back.to_str().expect("path"),
-        ],
-    );
+    read_image(&endpoint, &back);
     assert_eq!(
         sha256(&data),
         sha256(&back),
@@ -719,29 +679,8 @@ fn replica_process_killed_comes_back_and_is_rebuilt_by_delta() {
 
     let work = tempfile::tempdir().expect("tempdir");
     let data = work.path().join("data.img");
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", data.display()),
-            "bs=1M",
-            "count=32",
-            "status=none",
-        ],
-    );
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            data.to_str().expect("path"),
-            &endpoint,
-        ],
-    );
+    random_file(&data, 32);
+    write_image(&data, &endpoint);
     let _ = Command::new("kill").args(["-9", &pid]).status();
     // While it is down, only the first 2 MiB change.
     run(
@@ -768,18 +707,7 @@ fn replica_process_killed_comes_back_and_is_rebuilt_by_delta() {
     );
     assert_eq!(after.len(), 3);
     let back = work.path().join("back.img");
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &endpoint,
-            back.to_str().expect("path"),
-        ],
-    );
+    read_image(&endpoint, &back);
     assert_eq!(sha256(&data), sha256(&back));
     // Only the changed chunks were copied (1 MiB chunks; the engine logs the count).
     let log = std::fs::read_to_string(cluster.dir.path().join("m1/disk/engines/db/engine.log"))
