@@ -609,12 +609,21 @@ fn leader_killed_during_volume_create_happens_once_or_not_at_all() {
     let out = cli.wait_with_output().expect("CLI finishes");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
 
-    let volumes: Value = ureq::get(&format!("{survivor}/v1/volumes"))
-        .set("Authorization", &format!("Bearer {}", cluster.token()))
-        .call()
-        .expect("volumes from a survivor")
-        .into_json()
-        .expect("JSON");
+    // The survivors may still be electing a leader: their reads fail (503/504) until then.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let volumes: Value = loop {
+        let read = ureq::get(&format!("{survivor}/v1/volumes"))
+            .set("Authorization", &format!("Bearer {}", cluster.token()))
+            .call();
+        match read {
+            Ok(response) => break response.into_json().expect("JSON"),
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("survivor read: {err}; retrying");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Err(err) => panic!("the survivors never answered: {err}"),
+        }
+    };
     let count = volumes
         .as_array()
         .expect("list")
