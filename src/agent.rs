@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use shorthorn_consensus::{Error as LogError, Handle};
+
+use crate::process;
 use shorthorn_dataplane::proto::ReplicaMode as EngineMode;
 use shorthorn_state::{
     Command, DiskSpec, NodeSpec, RejectionKind, Replica, ReplicaMode, Request, State, Timestamp,
@@ -72,19 +74,12 @@ impl Proc {
     fn alive(&mut self) -> bool {
         match &mut self.child {
             Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => pid_alive(self.record.pid),
+            None => process::is_shorthorn(self.record.pid),
         }
     }
 
     fn stop(&mut self) {
-        signal(self.record.pid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if self.alive() {
-            signal(self.record.pid, libc::SIGKILL);
-        }
+        process::terminate(self.record.pid, Duration::from_secs(10));
         if let Some(child) = &mut self.child {
             let _ = child.wait();
         }
@@ -202,7 +197,7 @@ impl Agent {
                 let Some(record) = read_record(&entry.path()) else {
                     continue;
                 };
-                if !pid_alive(record.pid) {
+                if !process::is_shorthorn(record.pid) {
                     continue;
                 }
                 tracing::info!(kind, name, pid = record.pid, "adopted a running child");
@@ -668,19 +663,6 @@ fn wait_listening(address: &str, within: Duration) {
     let deadline = Instant::now() + within;
     while std::net::TcpStream::connect(address).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pid_alive(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
-        && fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("shorthorn"))
-}
-
-fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) on a pid this agent started or adopted from its own records.
-    unsafe {
-        libc::kill(pid, signal);
     }
 }
 

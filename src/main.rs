@@ -5,6 +5,7 @@ mod agent;
 mod api;
 mod cli;
 mod daemon;
+mod process;
 mod size;
 
 use clap::Parser;

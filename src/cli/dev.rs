@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::process;
+
 const MANAGERS: u16 = 3;
 
 #[derive(Debug, clap::Args)]
@@ -170,14 +172,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     dirs.sort();
     for dir in dirs {
         if let Some(pid) = running_pid(&dir) {
-            signal(pid, libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if alive(pid) {
-                signal(pid, libc::SIGKILL);
-            }
+            process::terminate(pid, Duration::from_secs(15));
             stopped += 1;
         }
         let _ = fs::remove_file(dir.join("pid"));
@@ -208,17 +203,8 @@ fn stop_instances(dir: &Path) {
             else {
                 continue;
             };
-            let is_ours = fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("shorthorn"));
-            if is_ours && alive(pid) {
-                signal(pid, libc::SIGTERM);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                if alive(pid) {
-                    signal(pid, libc::SIGKILL);
-                }
+            if process::is_shorthorn(pid) {
+                process::terminate(pid, Duration::from_secs(10));
             }
         }
     }
@@ -346,7 +332,7 @@ fn wait_for_interrupt() -> anyhow::Result<()> {
 
 fn stop_children(children: &mut [Child]) {
     for child in children.iter() {
-        signal(child.id() as i32, libc::SIGTERM);
+        process::signal(child.id() as i32, libc::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     for child in children.iter_mut() {
@@ -367,19 +353,7 @@ fn running_pid(dir: &Path) -> Option<i32> {
         .trim()
         .parse()
         .ok()?;
-    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    (cmdline.contains("shorthorn") && cmdline.contains("manager")).then_some(pid)
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-}
-
-fn signal(pid: i32, signal: i32) {
-    // SAFETY: kill(2) with a pid read from our own pid file, checked to be a manager.
-    unsafe {
-        libc::kill(pid, signal);
-    }
+    let cmdline = process::cmdline(pid)?;
+    (process::alive(pid) && cmdline.contains("shorthorn") && cmdline.contains("manager"))
+        .then_some(pid)
 }
