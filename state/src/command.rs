@@ -161,9 +161,49 @@ pub enum Request {
         volume: String,
         name: String,
     },
+    /// Merges a snapshot into its child: at once while the volume is attached, else when
+    /// it is next attached.
     DeleteSnapshot {
         volume: String,
         name: String,
+    },
+    /// The engine took a pending snapshot on every replica.
+    ReportSnapshotTaken {
+        volume: String,
+        name: String,
+    },
+    /// The engine could not take a pending snapshot; it is dropped with the reason.
+    ReportSnapshotFailed {
+        volume: String,
+        name: String,
+        reason: String,
+    },
+    /// The engine merged a deleted snapshot away.
+    ReportSnapshotRemoved {
+        volume: String,
+        name: String,
+    },
+    /// Reverts an attached volume to a snapshot; the engine refuses while a frontend client
+    /// is connected.
+    RevertSnapshot {
+        volume: String,
+        name: String,
+    },
+    /// The engine reverted the volume; newer snapshots are gone.
+    ReportRevertDone {
+        volume: String,
+        name: String,
+    },
+    ReportRevertFailed {
+        volume: String,
+        name: String,
+        reason: String,
+    },
+    /// The revision counter of a failed replica of a volume with no usable replica, for
+    /// auto-salvage.
+    ReportReplicaRevision {
+        id: String,
+        revision: u64,
     },
 }
 

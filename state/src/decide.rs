@@ -9,9 +9,10 @@ use crate::name::{check_label, check_replica_count, check_subdomain, check_volum
 use crate::scheduler::{Demand, Placement, Scheduler, human_bytes};
 use crate::{
     Command, DataLocality, Disk, DiskSpec, Epoch, Event, Node, NodeSpec, Rejection, Replica,
-    ReplicaMode, Request, Robustness, Settings, Snapshot, State, Timestamp, Volume, VolumeSpec,
-    VolumeState, evolve,
+    ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec, VolumeState,
+    evolve,
 };
+use crate::{salvage, snapshots};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
@@ -251,42 +252,24 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
                 at,
             )
         }
-        Request::CreateSnapshot { volume, name } => {
-            check_label("snapshot", name)?;
-            let current = live_volume(state, volume)?;
-            if current.snapshots.contains_key(name) {
-                return Err(Rejection::already_exists(
-                    "snapshot",
-                    &format!("{volume}/{name}"),
-                ));
-            }
-            let max = state.settings.snapshot_max_count;
-            if current.snapshots.len() as u64 >= max {
-                return Err(Rejection::precondition(format!(
-                    "volume \"{volume}\" already has {max} snapshots (snapshotMaxCount); delete some first"
-                )));
-            }
-            Ok(vec![Event::SnapshotCreated {
-                snapshot: Snapshot {
-                    name: name.clone(),
-                    volume: volume.clone(),
-                    created_at: at,
-                    size: current.size,
-                },
-            }])
-        }
-        Request::DeleteSnapshot { volume, name } => {
-            let current = state.volume(volume)?;
-            if !current.snapshots.contains_key(name) {
-                return Err(Rejection::not_found(
-                    "snapshot",
-                    &format!("{volume}/{name}"),
-                ));
-            }
-            Ok(vec![Event::SnapshotDeleted {
-                volume: volume.clone(),
-                name: name.clone(),
-            }])
+        Request::CreateSnapshot { volume, name } => snapshots::create(state, volume, name, at),
+        Request::DeleteSnapshot { volume, name } => snapshots::delete(state, volume, name),
+        Request::ReportSnapshotTaken { volume, name } => snapshots::taken(state, volume, name),
+        Request::ReportSnapshotFailed {
+            volume,
+            name,
+            reason,
+        } => snapshots::failed(state, volume, name, reason),
+        Request::ReportSnapshotRemoved { volume, name } => snapshots::removed(state, volume, name),
+        Request::RevertSnapshot { volume, name } => snapshots::revert(state, volume, name),
+        Request::ReportRevertDone { volume, name } => snapshots::reverted(state, volume, name),
+        Request::ReportRevertFailed {
+            volume,
+            name,
+            reason,
+        } => snapshots::revert_failed(state, volume, name, reason),
+        Request::ReportReplicaRevision { id, revision } => {
+            salvage::report_revision(state, id, *revision)
         }
     }
 }
@@ -464,6 +447,7 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         snapshots: Default::default(),
         condition: None,
         created_at: at,
+        revert_to: None,
     };
     let mut events = vec![Event::VolumeCreated {
         volume: volume.clone(),
@@ -679,7 +663,9 @@ fn replace_stale_replicas(state: &State, at: Timestamp) -> Result<Vec<Event>, Re
     let mut scheduler = Scheduler::new(state);
     let mut next = state.next_replica;
     for volume in state.volumes.values() {
-        if volume.state == VolumeState::Deleting {
+        // With no read-write replica there is nothing to rebuild a replacement from: the
+        // failed replicas hold the only data (see salvage).
+        if volume.state == VolumeState::Deleting || volume.robustness == Robustness::Faulted {
             continue;
         }
         let stale: Vec<&Replica> = state
@@ -803,6 +789,7 @@ fn schedule_missing(
                 failure: None,
                 created_at: at,
                 address: None,
+                revision: None,
             },
         });
         *next += 1;
@@ -834,7 +821,7 @@ fn placements_of(state: &State, volume: &Volume, without: &[&str]) -> Vec<Placem
 }
 
 /// A volume that exists and is not being deleted.
-fn live_volume<'a>(state: &'a State, name: &str) -> Result<&'a Volume, Rejection> {
+pub(crate) fn live_volume<'a>(state: &'a State, name: &str) -> Result<&'a Volume, Rejection> {
     let volume = state.volume(name)?;
     if volume.state == VolumeState::Deleting {
         return Err(Rejection::precondition(format!(
@@ -1287,6 +1274,11 @@ mod tests {
             volume: "db".into(),
             name: name.into(),
         };
+        assert_eq!(
+            c.rejected(snap("s1"), PreconditionFailed),
+            "volume \"db\" is detached; attach it to take a snapshot"
+        );
+        c.attach("db", "n1");
         let message = c.rejected(snap("Nightly"), InvalidArgument);
         assert!(
             message.starts_with("snapshot name \"Nightly\" is invalid"),
@@ -1307,11 +1299,31 @@ mod tests {
             ),
             "snapshot \"db/s2\" not found"
         );
+        assert_eq!(
+            c.rejected(
+                Request::DeleteSnapshot {
+                    volume: "db".into(),
+                    name: "s1".into()
+                },
+                Conflict
+            ),
+            "snapshot \"db/s1\" is still being taken; delete it once it is ready"
+        );
+        c.ok(Request::ReportSnapshotTaken {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
         c.set("snapshotMaxCount", "2");
         c.ok(snap("s2"));
         let message = c.rejected(snap("s3"), PreconditionFailed);
         assert!(message.contains("already has 2 snapshots"), "{message}");
         c.ok(Request::DeleteSnapshot {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        // A deleting snapshot still counts until the engine merged it away.
+        c.rejected(snap("s3"), PreconditionFailed);
+        c.ok(Request::ReportSnapshotRemoved {
             volume: "db".into(),
             name: "s1".into(),
         });

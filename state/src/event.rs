@@ -132,12 +132,53 @@ pub enum Event {
         key: String,
         value: String,
     },
+    /// A snapshot was asked for (pending until the engine takes it).
     SnapshotCreated {
         snapshot: Snapshot,
+    },
+    SnapshotTaken {
+        volume: String,
+        name: String,
+    },
+    /// A pending snapshot was dropped: the engine failed it, or the volume detached first.
+    SnapshotFailed {
+        volume: String,
+        name: String,
+        reason: String,
+    },
+    SnapshotDeleting {
+        volume: String,
+        name: String,
     },
     SnapshotDeleted {
         volume: String,
         name: String,
+    },
+    RevertRequested {
+        volume: String,
+        name: String,
+    },
+    /// The volume holds the snapshot's data again; `dropped` snapshots were newer.
+    SnapshotReverted {
+        volume: String,
+        name: String,
+        dropped: Vec<String>,
+    },
+    RevertFailed {
+        volume: String,
+        name: String,
+        reason: String,
+    },
+    ReplicaRevisionReported {
+        id: String,
+        revision: u64,
+    },
+    /// Every replica had failed; this one held the newest data and serves again. An
+    /// attached volume gets a new engine under `epoch`.
+    ReplicaSalvaged {
+        id: String,
+        volume: String,
+        epoch: Option<Epoch>,
     },
 }
 
@@ -155,9 +196,15 @@ impl Event {
             | Event::VolumeDeleting { name }
             | Event::VolumeDeleted { name } => Some(name),
             Event::ReplicaScheduled { replica } => Some(&replica.volume),
-            Event::SchedulingFailed { volume, .. } | Event::SnapshotDeleted { volume, .. } => {
-                Some(volume)
-            }
+            Event::SchedulingFailed { volume, .. }
+            | Event::SnapshotTaken { volume, .. }
+            | Event::SnapshotFailed { volume, .. }
+            | Event::SnapshotDeleting { volume, .. }
+            | Event::SnapshotDeleted { volume, .. }
+            | Event::RevertRequested { volume, .. }
+            | Event::SnapshotReverted { volume, .. }
+            | Event::RevertFailed { volume, .. }
+            | Event::ReplicaSalvaged { volume, .. } => Some(volume),
             Event::SnapshotCreated { snapshot } => Some(&snapshot.volume),
             _ => None,
         }

@@ -1,7 +1,9 @@
 //! `evolve`: applies one event to the state. It trusts the event (decide checked it) and
 //! never fails; an event naming something that is gone changes nothing.
 
-use crate::{Attachment, Event, ReplicaMode, Robustness, State, Volume, VolumeState};
+use crate::{
+    Attachment, Event, ReplicaMode, Robustness, SnapshotState, State, Volume, VolumeState,
+};
 
 /// Applies `event` to `state`, keeping the derived fields (disk usage, robustness, the set
 /// of volumes short of replicas) in step.
@@ -144,6 +146,12 @@ pub fn evolve(state: &mut State, event: &Event) {
             if let Some(volume) = state.volumes.get_mut(name) {
                 volume.state = VolumeState::Detached;
                 volume.attachment = None;
+                // Without an engine a pending snapshot would be taken at the wrong time, and
+                // a revert is never carried out: both are dropped.
+                volume
+                    .snapshots
+                    .retain(|_, s| s.state != SnapshotState::Pending);
+                volume.revert_to = None;
             }
         }
         Event::VolumeDeleting { name } => {
@@ -190,10 +198,44 @@ pub fn evolve(state: &mut State, event: &Event) {
             set_replica_mode(state, id, ReplicaMode::Error, |r| {
                 r.failed_at = Some(*at);
                 r.failure = Some(reason.clone());
+                r.revision = None;
             });
         }
         Event::ReplicaRebuilding { id } => {
-            set_replica_mode(state, id, ReplicaMode::WriteOnly, |r| r.failed_at = None);
+            set_replica_mode(state, id, ReplicaMode::WriteOnly, |r| {
+                r.failed_at = None;
+                r.revision = None;
+            });
+        }
+        Event::ReplicaRevisionReported { id, revision } => {
+            if let Some(replica) = state.replicas.get_mut(id) {
+                replica.revision = Some(*revision);
+            }
+        }
+        Event::ReplicaSalvaged { id, volume, epoch } => {
+            let siblings: Vec<String> = state
+                .volumes
+                .get(volume)
+                .map(|v| v.replicas.iter().cloned().collect())
+                .unwrap_or_default();
+            for sibling in siblings {
+                if let Some(replica) = state.replicas.get_mut(&sibling) {
+                    replica.revision = None;
+                }
+            }
+            set_replica_mode(state, id, ReplicaMode::ReadWrite, |r| {
+                r.failed_at = None;
+                r.failure = None;
+            });
+            if let (Some(epoch), Some(volume)) = (epoch, state.volumes.get_mut(volume)) {
+                // The old engine lost every replica: a new one starts under a new epoch.
+                volume.epoch = volume.epoch.max(*epoch);
+                volume.state = VolumeState::Attaching;
+                if let Some(attachment) = volume.attachment.as_mut() {
+                    attachment.epoch = *epoch;
+                    attachment.endpoint = None;
+                }
+            }
         }
         Event::ReplicaHealthy { id } => {
             set_replica_mode(state, id, ReplicaMode::ReadWrite, |r| {
@@ -219,9 +261,35 @@ pub fn evolve(state: &mut State, event: &Event) {
                     .insert(snapshot.name.clone(), snapshot.clone());
             }
         }
-        Event::SnapshotDeleted { volume, name } => {
+        Event::SnapshotTaken { volume, name } => {
+            set_snapshot_state(state, volume, name, SnapshotState::Ready);
+        }
+        Event::SnapshotDeleting { volume, name } => {
+            set_snapshot_state(state, volume, name, SnapshotState::Deleting);
+        }
+        Event::SnapshotFailed { volume, name, .. } | Event::SnapshotDeleted { volume, name } => {
             if let Some(volume) = state.volumes.get_mut(volume) {
                 volume.snapshots.remove(name);
+            }
+        }
+        Event::RevertRequested { volume, name } => {
+            if let Some(volume) = state.volumes.get_mut(volume) {
+                volume.revert_to = Some(name.clone());
+            }
+        }
+        Event::SnapshotReverted {
+            volume, dropped, ..
+        } => {
+            if let Some(volume) = state.volumes.get_mut(volume) {
+                volume.revert_to = None;
+                for name in dropped {
+                    volume.snapshots.remove(name);
+                }
+            }
+        }
+        Event::RevertFailed { volume, .. } => {
+            if let Some(volume) = state.volumes.get_mut(volume) {
+                volume.revert_to = None;
             }
         }
     }
@@ -230,6 +298,16 @@ pub fn evolve(state: &mut State, event: &Event) {
 /// The condition text a `SchedulingFailed` event leaves on its volume.
 pub(crate) fn scheduling_condition(scheduled: u8, wanted: u8, reason: &str) -> String {
     format!("{scheduled} of {wanted} replicas scheduled: {reason}")
+}
+
+fn set_snapshot_state(state: &mut State, volume: &str, name: &str, to: SnapshotState) {
+    if let Some(snapshot) = state
+        .volumes
+        .get_mut(volume)
+        .and_then(|v| v.snapshots.get_mut(name))
+    {
+        snapshot.state = to;
+    }
 }
 
 fn set_volume_state(state: &mut State, name: &str, to: VolumeState) {

@@ -16,8 +16,10 @@ mod evolve;
 mod model;
 mod name;
 mod rejection;
+mod salvage;
 mod scheduler;
 mod setting;
+mod snapshots;
 
 pub use codec::{DecodeError, FORMAT_VERSION};
 pub use command::{Command, DiskSpec, NodeSpec, Request, VolumeSpec};
@@ -26,7 +28,7 @@ pub use event::Event;
 pub use evolve::evolve;
 pub use model::{
     Attachment, Bytes, DataLocality, Disk, Epoch, Node, Replica, ReplicaMode, Robustness, Snapshot,
-    State, Timestamp, Volume, VolumeState,
+    SnapshotState, State, Timestamp, Volume, VolumeState,
 };
 pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
 pub use rejection::{Rejection, RejectionKind};

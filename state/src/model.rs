@@ -302,6 +302,9 @@ pub struct Volume {
     /// Why the volume has fewer replicas than asked, if it has.
     pub condition: Option<String>,
     pub created_at: Timestamp,
+    /// A revert to this snapshot waits for the volume's engine.
+    #[serde(default)]
+    pub revert_to: Option<String>,
 }
 
 /// A replica's role in its volume (Longhorn's RW / WO / ERR).
@@ -356,6 +359,10 @@ pub struct Replica {
     /// Where the replica process serves the wire protocol, once its node agent started it.
     #[serde(default)]
     pub address: Option<String>,
+    /// The revision counter its node agent read after the volume lost every replica (for
+    /// salvage: the highest holds the newest flushed data). Cleared when the mode changes.
+    #[serde(default)]
+    pub revision: Option<u64>,
 }
 
 /// A point-in-time, read-only layer of a volume.
@@ -377,6 +384,33 @@ pub struct Snapshot {
     pub created_at: Timestamp,
     /// Volume size when the snapshot was taken.
     pub size: Bytes,
+    #[serde(default)]
+    pub state: SnapshotState,
+}
+
+/// Where a snapshot is between the log and the replicas.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum SnapshotState {
+    /// Asked for; the engine of the attached volume has not taken it yet.
+    Pending,
+    /// Taken on every replica of the volume.
+    #[default]
+    Ready,
+    /// Being merged into its child; waits for an engine if the volume is detached.
+    Deleting,
 }
 
 impl State {

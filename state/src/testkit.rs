@@ -76,6 +76,20 @@ impl Cluster {
         });
     }
 
+    /// Attaches `volume` on `node` and reports its engine serving.
+    pub fn attach(&mut self, volume: &str, node: &str) {
+        self.ok(Request::AttachVolume {
+            name: volume.into(),
+            node: node.into(),
+        });
+        let epoch = self.state.volumes[volume].epoch;
+        self.ok(Request::ReportEngineStarted {
+            name: volume.into(),
+            epoch,
+            endpoint: format!("nbd://{node}:10809/{volume}"),
+        });
+    }
+
     pub fn replicas(&self, volume: &str) -> Vec<Replica> {
         let volume = &self.state.volumes[volume];
         self.state.replicas_of(volume).cloned().collect()

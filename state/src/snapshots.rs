@@ -1,0 +1,342 @@
+//! Decisions about snapshots: the log records what is asked (pending create, deleting,
+//! revert) and the node agent of the attached volume carries it out on the engine and
+//! reports back. Nothing here talks to a replica.
+
+use crate::decide::live_volume;
+use crate::name::check_label;
+use crate::{Event, Rejection, Snapshot, SnapshotState, State, Timestamp, Volume, VolumeState};
+
+fn snapshot<'a>(volume: &'a Volume, name: &str) -> Result<&'a Snapshot, Rejection> {
+    volume
+        .snapshots
+        .get(name)
+        .ok_or_else(|| Rejection::not_found("snapshot", &format!("{}/{name}", volume.name)))
+}
+
+fn attached<'a>(state: &'a State, name: &str, doing: &str) -> Result<&'a Volume, Rejection> {
+    let volume = live_volume(state, name)?;
+    if volume.state != VolumeState::Attached {
+        return Err(Rejection::precondition(format!(
+            "volume \"{name}\" is {}; attach it to {doing}",
+            volume_state_word(volume.state)
+        )));
+    }
+    Ok(volume)
+}
+
+fn volume_state_word(state: VolumeState) -> &'static str {
+    match state {
+        VolumeState::Creating => "being created",
+        VolumeState::Detached => "detached",
+        VolumeState::Attaching => "still attaching",
+        VolumeState::Attached => "attached",
+        VolumeState::Detaching => "detaching",
+        VolumeState::Deleting => "being deleted",
+    }
+}
+
+pub(crate) fn create(
+    state: &State,
+    volume: &str,
+    name: &str,
+    at: Timestamp,
+) -> Result<Vec<Event>, Rejection> {
+    check_label("snapshot", name)?;
+    let current = attached(state, volume, "take a snapshot")?;
+    if current.snapshots.contains_key(name) {
+        return Err(Rejection::already_exists(
+            "snapshot",
+            &format!("{volume}/{name}"),
+        ));
+    }
+    let max = state.settings.snapshot_max_count;
+    if current.snapshots.len() as u64 >= max {
+        return Err(Rejection::precondition(format!(
+            "volume \"{volume}\" already has {max} snapshots (snapshotMaxCount); delete some first"
+        )));
+    }
+    Ok(vec![Event::SnapshotCreated {
+        snapshot: Snapshot {
+            name: name.to_string(),
+            volume: volume.to_string(),
+            created_at: at,
+            size: current.size,
+            state: SnapshotState::Pending,
+        },
+    }])
+}
+
+pub(crate) fn delete(state: &State, volume: &str, name: &str) -> Result<Vec<Event>, Rejection> {
+    let current = live_volume(state, volume)?;
+    let (volume, name) = (volume.to_string(), name.to_string());
+    match snapshot(current, &name)?.state {
+        SnapshotState::Deleting => Ok(vec![]),
+        SnapshotState::Pending => Err(Rejection::conflict(format!(
+            "snapshot \"{volume}/{name}\" is still being taken; delete it once it is ready"
+        ))),
+        SnapshotState::Ready if current.revert_to.as_deref() == Some(name.as_str()) => {
+            Err(Rejection::conflict(format!(
+                "volume \"{volume}\" is being reverted to snapshot \"{name}\""
+            )))
+        }
+        SnapshotState::Ready => Ok(vec![Event::SnapshotDeleting { volume, name }]),
+    }
+}
+
+pub(crate) fn taken(state: &State, volume: &str, name: &str) -> Result<Vec<Event>, Rejection> {
+    let current = state.volume(volume)?;
+    match snapshot(current, name)?.state {
+        SnapshotState::Pending => Ok(vec![Event::SnapshotTaken {
+            volume: volume.to_string(),
+            name: name.to_string(),
+        }]),
+        _ => Ok(vec![]),
+    }
+}
+
+pub(crate) fn failed(
+    state: &State,
+    volume: &str,
+    name: &str,
+    reason: &str,
+) -> Result<Vec<Event>, Rejection> {
+    let current = state.volume(volume)?;
+    match snapshot(current, name)?.state {
+        SnapshotState::Pending => Ok(vec![Event::SnapshotFailed {
+            volume: volume.to_string(),
+            name: name.to_string(),
+            reason: reason.to_string(),
+        }]),
+        _ => Ok(vec![]),
+    }
+}
+
+pub(crate) fn removed(state: &State, volume: &str, name: &str) -> Result<Vec<Event>, Rejection> {
+    let current = state.volume(volume)?;
+    match current.snapshots.get(name).map(|s| s.state) {
+        Some(SnapshotState::Deleting) => Ok(vec![Event::SnapshotDeleted {
+            volume: volume.to_string(),
+            name: name.to_string(),
+        }]),
+        Some(_) => Err(Rejection::conflict(format!(
+            "snapshot \"{volume}/{name}\" is not being deleted"
+        ))),
+        None => Ok(vec![]),
+    }
+}
+
+pub(crate) fn revert(state: &State, volume: &str, name: &str) -> Result<Vec<Event>, Rejection> {
+    let current = attached(state, volume, "revert it")?;
+    let target = snapshot(current, name)?;
+    if target.state != SnapshotState::Ready {
+        return Err(Rejection::conflict(format!(
+            "snapshot \"{volume}/{name}\" is not ready (it is {:?})",
+            target.state
+        )));
+    }
+    match current.revert_to.as_deref() {
+        Some(pending) if pending == name => Ok(vec![]),
+        Some(pending) => Err(Rejection::conflict(format!(
+            "volume \"{volume}\" is already being reverted to snapshot \"{pending}\""
+        ))),
+        None => Ok(vec![Event::RevertRequested {
+            volume: volume.to_string(),
+            name: name.to_string(),
+        }]),
+    }
+}
+
+pub(crate) fn reverted(state: &State, volume: &str, name: &str) -> Result<Vec<Event>, Rejection> {
+    let current = state.volume(volume)?;
+    if current.revert_to.as_deref() != Some(name) {
+        return Ok(vec![]);
+    }
+    let target = snapshot(current, name)?;
+    // The layers form one chain: everything taken after the target is gone with the head.
+    let dropped = current
+        .snapshots
+        .values()
+        .filter(|s| s.created_at > target.created_at)
+        .map(|s| s.name.clone())
+        .collect();
+    Ok(vec![Event::SnapshotReverted {
+        volume: volume.to_string(),
+        name: name.to_string(),
+        dropped,
+    }])
+}
+
+pub(crate) fn revert_failed(
+    state: &State,
+    volume: &str,
+    name: &str,
+    reason: &str,
+) -> Result<Vec<Event>, Rejection> {
+    let current = state.volume(volume)?;
+    if current.revert_to.as_deref() != Some(name) {
+        return Ok(vec![]);
+    }
+    Ok(vec![Event::RevertFailed {
+        volume: volume.to_string(),
+        name: name.to_string(),
+        reason: reason.to_string(),
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::RejectionKind::*;
+    use crate::testkit::Cluster;
+    use crate::{Event, Request, SnapshotState};
+
+    fn attached_volume() -> Cluster {
+        let mut c = Cluster::new();
+        for n in ["n1", "n2", "n3"] {
+            c.node(n, "", 100);
+        }
+        c.volume("db", 1, 3);
+        c.attach("db", "n1");
+        c
+    }
+
+    fn take(c: &mut Cluster, name: &str) {
+        c.ok(Request::CreateSnapshot {
+            volume: "db".into(),
+            name: name.into(),
+        });
+        c.ok(Request::ReportSnapshotTaken {
+            volume: "db".into(),
+            name: name.into(),
+        });
+    }
+
+    fn revert(name: &str) -> Request {
+        Request::RevertSnapshot {
+            volume: "db".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_pending_until_the_engine_took_it() {
+        let mut c = attached_volume();
+        c.ok(Request::CreateSnapshot {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        let state = |c: &Cluster| c.state.volumes["db"].snapshots.get("s1").map(|s| s.state);
+        assert_eq!(state(&c), Some(SnapshotState::Pending));
+        // Reports are idempotent: the agent may send them twice.
+        for _ in 0..2 {
+            c.ok(Request::ReportSnapshotTaken {
+                volume: "db".into(),
+                name: "s1".into(),
+            });
+        }
+        assert_eq!(state(&c), Some(SnapshotState::Ready));
+
+        c.ok(Request::CreateSnapshot {
+            volume: "db".into(),
+            name: "s2".into(),
+        });
+        let events = c.ok(Request::ReportSnapshotFailed {
+            volume: "db".into(),
+            name: "s2".into(),
+            reason: "replica r2 refused".into(),
+        });
+        assert!(
+            matches!(&events[..], [Event::SnapshotFailed { reason, .. }] if reason == "replica r2 refused")
+        );
+        assert!(!c.state.volumes["db"].snapshots.contains_key("s2"));
+
+        // A pending snapshot is dropped when the volume detaches before the engine took it.
+        c.ok(Request::CreateSnapshot {
+            volume: "db".into(),
+            name: "s3".into(),
+        });
+        c.ok(Request::DetachVolume { name: "db".into() });
+        let epoch = c.state.volumes["db"].epoch;
+        c.ok(Request::ReportEngineStopped {
+            name: "db".into(),
+            epoch,
+        });
+        let names: Vec<&String> = c.state.volumes["db"].snapshots.keys().collect();
+        assert_eq!(names, ["s1"]);
+    }
+
+    #[test]
+    fn revert_waits_for_the_engine_and_drops_newer_snapshots() {
+        let mut c = attached_volume();
+        take(&mut c, "s1");
+        take(&mut c, "s2");
+        take(&mut c, "s3");
+        assert_eq!(
+            c.rejected(revert("nope"), NotFound),
+            "snapshot \"db/nope\" not found"
+        );
+        c.ok(revert("s2"));
+        assert_eq!(c.state.volumes["db"].revert_to.as_deref(), Some("s2"));
+        assert_eq!(
+            c.rejected(revert("s1"), Conflict),
+            "volume \"db\" is already being reverted to snapshot \"s2\""
+        );
+        assert_eq!(
+            c.rejected(
+                Request::DeleteSnapshot {
+                    volume: "db".into(),
+                    name: "s2".into()
+                },
+                Conflict
+            ),
+            "volume \"db\" is being reverted to snapshot \"s2\""
+        );
+        c.ok(Request::ReportRevertFailed {
+            volume: "db".into(),
+            name: "s2".into(),
+            reason: "an NBD client is connected".into(),
+        });
+        assert_eq!(c.state.volumes["db"].revert_to, None);
+        assert_eq!(c.state.volumes["db"].snapshots.len(), 3);
+
+        c.ok(revert("s2"));
+        let events = c.ok(Request::ReportRevertDone {
+            volume: "db".into(),
+            name: "s2".into(),
+        });
+        assert!(
+            matches!(&events[..], [Event::SnapshotReverted { dropped, .. }] if dropped == &["s3"]),
+            "{events:?}"
+        );
+        let names: Vec<&String> = c.state.volumes["db"].snapshots.keys().collect();
+        assert_eq!(names, ["s1", "s2"]);
+        assert_eq!(c.state.volumes["db"].revert_to, None);
+        // A late duplicate report changes nothing.
+        assert!(
+            c.ok(Request::ReportRevertDone {
+                volume: "db".into(),
+                name: "s2".into(),
+            })
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn snapshots_and_reverts_need_an_attached_volume() {
+        let mut c = attached_volume();
+        take(&mut c, "s1");
+        c.ok(Request::DetachVolume { name: "db".into() });
+        assert_eq!(
+            c.rejected(revert("s1"), PreconditionFailed),
+            "volume \"db\" is detaching; attach it to revert it"
+        );
+        // Deleting is recorded while detached; the next engine merges it.
+        c.ok(Request::DeleteSnapshot {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        assert_eq!(
+            c.state.volumes["db"].snapshots["s1"].state,
+            SnapshotState::Deleting
+        );
+    }
+}
