@@ -22,8 +22,8 @@ use shorthorn_consensus::{Error as LogError, Handle};
 use crate::process;
 use shorthorn_dataplane::proto::ReplicaMode as EngineMode;
 use shorthorn_state::{
-    Command, DiskSpec, NodeSpec, RejectionKind, Replica, ReplicaMode, Request, State, Timestamp,
-    Volume, VolumeState,
+    Command, DiskSpec, NodeSpec, RejectionKind, Replica, ReplicaMode, Request, Robustness,
+    SnapshotState, State, Timestamp, Volume, VolumeState,
 };
 
 const TICK: Duration = Duration::from_millis(500);
@@ -303,6 +303,28 @@ impl Agent {
                     tracing::warn!(replica = %replica.id, "reporting the address: {err}");
                 }
             }
+            // Every replica of the volume failed: say how fresh this one is, so the log can
+            // pick the one to salvage.
+            if replica.mode == ReplicaMode::Error
+                && volume.robustness == Robustness::Faulted
+                && replica.revision.is_none()
+            {
+                match read_revision(&dir) {
+                    Ok(revision) => {
+                        tracing::info!(replica = %replica.id, revision, "volume faulted: reporting the revision for salvage");
+                        let request = Request::ReportReplicaRevision {
+                            id: replica.id.clone(),
+                            revision,
+                        };
+                        if let Err(err) = self.propose(request).await {
+                            tracing::warn!(replica = %replica.id, "reporting the revision: {err}");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(replica = %replica.id, "reading the revision counter: {err:#}")
+                    }
+                }
+            }
         }
         let wanted: Vec<&str> = view.replicas.iter().map(|(r, _)| r.id.as_str()).collect();
         let gone: Vec<String> = self
@@ -531,6 +553,7 @@ impl Agent {
             seen.iter()
                 .find(|i| i.address.trim_start_matches("tcp:") == addr)
         };
+        let faulted = volume.robustness == Robustness::Faulted;
         for replica in replicas {
             let Some(addr) = replica.address.as_deref() else {
                 continue;
@@ -556,8 +579,9 @@ impl Agent {
                 }
                 // A failed replica that is serving again at an address the engine does not
                 // know (its process was restarted): rebuild it by delta instead of waiting
-                // for the stale timeout to replace it.
-                (ReplicaMode::Error, None) if std::net::TcpStream::connect(addr).is_ok() => {
+                // for the stale timeout to replace it. Not while nothing is left to rebuild
+                // from: then salvage decides which replica serves.
+                (ReplicaMode::Error, None) if !faulted && serving(addr).await => {
                     tracing::info!(replica = %replica.id, "failed replica is back: delta rebuild");
                     Some(Request::ReportReplicaRebuilding {
                         id: replica.id.clone(),
@@ -583,7 +607,88 @@ impl Agent {
                 tracing::warn!(replica = %replica.id, "reporting the replica: {err}");
             }
         }
+        if volume.state == VolumeState::Attached {
+            self.carry_out_snapshots(volume, &mut client).await;
+        }
     }
+
+    /// Takes pending snapshots, merges deleted ones and reverts, as the log asks, on the
+    /// engine of this attached volume; each outcome goes back to the log.
+    async fn carry_out_snapshots(&self, volume: &Volume, client: &mut EngineClient) {
+        use shorthorn_dataplane::proto::SnapshotName;
+        use tonic::Code;
+        let name_of = |name: &str| SnapshotName {
+            name: name.to_string(),
+        };
+        let (v, mut requests) = (volume.name.clone(), Vec::new());
+        for snapshot in volume.snapshots.values() {
+            let name = snapshot.name.clone();
+            match snapshot.state {
+                SnapshotState::Pending => {
+                    let taken = client.create_snapshot(name_of(&name)).await;
+                    tracing::info!(volume = %v, snapshot = %name, ok = taken.is_ok(), "snapshot create");
+                    requests.push(match taken {
+                        Ok(_) => Request::ReportSnapshotTaken {
+                            volume: v.clone(),
+                            name,
+                        },
+                        Err(status) if status.code() == Code::AlreadyExists => {
+                            Request::ReportSnapshotTaken {
+                                volume: v.clone(),
+                                name,
+                            }
+                        }
+                        Err(status) => Request::ReportSnapshotFailed {
+                            volume: v.clone(),
+                            name,
+                            reason: status.message().to_string(),
+                        },
+                    });
+                }
+                SnapshotState::Deleting => match client.delete_snapshot(name_of(&name)).await {
+                    Err(status) if status.code() != Code::NotFound => {
+                        // Tried again next tick: a merge that failed half-way is redone.
+                        tracing::warn!(volume = %v, snapshot = %name, "deleting the snapshot: {}", status.message());
+                    }
+                    _ => requests.push(Request::ReportSnapshotRemoved {
+                        volume: v.clone(),
+                        name,
+                    }),
+                },
+                SnapshotState::Ready => {}
+            }
+        }
+        if let Some(name) = volume.revert_to.clone() {
+            let reverted = client.revert_snapshot(name_of(&name)).await;
+            tracing::info!(volume = %v, snapshot = %name, ok = reverted.is_ok(), "snapshot revert");
+            requests.push(match reverted {
+                Ok(_) => Request::ReportRevertDone {
+                    volume: v.clone(),
+                    name,
+                },
+                Err(status) => Request::ReportRevertFailed {
+                    volume: v.clone(),
+                    name,
+                    reason: status.message().to_string(),
+                },
+            });
+        }
+        for request in requests {
+            if let Err(err) = self.propose(request).await {
+                tracing::warn!(volume = %v, "reporting a snapshot operation: {err}");
+            }
+        }
+    }
+}
+
+type EngineClient = shorthorn_dataplane::control::ControlClient;
+
+/// Whether something accepts connections at `addr` (within a second).
+async fn serving(addr: &str) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// What the agent needs from the state, copied out of a linearizable read.
@@ -640,6 +745,20 @@ fn spawn_logged(mut process: Process, log: &Path) -> anyhow::Result<Child> {
         .stdout(file.try_clone()?)
         .stderr(file);
     process.spawn().context("spawning the child process")
+}
+
+/// The replica's revision counter (see dataplane/FORMAT.md); 0 for a replica that never
+/// took a write.
+fn read_revision(dir: &Path) -> anyhow::Result<u64> {
+    let path = dir.join("revision.counter");
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} is not a number", path.display())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 fn write_record(dir: &Path, record: &Record) -> anyhow::Result<()> {

@@ -235,3 +235,53 @@ async fn a_subscription_resumes_after_the_member_restarts() {
     assert_eq!(after, before);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_retried_under_one_request_id_is_applied_once() {
+    // The same create, under one request id, is proposed at once through every member
+    // (forwarded and batched with the others on the leader): one creates the volume, every
+    // other gets the first success with no events. A retried rejection repeats it.
+    let cluster = Cluster::start(3, 6, test_tuning(3)).await;
+    cluster.leader(Duration::from_secs(10)).await;
+    let proposals = cluster.members.values().flat_map(|handle| {
+        (0..3).map(move |_| handle.propose(create_volume("db").with_id("req-db")))
+    });
+    let outcomes = futures::future::join_all(proposals).await;
+    let events: Vec<Vec<Event>> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every proposal succeeds"))
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| !e.is_empty()).count(),
+        1,
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .flatten()
+            .any(|e| matches!(e, Event::VolumeCreated { .. }))
+    );
+
+    let first = cluster
+        .any()
+        .propose(create_volume("db").with_id("req-again"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&first, Error::Rejected { message, .. } if message.contains("already exists")),
+        "{first}"
+    );
+    for handle in cluster.members.values() {
+        let retry = handle
+            .propose(create_volume("db").with_id("req-again"))
+            .await
+            .unwrap_err();
+        assert_eq!(retry, first);
+    }
+    cluster.converge(Duration::from_secs(10)).await;
+    let state = cluster.assert_identical_states();
+    assert_eq!(state.volumes.len(), 1);
+    assert!(state.requests.get("req-db").is_some());
+    cluster.shutdown().await;
+}

@@ -17,8 +17,9 @@ pub enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The engine (through its node agent) could not do what the log asked.
     #[error("{0}")]
-    Internal(String),
+    Failed(String),
 }
 
 impl ApiError {
@@ -27,7 +28,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalidArgument"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "notFound"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Failed(_) => (StatusCode::CONFLICT, "failed"),
             ApiError::Log(err) => match err {
                 LogError::Rejected { kind, .. } => match kind {
                     RejectionKind::InvalidArgument => (StatusCode::BAD_REQUEST, "invalidArgument"),

@@ -3,12 +3,16 @@
 //!
 //! Every write becomes one command proposed to the replicated log (from any manager; a
 //! follower forwards it to the leader); every read is a linearizable read of the state.
+//! A write sent with an `Idempotency-Key` header is applied at most once: a retry with the
+//! same key (to any manager, within 15 minutes) gets the first outcome, a success answered
+//! from the current state.
 //! Every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
 //! Nothing a client sends can crash the manager: bad input is a 4xx with a JSON body
 //! `{"error": kind, "message": text}`.
 
 mod error;
 mod openapi;
+mod snapshots;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -27,8 +31,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use shorthorn_consensus::Handle;
 use shorthorn_state::{
-    Command, DataLocality, Event, Replica, Request, Settings, Snapshot, Timestamp, Volume,
-    VolumeSpec,
+    Command, DataLocality, Event, Replica, Request, Settings, Timestamp, Volume, VolumeSpec,
 };
 
 pub use error::ApiError;
@@ -53,12 +56,18 @@ impl Api {
         }
     }
 
-    /// Stamps `request` with this manager's clock and name and proposes it.
+    /// Stamps `request` with this manager's clock and name, and the HTTP request's
+    /// `Idempotency-Key` as its request id, and proposes it.
     async fn propose(&self, request: Request) -> Result<Vec<Event>, ApiError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let command = Command::new(Timestamp(now), self.proposer.as_ref(), request);
+        let mut command = Command::new(Timestamp(now), self.proposer.as_ref(), request);
+        // Only the first command a request proposes carries its key: a second one under the
+        // same id would be taken for a retry of the first.
+        if let Some(key) = IDEMPOTENCY_KEY.try_with(|key| key.take()).ok().flatten() {
+            command = command.with_id(key);
+        }
         Ok(self.log.propose(command).await?)
     }
 
@@ -83,11 +92,15 @@ pub fn router(api: Api) -> Router {
         .route("/v1/volumes/{name}/update", post(update_volume))
         .route(
             "/v1/volumes/{name}/snapshots",
-            get(list_snapshots).post(create_snapshot),
+            get(snapshots::list).post(snapshots::create),
         )
         .route(
             "/v1/volumes/{name}/snapshots/{snapshot}",
-            axum::routing::delete(delete_snapshot),
+            axum::routing::delete(snapshots::delete),
+        )
+        .route(
+            "/v1/volumes/{name}/snapshots/{snapshot}/revert",
+            post(snapshots::revert),
         )
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
@@ -95,6 +108,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/settings", get(list_settings))
         .route("/v1/settings/{key}", get(get_setting).put(set_setting))
         .route("/v1/events", get(events))
+        .route_layer(middleware::from_fn(idempotency_key))
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -123,6 +137,44 @@ async fn authenticate(State(api): State<Api>, request: HttpRequest, next: Next) 
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The header a client sets to one value on every try of one write.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+tokio::task_local! {
+    /// The `Idempotency-Key` of the HTTP request being served, until [`Api::propose`] takes
+    /// it for the request's command.
+    static IDEMPOTENCY_KEY: std::cell::Cell<Option<String>>;
+}
+
+/// Checks the `Idempotency-Key` header (up to 64 printable ASCII characters) and serves the
+/// request with it in reach of [`Api::propose`].
+async fn idempotency_key(request: HttpRequest, next: Next) -> Response {
+    let key = match request.headers().get(IDEMPOTENCY_KEY_HEADER) {
+        None => None,
+        Some(value) => {
+            let checked = match value.to_str() {
+                Ok(key) => shorthorn_state::check_request_id(key).map(|()| key.to_string()),
+                Err(_) => Err(shorthorn_state::Rejection::invalid(
+                    "request id must be printable ASCII",
+                )),
+            };
+            match checked {
+                Ok(key) => Some(key),
+                Err(rejection) => {
+                    return ApiError::BadRequest(format!(
+                        "bad Idempotency-Key header: {}",
+                        rejection.message
+                    ))
+                    .into_response();
+                }
+            }
+        }
+    };
+    IDEMPOTENCY_KEY
+        .scope(std::cell::Cell::new(key), next.run(request))
+        .await
 }
 
 /// JSON body extractor whose rejections are [`ApiError`]s (JSON, 400) instead of text.
@@ -310,49 +362,6 @@ async fn update_volume(
     };
     api.propose(request).await?;
     get_volume(State(api), Path(name)).await
-}
-
-async fn list_snapshots(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<Snapshot>>, ApiError> {
-    let Json(volume) = get_volume(State(api), Path(name)).await?;
-    Ok(Json(volume.snapshots.into_values().collect()))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnapshotBody {
-    name: String,
-}
-
-async fn create_snapshot(
-    State(api): State<Api>,
-    Path(volume): Path<String>,
-    Body(body): Body<SnapshotBody>,
-) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
-    let events = api
-        .propose(Request::CreateSnapshot {
-            volume,
-            name: body.name,
-        })
-        .await?;
-    events
-        .into_iter()
-        .find_map(|e| match e {
-            Event::SnapshotCreated { snapshot } => Some((StatusCode::CREATED, Json(snapshot))),
-            _ => None,
-        })
-        .ok_or_else(|| ApiError::Internal("the snapshot was accepted but no event says so".into()))
-}
-
-async fn delete_snapshot(
-    State(api): State<Api>,
-    Path((volume, name)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    api.propose(Request::DeleteSnapshot { volume, name })
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_nodes(State(api): State<Api>) -> Result<Json<Vec<shorthorn_state::Node>>, ApiError> {

@@ -20,6 +20,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/volumes/{name}/snapshots", "get"),
     ("/v1/volumes/{name}/snapshots", "post"),
     ("/v1/volumes/{name}/snapshots/{snapshot}", "delete"),
+    ("/v1/volumes/{name}/snapshots/{snapshot}/revert", "post"),
     ("/v1/nodes", "get"),
     ("/v1/nodes/{id}", "get"),
     ("/v1/replicas", "get"),
@@ -34,8 +35,15 @@ pub async fn document() -> Json<Value> {
 }
 
 fn reference(name: &str) -> Value {
-    json!({ "$ref": format!("#/components/schemas/{name}") })
+    reference_to("schemas", name)
 }
+
+fn reference_to(section: &str, name: &str) -> Value {
+    json!({ "$ref": format!("#/components/{section}/{name}") })
+}
+
+/// The methods of writes: each takes an `Idempotency-Key` header.
+const MUTATING: &[&str] = &["post", "put", "delete", "patch"];
 
 fn ok(description: &str, schema: Value) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": schema } } })
@@ -48,6 +56,19 @@ fn body(schema: Value) -> Value {
 fn errors() -> Value {
     let error = json!({ "description": "error", "content": { "application/json": { "schema": reference("Error") } } });
     json!({ "400": error, "401": error, "404": error, "409": error, "412": error, "503": error, "504": error })
+}
+
+/// `op` with a 202 answer for work the engine has not finished within the wait.
+fn accepted(mut op: Value, response: Value) -> Value {
+    op["responses"]["202"] = response;
+    op
+}
+
+fn snapshot_params() -> Value {
+    json!([
+        { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
+        { "name": "snapshot", "in": "path", "required": true, "schema": { "type": "string" } }
+    ])
 }
 
 fn operation(summary: &str, success: (&str, Value), request: Option<Value>) -> Value {
@@ -122,16 +143,20 @@ pub fn build() -> Value {
         "/v1/volumes/{name}/snapshots": {
             "parameters": path_param("name"),
             "get": operation("List snapshots", ("200", ok("snapshots", list(reference("Snapshot")))), None),
-            "post": operation("Create a snapshot", ("201", ok("created", reference("Snapshot"))), Some(json!({
+            "post": accepted(operation("Take a snapshot of an attached volume; waits up to 30 s for its engine (409 when the engine failed it)", ("201", ok("taken", reference("Snapshot"))), Some(json!({
                 "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string" } }
-            }))),
+            }))), ok("still pending", reference("Snapshot"))),
         },
         "/v1/volumes/{name}/snapshots/{snapshot}": {
-            "parameters": [
-                { "name": "name", "in": "path", "required": true, "schema": { "type": "string" } },
-                { "name": "snapshot", "in": "path", "required": true, "schema": { "type": "string" } }
-            ],
-            "delete": operation("Delete a snapshot", ("204", json!({"description": "deleted"})), None),
+            "parameters": snapshot_params(),
+            "delete": accepted(operation("Delete a snapshot (merge it into its child)", ("204", json!({"description": "merged away"})), None),
+                json!({"description": "recorded; merged when the engine runs (at the next attach for a detached volume)"})),
+        },
+        "/v1/volumes/{name}/snapshots/{snapshot}/revert": {
+            "parameters": snapshot_params(),
+            "post": accepted(operation("Revert an attached volume with no frontend client to a snapshot; newer snapshots are dropped (409 with the engine's reason when refused)", ("200", ok("reverted", volume.clone())), Some(json!({
+                "type": "object", "additionalProperties": false
+            }))), ok("still pending", volume.clone())),
         },
         "/v1/nodes": { "get": operation("List nodes with their disks and usage", ("200", ok("nodes", list(reference("Node")))), None) },
         "/v1/nodes/{id}": { "parameters": path_param("id"), "get": operation("Get a node", ("200", ok("node", reference("Node"))), None) },
@@ -159,9 +184,16 @@ pub fn build() -> Value {
         }
     });
     for (_, item) in paths.as_object_mut().into_iter().flatten() {
-        for (_, op) in item.as_object_mut().into_iter().flatten() {
+        for (method, op) in item.as_object_mut().into_iter().flatten() {
             if op.get("responses").is_some() {
                 op["security"] = json!([{ "bearer": [] }]);
+            }
+            if MUTATING.contains(&method.as_str()) {
+                let key = reference_to("parameters", "IdempotencyKey");
+                match op["parameters"].as_array_mut() {
+                    Some(parameters) => parameters.push(key),
+                    None => op["parameters"] = json!([key]),
+                }
             }
         }
     }
@@ -171,6 +203,13 @@ pub fn build() -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "parameters": {
+                "IdempotencyKey": {
+                    "name": "Idempotency-Key", "in": "header", "required": false,
+                    "description": "A key the client chooses for one write and sends on every retry of it (to any manager): the write is applied at most once, and a retry within 15 minutes gets the first outcome (a success is answered from the current state, a refusal is repeated). Reusing a key for a different write returns the first write's outcome.",
+                    "schema": { "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[ -~]+$" }
+                }
+            },
             "schemas": {
                 "Error": { "type": "object", "required": ["error", "message"], "properties": {
                     "error": { "type": "string" }, "message": { "type": "string" } } },
@@ -190,7 +229,8 @@ pub fn build() -> Value {
                     "id": { "type": "string" }, "volume": { "type": "string" }, "node": { "type": "string" },
                     "disk": { "type": "string" }, "mode": { "enum": ["RW", "WO", "ERR"] } } },
                 "Snapshot": { "type": "object", "properties": {
-                    "name": { "type": "string" }, "volume": { "type": "string" }, "createdAt": { "type": "integer" } } },
+                    "name": { "type": "string" }, "volume": { "type": "string" }, "createdAt": { "type": "integer" },
+                    "size": { "type": "integer" }, "state": { "enum": ["pending", "ready", "deleting"] } } },
                 "Setting": { "type": "object", "properties": {
                     "key": { "type": "string" }, "value": { "type": "string" }, "default": { "type": "string" } } }
             }
@@ -220,5 +260,24 @@ mod tests {
         listed.sort();
         served.sort();
         assert_eq!(listed, served);
+    }
+
+    #[test]
+    fn every_write_documents_the_idempotency_key_header() {
+        let doc = build();
+        let header = &doc["components"]["parameters"]["IdempotencyKey"];
+        assert_eq!(header["name"], "Idempotency-Key");
+        assert_eq!(header["in"], "header");
+        for (path, method) in OPERATIONS {
+            let parameters = doc["paths"][path][method]["parameters"].as_array();
+            let documented = parameters.is_some_and(|p| {
+                p.contains(&json!({ "$ref": "#/components/parameters/IdempotencyKey" }))
+            });
+            assert_eq!(
+                documented,
+                MUTATING.contains(method),
+                "{method} {path}: {parameters:?}"
+            );
+        }
     }
 }

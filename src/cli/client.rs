@@ -1,6 +1,13 @@
 //! The HTTP client the CLI subcommands share: finds the cluster and the token, sends JSON,
 //! and turns error bodies into the server's own message.
+//!
+//! Every write carries an `Idempotency-Key` drawn at random once per write and sent on every
+//! try of it, so a write whose answer was lost (its manager died, the request timed out) is
+//! retried on another manager safely: the cluster applies it at most once and answers the
+//! retry with the first outcome.
 
+use std::cell::Cell;
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -36,7 +43,17 @@ pub enum Output {
 pub struct Client {
     apis: Vec<String>,
     token: String,
+    /// Random, for this invocation; write number `n` is sent under the key `{key}-{n}`.
+    key: String,
+    writes: Cell<u32>,
 }
+
+/// How long a write is retried for a definite answer (2xx or 4xx) across the managers.
+const WRITE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a read is retried while the cluster has no leader or times out.
+const READ_DEADLINE: Duration = Duration::from_secs(20);
+/// The longest one try waits for its answer.
+const TRY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Client {
     pub fn connect(target: &Target) -> anyhow::Result<Client> {
@@ -65,7 +82,12 @@ impl Client {
             .with_context(|| format!("reading the token file {}", token_file.display()))?
             .trim()
             .to_string();
-        Ok(Client { apis, token })
+        Ok(Client {
+            apis,
+            token,
+            key: random_key()?,
+            writes: Cell::new(0),
+        })
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -82,18 +104,30 @@ impl Client {
     }
 
     /// Sends to the first manager that answers; a manager that cannot be reached is skipped
-    /// (any manager serves any request), and a cluster without a leader (503) or that timed out
-    /// (504) is retried for up to 20 s. A failure carries its HTTP status and whether another manager was tried
-    /// after a request may have reached one ([`Failure`]).
+    /// (any manager serves any request). A read is retried on the next manager while the
+    /// cluster has no leader (503) or times out (504), for up to 20 s. A write is sent under
+    /// one idempotency key and retried on the next manager after any failure that is not a
+    /// definite answer (no connection, a lost answer, any 5xx) for up to 60 s, so its answer
+    /// is the outcome of its only application; a [`Failure`] with a 5xx status means no
+    /// manager answered definitely in time.
     fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut failed_over = false;
+        let write = method != "GET";
+        let key = write.then(|| {
+            let n = self.writes.get();
+            self.writes.set(n + 1);
+            format!("{}-{n}", self.key)
+        });
+        let deadline = Instant::now() + if write { WRITE_DEADLINE } else { READ_DEADLINE };
         loop {
             let mut last = None;
             for api in &self.apis {
-                let request = ureq::request(method, &format!("{api}{path}"))
-                    .timeout(Duration::from_secs(30))
+                let left = deadline.saturating_duration_since(Instant::now());
+                let mut request = ureq::request(method, &format!("{api}{path}"))
+                    .timeout(TRY_TIMEOUT.min(left).max(Duration::from_secs(1)))
                     .set("Authorization", &format!("Bearer {}", self.token));
+                if let Some(key) = &key {
+                    request = request.set("Idempotency-Key", key);
+                }
                 let result = match &body {
                     Some(body) => request.send_json(body.clone()),
                     None => request.call(),
@@ -106,24 +140,24 @@ impl Client {
                             .as_str()
                             .map(str::to_string)
                             .unwrap_or_else(|| body.to_string());
-                        let kind = body["error"].as_str().unwrap_or_default().to_string();
-                        let failure = Failure {
-                            status,
-                            kind,
-                            message,
-                            failed_over,
+                        let failure = Failure { status, message };
+                        let retry = if write {
+                            status >= 500
+                        } else {
+                            status == 503 || status == 504
                         };
-                        if (status == 503 || status == 504) && Instant::now() < deadline {
+                        if retry && Instant::now() < deadline {
                             last = Some(anyhow::Error::new(failure));
-                            failed_over = true;
                             continue;
                         }
                         return Err(anyhow::Error::new(failure));
                     }
                     Err(err) => {
-                        failed_over = true;
                         last = Some(anyhow::anyhow!("{api}: {err}"));
                     }
+                }
+                if Instant::now() >= deadline {
+                    break;
                 }
             }
             if Instant::now() >= deadline {
@@ -134,15 +168,20 @@ impl Client {
     }
 }
 
+/// A fresh idempotency key: 128 random bits in hex.
+fn random_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for an idempotency key")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// An error answer from a manager.
 #[derive(Debug)]
 pub struct Failure {
     pub status: u16,
-    /// The `error` field of the body (`alreadyExists`, `notFound`, ...).
-    pub kind: String,
     pub message: String,
-    /// Whether an earlier manager failed after the request may have reached it.
-    pub failed_over: bool,
 }
 
 impl std::fmt::Display for Failure {

@@ -232,26 +232,23 @@ pub fn setting(cmd: SettingCommand, target: &Target) -> anyhow::Result<()> {
     })
 }
 
-/// Creates a volume, saying truthfully whether it happened when a manager died mid-request:
-/// the request is retried on another manager, and "already exists" after such a retry means
-/// the first attempt was committed — the volume was created once.
+/// Creates a volume and says definitely whether it was: the request is retried on the
+/// other managers under one idempotency key until one answers (the cluster applies it at
+/// most once and tells a retry the first outcome). Only when no manager answered at all in
+/// time is the outcome unknown.
 fn create_once(client: &Client, name: &str, body: Value) -> anyhow::Result<Value> {
     match client.post("/v1/volumes", body) {
-        Ok(volume) => Ok(volume),
+        Ok(volume) => {
+            eprintln!("volume \"{name}\" created");
+            Ok(volume)
+        }
         Err(err) => match err.downcast_ref::<Failure>() {
-            Some(failure) if failure.failed_over && failure.kind == "alreadyExists" => {
-                eprintln!(
-                    "note: a manager failed while creating \"{name}\"; the creation had been \
-                     committed before it failed, so the volume was created once"
-                );
-                client.get(&format!("/v1/volumes/{name}"))
-            }
-            Some(failure) if failure.status < 500 => {
-                Err(err.context(format!("volume \"{name}\" was not created")))
-            }
+            Some(failure) if failure.status < 500 => Err(anyhow::anyhow!(
+                "volume \"{name}\" was not created: {failure}"
+            )),
             _ => Err(err.context(format!(
-                "no manager confirmed the creation of volume \"{name}\" in time; it may still \
-                 happen: check with `shorthorn volume get {name}`"
+                "no manager answered in time: volume \"{name}\" may or may not be created; \
+                 check with `shorthorn volume get {name}`"
             ))),
         },
     }

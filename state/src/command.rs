@@ -16,6 +16,11 @@ pub struct Command {
     pub at: Timestamp,
     pub proposer: String,
     pub request: Request,
+    /// The request id a client chose (the API's `Idempotency-Key`): a command whose id was
+    /// applied recently is not decided again but answered with the first outcome (see
+    /// [`crate::apply`]). At most 64 printable ASCII characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl Command {
@@ -24,6 +29,15 @@ impl Command {
             at,
             proposer: proposer.into(),
             request,
+            id: None,
+        }
+    }
+
+    /// This command under request id `id`.
+    pub fn with_id(self, id: impl Into<String>) -> Self {
+        Self {
+            id: Some(id.into()),
+            ..self
         }
     }
 }

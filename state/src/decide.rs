@@ -208,7 +208,17 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
                 ReplicaMode::ReadWrite => Err(Rejection::conflict(format!(
                     "replica \"{id}\" is read-write; only a new or failed replica is rebuilt"
                 ))),
-                ReplicaMode::Error => Ok(vec![Event::ReplicaRebuilding { id: id.clone() }]),
+                ReplicaMode::Error => {
+                    let volume = state.volume(&replica.volume)?;
+                    if volume.robustness == Robustness::Faulted {
+                        return Err(Rejection::precondition(format!(
+                            "volume \"{}\" has no read-write replica to rebuild \"{id}\" from; \
+                             it waits for salvage",
+                            volume.name
+                        )));
+                    }
+                    Ok(vec![Event::ReplicaRebuilding { id: id.clone() }])
+                }
             }
         }
         Request::ReportReplicaRebuilt { id } => {

@@ -13,6 +13,7 @@ mod command;
 mod decide;
 mod event;
 mod evolve;
+mod idempotency;
 mod model;
 mod name;
 mod rejection;
@@ -26,6 +27,10 @@ pub use command::{Command, DiskSpec, NodeSpec, Request, VolumeSpec};
 pub use decide::decide;
 pub use event::Event;
 pub use evolve::evolve;
+pub use idempotency::{
+    AppliedRequest, REQUEST_ID_CAPACITY, REQUEST_ID_MAX_LEN, REQUEST_ID_RETENTION_SECS,
+    RecentRequests, check_request_id,
+};
 pub use model::{
     Attachment, Bytes, DataLocality, Disk, Epoch, Node, Replica, ReplicaMode, Robustness, Snapshot,
     SnapshotState, State, Timestamp, Volume, VolumeState,
@@ -37,12 +42,18 @@ pub use setting::{SETTING_KEYS, Settings};
 
 /// Decide `command` against `state` and, when it is accepted, evolve `state` with every
 /// event it produced. Returns the events, or the rejection (and then `state` is untouched).
+///
+/// A command with a request id ([`Command::id`]) is applied at most once: while the id is
+/// remembered, a retry gets the first outcome (a success as no events) and only the record
+/// of recent ids changes (see [`RecentRequests`]).
 pub fn apply(state: &mut State, command: &Command) -> Result<Vec<Event>, Rejection> {
-    let events = decide(state, command)?;
-    for event in &events {
-        evolve(state, event);
-    }
-    Ok(events)
+    idempotency::apply_at_most_once(state, command, |state, command| {
+        let events = decide(state, command)?;
+        for event in &events {
+            evolve(state, event);
+        }
+        Ok(events)
+    })
 }
 
 #[cfg(test)]

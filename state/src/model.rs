@@ -82,6 +82,9 @@ pub struct State {
     pub next_replica: u64,
     /// *Derived*: volumes (not being deleted) with fewer replicas than they ask for.
     pub unscheduled: BTreeSet<String>,
+    /// Request ids applied recently, kept by [`crate::apply`] (not by events).
+    #[serde(default)]
+    pub requests: crate::RecentRequests,
 }
 
 /// A storage node: where replicas live and engines run.

@@ -4,7 +4,18 @@
 use serde::{Deserialize, Serialize};
 
 /// The class of a rejection; the REST API maps each to one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum RejectionKind {
     /// The command itself is malformed: a bad name, size, count or setting value (400).
@@ -20,7 +31,18 @@ pub enum RejectionKind {
 }
 
 /// A refused command: its kind and a message a user can act on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    thiserror::Error,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 #[error("{message}")]
 pub struct Rejection {
     pub kind: RejectionKind,

@@ -1,0 +1,185 @@
+//! Snapshot routes. The log records what is asked; the node agent of the attached volume
+//! carries it out on the engine and reports back through the log. These handlers propose,
+//! then follow the event stream for the outcome, so a client sees the engine's answer
+//! (or 202 when the work is still pending after the wait).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use shorthorn_state::{Event, Request, Snapshot, SnapshotState};
+
+use super::{Api, ApiError, Body, get_volume};
+
+/// How long a create or delete waits for the engine before answering 202.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(30);
+/// A revert reads and rewrites nothing, but may wait for a slow engine.
+const REVERT_WAIT: Duration = Duration::from_secs(60);
+
+impl Api {
+    /// Proposes `request`, then follows the log from just before it until `outcome` picks
+    /// an event about it, or `within` passes (`Ok(None)`).
+    async fn propose_and_await<T>(
+        &self,
+        request: Request,
+        within: Duration,
+        mut outcome: impl FnMut(&Event) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
+        // Subscribe from this member's applied index: the proposal's events come after it.
+        let from = self.log.status().applied.unwrap_or(0) + 1;
+        let mut events = Box::pin(self.log.subscribe(from));
+        self.propose(request).await?;
+        let wait = async {
+            while let Some(item) = events.next().await {
+                if let Ok((_, event)) = item
+                    && let Some(found) = outcome(&event)
+                {
+                    return Some(found);
+                }
+            }
+            None
+        };
+        Ok(tokio::time::timeout(within, wait).await.ok().flatten())
+    }
+}
+
+pub(super) async fn list(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Snapshot>>, ApiError> {
+    let Json(volume) = get_volume(State(api), Path(name)).await?;
+    Ok(Json(volume.snapshots.into_values().collect()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateBody {
+    name: String,
+}
+
+enum Outcome {
+    Done,
+    Failed(String),
+}
+
+fn about(volume: &str, name: &str, v: &str, n: &str) -> bool {
+    volume == v && name == n
+}
+
+/// 201 with the ready snapshot; 409 when the engine failed it; 202 while still pending.
+pub(super) async fn create(
+    State(api): State<Api>,
+    Path(volume): Path<String>,
+    Body(body): Body<CreateBody>,
+) -> Result<Response, ApiError> {
+    let name = body.name;
+    let request = Request::CreateSnapshot {
+        volume: volume.clone(),
+        name: name.clone(),
+    };
+    let outcome = api
+        .propose_and_await(request, SNAPSHOT_WAIT, |event| match event {
+            Event::SnapshotTaken { volume: v, name: n } if about(&volume, &name, v, n) => {
+                Some(Outcome::Done)
+            }
+            Event::SnapshotFailed {
+                volume: v,
+                name: n,
+                reason,
+            } if about(&volume, &name, v, n) => Some(Outcome::Failed(reason.clone())),
+            Event::VolumeDetached { name: v } if v == &volume => Some(Outcome::Failed(
+                "the volume was detached before its engine took the snapshot".into(),
+            )),
+            _ => None,
+        })
+        .await?;
+    if let Some(Outcome::Failed(reason)) = outcome {
+        return Err(ApiError::Failed(format!(
+            "snapshot \"{volume}/{name}\" was not taken: {reason}"
+        )));
+    }
+    let Json(current) = get_volume(State(api), Path(volume.clone())).await?;
+    let snapshot = current.snapshots.get(&name).cloned().ok_or_else(|| {
+        ApiError::NotFound(format!("snapshot \"{volume}/{name}\" is gone already"))
+    })?;
+    let status = match snapshot.state {
+        SnapshotState::Pending => StatusCode::ACCEPTED,
+        _ => StatusCode::CREATED,
+    };
+    Ok((status, Json(snapshot)).into_response())
+}
+
+/// 204 once merged away; 202 while it waits for an engine (a detached volume merges it at
+/// its next attach).
+pub(super) async fn delete(
+    State(api): State<Api>,
+    Path((volume, name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let Json(current) = get_volume(State(api.clone()), Path(volume.clone())).await?;
+    let within = if current.attachment.is_some() {
+        SNAPSHOT_WAIT
+    } else {
+        Duration::ZERO
+    };
+    let request = Request::DeleteSnapshot {
+        volume: volume.clone(),
+        name: name.clone(),
+    };
+    let merged = api
+        .propose_and_await(request, within, |event| match event {
+            Event::SnapshotDeleted { volume: v, name: n } if about(&volume, &name, v, n) => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await?;
+    Ok(match merged {
+        Some(()) => StatusCode::NO_CONTENT,
+        None => StatusCode::ACCEPTED,
+    })
+}
+
+/// 200 with the volume once its engine reverted; 409 with the engine's reason when it
+/// refused (e.g. a frontend client is connected); 202 while still pending.
+pub(super) async fn revert(
+    State(api): State<Api>,
+    Path((volume, name)): Path<(String, String)>,
+    Body(_): Body<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Response, ApiError> {
+    let request = Request::RevertSnapshot {
+        volume: volume.clone(),
+        name: name.clone(),
+    };
+    let outcome = api
+        .propose_and_await(request, REVERT_WAIT, |event| match event {
+            Event::SnapshotReverted {
+                volume: v, name: n, ..
+            } if about(&volume, &name, v, n) => Some(Outcome::Done),
+            Event::RevertFailed {
+                volume: v,
+                name: n,
+                reason,
+            } if about(&volume, &name, v, n) => Some(Outcome::Failed(reason.clone())),
+            Event::VolumeDetached { name: v } if v == &volume => Some(Outcome::Failed(
+                "the volume was detached before its engine reverted it".into(),
+            )),
+            _ => None,
+        })
+        .await?;
+    if let Some(Outcome::Failed(reason)) = outcome {
+        return Err(ApiError::Failed(format!(
+            "volume \"{volume}\" was not reverted to snapshot \"{name}\": {reason}"
+        )));
+    }
+    let status = if outcome.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let Json(current) = get_volume(State(api), Path(volume)).await?;
+    Ok((status, Json(current)).into_response())
+}
