@@ -351,10 +351,13 @@ impl Agent {
             .arg("serve")
             .arg("--dir")
             .arg(dir)
-            .arg("--size")
-            .arg(size.to_string())
             .arg("--listen")
             .arg(format!("tcp:{address}"));
+        // A new replica is created at the volume's size; an existing one opens at its own
+        // (an engine grows it if the volume was expanded meanwhile).
+        if !dir.join("volume.meta").exists() {
+            process.arg("--size").arg(size.to_string());
+        }
         let child = spawn_logged(process, &dir.join("replica.log"))?;
         let record = Record {
             pid: child.id() as i32,
@@ -608,6 +611,7 @@ impl Agent {
             }
         }
         if volume.state == VolumeState::Attached {
+            grow_engine(volume, &mut client).await;
             self.carry_out_snapshots(volume, &mut client).await;
         }
     }
@@ -682,6 +686,29 @@ impl Agent {
 }
 
 type EngineClient = shorthorn_dataplane::control::ControlClient;
+
+/// Grows the engine (and through it every replica) when the log says the volume is larger
+/// than the engine serves. A volume expanded while detached grows when its engine starts.
+async fn grow_engine(volume: &Volume, client: &mut EngineClient) {
+    let Ok(stats) = client.stats(shorthorn_dataplane::proto::Empty {}).await else {
+        return;
+    };
+    let serving = stats.into_inner().size_bytes;
+    if serving >= volume.size {
+        return;
+    }
+    let request = shorthorn_dataplane::proto::ExpandRequest {
+        size_bytes: volume.size,
+    };
+    match client.expand(request).await {
+        Ok(_) => {
+            tracing::info!(volume = %volume.name, from = serving, to = volume.size, "volume expanded online")
+        }
+        Err(status) => {
+            tracing::warn!(volume = %volume.name, "expanding the engine: {}", status.message())
+        }
+    }
+}
 
 /// Whether something accepts connections at `addr` (within a second).
 async fn serving(addr: &str) -> bool {

@@ -610,10 +610,13 @@ fn leader_killed_during_volume_create_happens_once_or_not_at_all() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("runs the CLI");
-    std::thread::sleep(Duration::from_millis(5));
+    std::thread::sleep(Duration::from_millis(
+        std::env::var("XDELAY").map_or(5, |v| v.parse().unwrap()),
+    ));
     cluster.kill_node(leader);
     let out = cli.wait_with_output().expect("CLI finishes");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("the CLI said: {stderr}");
 
     // The survivors may still be electing a leader: their reads fail (503/504) until then.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -972,4 +975,62 @@ fn volume_whose_replicas_all_died_is_salvaged_with_its_data() {
     let back = work.path().join("back.img");
     read_image(&endpoint, &back);
     assert_eq!(sha256(&data), sha256(&back), "salvage lost data");
+}
+
+/// The size of the NBD export at `endpoint`, as qemu-img sees it.
+fn export_size(endpoint: &str) -> u64 {
+    let info: Value = serde_json::from_str(&run(
+        "qemu-img",
+        &["info", "--output=json", "-f", "raw", endpoint],
+    ))
+    .expect("qemu-img info JSON");
+    info["virtual-size"].as_u64().expect("virtual-size")
+}
+
+#[test]
+fn volume_expands_online_and_offline_keeping_its_data() {
+    let cluster = DevCluster::up();
+    cluster.ok(&[
+        "volume",
+        "create",
+        "db",
+        "--size",
+        "16Mi",
+        "--replicas",
+        "2",
+    ]);
+    let endpoint = cluster.attach("db", "node-1");
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data.img");
+    random_file(&data, 16);
+    write_image(&data, &endpoint);
+
+    // Online: the engine and its replicas grow while attached.
+    cluster.ok(&["volume", "expand", "db", "--size", "32Mi"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while export_size(&endpoint) != 32 << 20 {
+        assert!(Instant::now() < deadline, "the export never grew to 32 MiB");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    cluster.detach("db");
+
+    // Offline: the replicas grow when the next engine starts, on another node.
+    cluster.ok(&["volume", "expand", "db", "--size", "48Mi"]);
+    let endpoint = cluster.attach("db", "node-2");
+    assert_eq!(export_size(&endpoint), 48 << 20);
+    let back = work.path().join("back.img");
+    read_image(&endpoint, &back);
+    let bytes = std::fs::read(&back).expect("read back");
+    assert_eq!(bytes.len(), 48 << 20);
+    assert_eq!(
+        bytes[..16 << 20],
+        std::fs::read(&data).expect("data")[..],
+        "the first 16 MiB changed"
+    );
+    assert!(
+        bytes[16 << 20..].iter().all(|b| *b == 0),
+        "the grown part reads as zeros"
+    );
+    let volume = cluster.json(&["volume", "get", "db"]);
+    assert_eq!(volume["robustness"], "healthy", "{volume}");
 }

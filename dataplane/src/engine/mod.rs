@@ -159,6 +159,24 @@ impl Engine {
                 Ok(link) if link.size == config.size => {
                     (Some(link), ReplicaMode::Rw, String::new())
                 }
+                // The volume was expanded while no engine ran (offline expansion): the
+                // replica grows to the volume's size before it takes any I/O.
+                Ok(link) if link.size < config.size => {
+                    match grow(&link, config.size, config.timeout).await {
+                        Ok(()) => {
+                            tracing::info!(replica = %address, from = link.size, to = config.size, "replica grown to the volume size");
+                            (Some(link), ReplicaMode::Rw, String::new())
+                        }
+                        Err(reason) => (
+                            None,
+                            ReplicaMode::Err,
+                            format!(
+                                "growing the replica from {} to {}: {reason}",
+                                link.size, config.size
+                            ),
+                        ),
+                    }
+                }
                 Ok(link) => (
                     None,
                     ReplicaMode::Err,
@@ -569,6 +587,16 @@ impl Engine {
 
     pub(crate) fn rw_replicas(&self) -> Vec<Arc<ReplicaSlot>> {
         self.with_modes(&[ReplicaMode::Rw])
+    }
+}
+
+/// Asks one replica to grow to `size` bytes.
+async fn grow(link: &ReplicaLink, size: u64, within: Duration) -> Result<(), String> {
+    match tokio::time::timeout(within, link.call(Op::Expand, 0, size, 0, Bytes::new())).await {
+        Ok(Ok(reply)) if reply.status == Status::Ok => Ok(()),
+        Ok(Ok(reply)) => Err(format!("answered {:?}", reply.status)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {within:?}")),
     }
 }
 
