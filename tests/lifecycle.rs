@@ -610,9 +610,7 @@ fn leader_killed_during_volume_create_happens_once_or_not_at_all() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("runs the CLI");
-    std::thread::sleep(Duration::from_millis(
-        std::env::var("XDELAY").map_or(5, |v| v.parse().unwrap()),
-    ));
+    std::thread::sleep(Duration::from_millis(5));
     cluster.kill_node(leader);
     let out = cli.wait_with_output().expect("CLI finishes");
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
