@@ -5,8 +5,10 @@ mod client;
 mod dev;
 mod engine;
 mod manager;
+mod progress;
 mod replica;
 mod volume;
+mod watch;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -42,7 +44,7 @@ pub enum Command {
     Engine(engine::EngineCommand),
     /// Create, list, attach, detach, expand and delete volumes.
     Volume(VolumeArgs),
-    /// Create, list and delete snapshots of a volume (revert is not built yet).
+    /// Create, list, delete and revert to snapshots of a volume.
     Snapshot(SnapshotArgs),
     /// Back up snapshots to S3 or NFS and restore them [not built yet].
     Backup(NotBuilt),
@@ -50,8 +52,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Read and change cluster settings.
     Setting(SettingArgs),
-    /// Follow the cluster's event stream [not built yet].
-    Watch(NotBuilt),
+    /// Follow the cluster's event stream: one line per event of the log.
+    Watch(watch::WatchArgs),
     /// Run the CSI driver (controller and node services) [not built yet].
     Csi(NotBuilt),
 }
@@ -137,7 +139,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Setting(args) => volume::setting(args.command, &args.target),
         Command::Backup(_) => not_built("backup"),
-        Command::Watch(_) => not_built("watch"),
+        Command::Watch(args) => watch::watch(args),
         Command::Csi(_) => not_built("csi"),
     }
 }

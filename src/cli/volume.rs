@@ -1,9 +1,13 @@
 //! `shorthorn volume|snapshot|node|replica|setting`: the cluster's objects over the REST API.
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::client::{Client, Failure, Output, Target, print_table, text};
+use super::progress::{Goal, Progress, await_volume};
+use super::watch::{Flow, follow, next_index};
 use crate::size::{display_size, format_size, parse_size};
 
 #[derive(Debug, clap::Subcommand)]
@@ -21,19 +25,44 @@ pub enum VolumeCommand {
         /// (default: the staleReplicaTimeout setting).
         #[arg(long)]
         stale_replica_timeout: Option<u64>,
+        /// Wait until every replica is placed.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait before failing.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
     },
     /// List volumes.
     Ls,
     /// Show one volume.
     Get { name: String },
-    /// Attach on a node under a new epoch.
+    /// Attach on a node under a new epoch; waits until the engine serves and prints its
+    /// NBD URI.
     Attach {
         name: String,
+        /// Node to attach on (default: the node named like this host, or the only node).
         #[arg(long)]
-        node: String,
+        node: Option<String>,
+        #[command(flatten)]
+        wait: Waiting,
     },
-    /// Detach.
-    Detach { name: String },
+    /// Detach; waits until the engine stopped.
+    Detach {
+        name: String,
+        #[command(flatten)]
+        wait: Waiting,
+    },
+    /// Wait until a volume is healthy (e.g. a rebuild finished), attached, detached or
+    /// deleted, showing its progress.
+    Wait {
+        name: String,
+        /// The state to wait for.
+        #[arg(long = "for", value_enum)]
+        goal: Goal,
+        /// Seconds to wait before failing.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Grow a volume.
     Expand {
         name: String,
@@ -52,6 +81,25 @@ pub enum SnapshotCommand {
     Ls { volume: String },
     /// Delete a snapshot.
     Delete { volume: String, name: String },
+    /// Revert a volume to a snapshot (newer snapshots are dropped); waits for its engine.
+    Revert {
+        volume: String,
+        name: String,
+        /// Seconds to wait for the engine before failing.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+/// How a command that starts a change waits for it.
+#[derive(Debug, clap::Args)]
+pub struct Waiting {
+    /// Return at once instead of waiting for the change.
+    #[arg(long)]
+    no_wait: bool,
+    /// Seconds to wait before failing.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -72,6 +120,8 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             size,
             replicas,
             stale_replica_timeout,
+            wait,
+            timeout,
         } => {
             let size = parse_size(&size).map_err(anyhow::Error::msg)?;
             let mut body = json!({ "name": name, "size": size });
@@ -81,16 +131,83 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             if let Some(minutes) = stale_replica_timeout {
                 body["staleReplicaTimeout"] = json!(minutes);
             }
-            create_once(&client, &name, body)?
+            let created = create_once(&client, &name, body)?;
+            if !wait {
+                created
+            } else {
+                await_volume(
+                    &client,
+                    &name,
+                    Goal::Scheduled,
+                    Duration::from_secs(timeout),
+                    target.output,
+                )?
+            }
         }
         VolumeCommand::Ls => client.get("/v1/volumes")?,
         VolumeCommand::Get { name } => client.get(&format!("/v1/volumes/{name}"))?,
-        VolumeCommand::Attach { name, node } => client.post(
-            &format!("/v1/volumes/{name}/attach"),
-            json!({ "node": node }),
-        )?,
-        VolumeCommand::Detach { name } => {
-            client.post(&format!("/v1/volumes/{name}/detach"), json!({}))?
+        VolumeCommand::Attach { name, node, wait } => {
+            let node = match node {
+                Some(node) => node,
+                None => default_node(&client)?,
+            };
+            let attaching = client
+                .post(
+                    &format!("/v1/volumes/{name}/attach"),
+                    json!({ "node": node }),
+                )
+                .with_context(|| format!("attaching volume \"{name}\" on {node}"))?;
+            if wait.no_wait {
+                attaching
+            } else {
+                let timeout = Duration::from_secs(wait.timeout);
+                let attached = await_volume(&client, &name, Goal::Attached, timeout, target.output)
+                    .with_context(|| format!("attaching volume \"{name}\" on {node}"))?;
+                if target.output == Output::Table {
+                    eprintln!(
+                        "volume \"{name}\" attached on {node} under epoch {}",
+                        text(&attached["epoch"])
+                    );
+                    println!("{}", text(&attached["attachment"]["endpoint"]));
+                    return Ok(());
+                }
+                attached
+            }
+        }
+        VolumeCommand::Detach { name, wait } => {
+            let detaching = client
+                .post(&format!("/v1/volumes/{name}/detach"), json!({}))
+                .with_context(|| format!("detaching volume \"{name}\""))?;
+            if wait.no_wait {
+                detaching
+            } else {
+                let timeout = Duration::from_secs(wait.timeout);
+                let detached = await_volume(&client, &name, Goal::Detached, timeout, target.output)
+                    .with_context(|| format!("detaching volume \"{name}\""))?;
+                if target.output == Output::Table {
+                    println!("volume \"{name}\" detached");
+                    return Ok(());
+                }
+                detached
+            }
+        }
+        VolumeCommand::Wait {
+            name,
+            goal,
+            timeout,
+        } => {
+            let reached = await_volume(
+                &client,
+                &name,
+                goal,
+                Duration::from_secs(timeout),
+                target.output,
+            )?;
+            if target.output == Output::Table || goal == Goal::Deleted {
+                println!("volume \"{name}\" is {}", goal.name());
+                return Ok(());
+            }
+            reached
         }
         VolumeCommand::Expand { name, size } => {
             let size = parse_size(&size).map_err(anyhow::Error::msg)?;
@@ -141,6 +258,18 @@ pub fn snapshot(cmd: SnapshotCommand, target: &Target) -> anyhow::Result<()> {
             json!({ "name": name }),
         )?,
         SnapshotCommand::Ls { volume } => client.get(&format!("/v1/volumes/{volume}/snapshots"))?,
+        SnapshotCommand::Revert {
+            volume,
+            name,
+            timeout,
+        } => {
+            let reverted = revert(&client, target, &volume, &name, timeout)?;
+            if target.output == Output::Table {
+                println!("volume \"{volume}\" reverted to snapshot \"{name}\"");
+                return Ok(());
+            }
+            return show(target.output, &reverted, &[], |_| Vec::new());
+        }
         SnapshotCommand::Delete { volume, name } => {
             client.delete(&format!("/v1/volumes/{volume}/snapshots/{name}"))?;
             println!("snapshot \"{volume}/{name}\" deleted");
@@ -150,13 +279,15 @@ pub fn snapshot(cmd: SnapshotCommand, target: &Target) -> anyhow::Result<()> {
     show(
         target.output,
         &shown,
-        &["VOLUME", "NAME", "SIZE", "CREATED (ms)"],
+        &["VOLUME", "NAME", "SIZE", "STATE", "CREATED (ms)", "ERROR"],
         |s| {
             vec![
                 text(&s["volume"]),
                 text(&s["name"]),
                 s["size"].as_u64().map_or("-".into(), format_size),
+                text(&s["state"]),
                 text(&s["createdAt"]),
+                text(&s["error"]),
             ]
         },
     )
@@ -230,6 +361,81 @@ pub fn setting(cmd: SettingCommand, target: &Target) -> anyhow::Result<()> {
     show(target.output, &shown, &["KEY", "VALUE", "DEFAULT"], |s| {
         vec![text(&s["key"]), text(&s["value"]), text(&s["default"])]
     })
+}
+
+/// Reverts `volume` to snapshot `name` with a spinner, and returns the volume once its
+/// engine reverted. The server waits for the engine a while; when it answers before the
+/// engine did (the volume still shows `revertTo`), the outcome is read from the event log,
+/// followed from before the request.
+fn revert(
+    client: &Client,
+    target: &Target,
+    volume: &str,
+    name: &str,
+    timeout: u64,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let from = next_index(client)?;
+    let _spinner = Progress::spinner(
+        target.output,
+        format!("reverting volume \"{volume}\" to snapshot \"{name}\""),
+    );
+    let answered = client.post(
+        &format!("/v1/volumes/{volume}/snapshots/{name}/revert"),
+        json!({}),
+    )?;
+    if answered["revertTo"].as_str() != Some(name) {
+        return Ok(answered);
+    }
+    let mut outcome = None;
+    follow(target, from, Some(deadline), |_, event| {
+        let about = event["volume"] == volume && event["name"] == name;
+        outcome = match event["type"].as_str() {
+            Some("snapshotReverted") if about => Some(Ok(())),
+            Some("revertFailed") if about => Some(Err(text(&event["reason"]))),
+            Some("volumeDetached") if event["name"] == volume => Some(Err(
+                "the volume was detached before its engine reverted it".to_string(),
+            )),
+            _ => None,
+        };
+        Ok(if outcome.is_some() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    })?;
+    match outcome {
+        Some(Ok(())) => client.get(&format!("/v1/volumes/{volume}")),
+        Some(Err(reason)) => Err(anyhow::anyhow!(
+            "volume \"{volume}\" was not reverted to snapshot \"{name}\": {reason}"
+        )),
+        None => Err(anyhow::anyhow!(
+            "volume \"{volume}\" is still waiting for its engine to revert to snapshot \"{name}\" \
+             after {timeout} s; follow it with `shorthorn watch --volume {volume}`"
+        )),
+    }
+}
+
+/// The node to attach on when none is given: the one named like this host, or the only one.
+fn default_node(client: &Client) -> anyhow::Result<String> {
+    let nodes = client.get("/v1/nodes")?;
+    let ids: Vec<String> = nodes
+        .as_array()
+        .map(|all| all.iter().map(|n| text(&n["id"])).collect())
+        .unwrap_or_default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if ids.contains(&host) {
+        return Ok(host);
+    }
+    match ids.as_slice() {
+        [only] => Ok(only.clone()),
+        _ => anyhow::bail!(
+            "pass --node: no node is named like this host (\"{host}\"); the nodes are {}",
+            ids.join(", ")
+        ),
+    }
 }
 
 /// Creates a volume and says definitely whether it was: the request is retried on the
