@@ -167,6 +167,11 @@ impl ReplicaLink {
         }
     }
 
+    /// Whether the connection ended (the replica closed it, or a read or write failed).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Forgets a request that timed out, so its late reply is dropped.
     pub fn shutdown(&self) {
         self.reader.abort();

@@ -376,6 +376,16 @@ impl Engine {
         }
     }
 
+    /// Fails every replica whose connection ended, without waiting for the next I/O to
+    /// find out: an idle volume reports a dead replica within a second.
+    fn fail_closed_links(&self) {
+        for slot in self.with_modes(&[ReplicaMode::Rw, ReplicaMode::Wo]) {
+            if slot.link.as_ref().is_some_and(ReplicaLink::is_closed) {
+                self.fail(&slot, "the replica closed the connection");
+            }
+        }
+    }
+
     /// One request to one replica, bounded by the engine's timeout.
     pub(crate) async fn call(
         &self,
@@ -622,5 +632,6 @@ async fn track_rates(engine: std::sync::Weak<Engine>) {
             rates[i].store(now[i].saturating_sub(last[i]), Ordering::Relaxed);
         }
         last = now;
+        engine.fail_closed_links();
     }
 }
