@@ -52,8 +52,10 @@ pub struct Client {
 const WRITE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long a read is retried while the cluster has no leader or times out.
 const READ_DEADLINE: Duration = Duration::from_secs(20);
-/// The longest one try waits for its answer.
-const TRY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest one try waits for its answer: longer than the longest a manager holds a
+/// request while it waits for an engine (a snapshot revert, 60 s), so such a request is
+/// not cut off and retried over and over.
+const TRY_TIMEOUT: Duration = Duration::from_secs(75);
 
 impl Client {
     pub fn connect(target: &Target) -> anyhow::Result<Client> {
@@ -107,9 +109,9 @@ impl Client {
     /// (any manager serves any request). A read is retried on the next manager while the
     /// cluster has no leader (503) or times out (504), for up to 20 s. A write is sent under
     /// one idempotency key and retried on the next manager after any failure that is not a
-    /// definite answer (no connection, a lost answer, any 5xx) for up to 60 s, so its answer
-    /// is the outcome of its only application; a [`Failure`] with a 5xx status means no
-    /// manager answered definitely in time.
+    /// definite answer (no connection, a lost answer, any 5xx) while tries start within 60 s,
+    /// so its answer is the outcome of its only application; a [`Failure`] with a 5xx status
+    /// means no manager answered definitely in time.
     fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let write = method != "GET";
         let key = write.then(|| {
@@ -121,9 +123,8 @@ impl Client {
         loop {
             let mut last = None;
             for api in &self.apis {
-                let left = deadline.saturating_duration_since(Instant::now());
                 let mut request = ureq::request(method, &format!("{api}{path}"))
-                    .timeout(TRY_TIMEOUT.min(left).max(Duration::from_secs(1)))
+                    .timeout(TRY_TIMEOUT)
                     .set("Authorization", &format!("Bearer {}", self.token));
                 if let Some(key) = &key {
                     request = request.set("Idempotency-Key", key);
