@@ -280,6 +280,16 @@ mod tests {
     }
 
     #[test]
+    fn commands_without_a_request_id_read_and_write_as_before() {
+        let old = r#"{"at":5,"proposer":"m1","request":{"type":"deleteVolume","name":"db"}}"#;
+        let command: Command = serde_json::from_str(old).expect("an old command decodes");
+        assert_eq!(command.id, None);
+        assert_eq!(serde_json::to_string(&command).expect("encodes"), old);
+        let with_id = serde_json::to_value(command.with_id("k")).expect("encodes");
+        assert_eq!(with_id["id"], "k");
+    }
+
+    #[test]
     fn replaying_a_log_with_retries_gives_identical_states() {
         // Retries, rejections and expiry happen the same way on every replay, and the
         // record survives the snapshot encoding.
