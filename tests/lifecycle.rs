@@ -1032,3 +1032,67 @@ fn volume_expands_online_and_offline_keeping_its_data() {
     let volume = cluster.json(&["volume", "get", "db"]);
     assert_eq!(volume["robustness"], "healthy", "{volume}");
 }
+
+#[test]
+fn revert_after_a_replica_was_replaced_keeps_every_replica_identical() {
+    // A replica rebuilt after its node died holds the volume's data but not the snapshot
+    // layers taken before. Reverting must not leave it serving the newer data next to
+    // siblings that reverted: it leaves the set and is rebuilt from them.
+    let cluster = DevCluster::up();
+    cluster.ok(&[
+        "volume",
+        "create",
+        "db",
+        "--size",
+        "16Mi",
+        "--replicas",
+        "2",
+        "--stale-replica-timeout",
+        "0",
+    ]);
+    let endpoint = cluster.attach("db", "node-1");
+    let work = tempfile::tempdir().expect("tempdir");
+    let (first, second) = (work.path().join("a.img"), work.path().join("b.img"));
+    random_file(&first, 16);
+    random_file(&second, 16);
+    write_image(&first, &endpoint);
+    cluster.ok(&["snapshot", "create", "db", "s1"]);
+    write_image(&second, &endpoint);
+
+    let replicas = cluster.json(&["replica", "ls"]);
+    let victim = replicas
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| text_of(&r["node"]))
+        .find(|n| n != "node-1")
+        .unwrap_or_else(|| "node-2".into());
+    let old: Vec<String> = replicas
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| text_of(&r["id"]))
+        .collect();
+    cluster.kill_node(victim.trim_start_matches("node-").parse().expect("n"));
+    cluster.wait_volume("db", "healthy on a replacement", |v| {
+        v["robustness"] == "healthy"
+            && v["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|id| !old.contains(&text_of(id))))
+    });
+
+    let (status, body) = cluster.post("/v1/volumes/db/snapshots/s1/revert", "{}");
+    assert_eq!(status, 200, "{body}");
+    cluster.wait_volume("db", "healthy after the revert", |v| {
+        v["robustness"] == "healthy"
+    });
+    for attempt in 0..2 {
+        let back = work.path().join(format!("back{attempt}.img"));
+        read_image(&endpoint, &back);
+        assert_eq!(
+            sha256(&first),
+            sha256(&back),
+            "read {attempt} after the revert differs from s1: replicas diverged"
+        );
+    }
+}

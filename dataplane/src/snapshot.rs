@@ -26,37 +26,40 @@ impl Engine {
             ));
         }
         let targets = self.rw_replicas();
-        let mut done = 0;
-        let mut first_err = None;
-        for r in
+        let results =
             futures::future::join_all(targets.iter().map(|s| {
                 self.call_or_fail(s, op, 0, 0, 0, Bytes::copy_from_slice(name.as_bytes()))
             }))
-            .await
-        {
-            match r {
+            .await;
+        let mut done = 0;
+        let mut failed = Vec::new();
+        for (slot, result) in targets.iter().zip(results) {
+            match result {
                 Ok(_) => done += 1,
-                Err(EngineError::SnapshotNotFound(_)) => {
-                    first_err = Some(EngineError::SnapshotNotFound(name.into()))
-                }
-                Err(EngineError::SnapshotExists(_)) => {
-                    first_err = Some(EngineError::SnapshotExists(name.into()))
-                }
-                Err(e) => {
-                    if first_err.is_none() {
-                        first_err = Some(e)
-                    }
-                }
+                // Already as asked: a retried create, or a delete on a replica that was
+                // rebuilt without this layer (its head holds the merged data already).
+                Err(EngineError::SnapshotExists(_)) if op == Op::SnapshotCreate => done += 1,
+                Err(EngineError::SnapshotNotFound(_)) if op == Op::SnapshotDelete => done += 1,
+                Err(e) => failed.push((slot, e)),
             }
         }
-        match (done, first_err) {
-            (_, Some(e @ (EngineError::SnapshotNotFound(_) | EngineError::SnapshotExists(_)))) => {
-                Err(e)
-            }
-            (0, Some(e)) => Err(e),
-            (0, None) => Err(EngineError::NoHealthyReplica),
-            _ => Ok(()),
+        if done == 0 {
+            return Err(failed
+                .into_iter()
+                .map(|(_, e)| e)
+                .next()
+                .unwrap_or(EngineError::NoHealthyReplica));
         }
+        // Some replicas did it and these did not: they no longer hold the volume's data.
+        // They leave the set (and are rebuilt from the others) rather than serve reads
+        // that differ from their siblings'.
+        for (slot, e) in failed {
+            self.fail(
+                slot,
+                &format!("{op:?} {name:?} failed here but not on the others: {e}"),
+            );
+        }
+        Ok(())
     }
 
     /// Creates snapshot `name` on every RW replica while new I/O waits.
