@@ -31,35 +31,38 @@ impl Engine {
                 self.call_or_fail(s, op, 0, 0, 0, Bytes::copy_from_slice(name.as_bytes()))
             }))
             .await;
-        let mut done = 0;
-        let mut failed = Vec::new();
+        let (mut done, mut already, mut failed) = (0u32, None, Vec::new());
         for (slot, result) in targets.iter().zip(results) {
             match result {
                 Ok(_) => done += 1,
                 // Already as asked: a retried create, or a delete on a replica that was
                 // rebuilt without this layer (its head holds the merged data already).
-                Err(EngineError::SnapshotExists(_)) if op == Op::SnapshotCreate => done += 1,
-                Err(EngineError::SnapshotNotFound(_)) if op == Op::SnapshotDelete => done += 1,
+                Err(e @ EngineError::SnapshotExists(_)) if op == Op::SnapshotCreate => {
+                    already = Some(e)
+                }
+                Err(e @ EngineError::SnapshotNotFound(_)) if op == Op::SnapshotDelete => {
+                    already = Some(e)
+                }
                 Err(e) => failed.push((slot, e)),
             }
         }
-        if done == 0 {
-            return Err(failed
-                .into_iter()
-                .map(|(_, e)| e)
-                .next()
-                .unwrap_or(EngineError::NoHealthyReplica));
+        if done > 0 || already.is_some() {
+            // Some replicas are as asked and these are not: they no longer hold the
+            // volume's data. They leave the set (and are rebuilt from the others) rather
+            // than serve reads that differ from their siblings'.
+            for (slot, e) in failed.drain(..) {
+                self.fail(
+                    slot,
+                    &format!("{op:?} {name:?} failed here but not on the others: {e}"),
+                );
+            }
         }
-        // Some replicas did it and these did not: they no longer hold the volume's data.
-        // They leave the set (and are rebuilt from the others) rather than serve reads
-        // that differ from their siblings'.
-        for (slot, e) in failed {
-            self.fail(
-                slot,
-                &format!("{op:?} {name:?} failed here but not on the others: {e}"),
-            );
+        match (done, already, failed.into_iter().next()) {
+            (1.., _, _) => Ok(()),
+            // Nothing changed anywhere: say why (exists / not found).
+            (0, Some(e), _) | (0, None, Some((_, e))) => Err(e),
+            (0, None, None) => Err(EngineError::NoHealthyReplica),
         }
-        Ok(())
     }
 
     /// Creates snapshot `name` on every RW replica while new I/O waits.
