@@ -148,15 +148,17 @@ fn classify(status: tonic::Status, timeout: Duration) -> TransportError {
         detail.push_str(&err.to_string());
         source = err.source();
     }
+    // Unreachable promises the request never left (safe to resend); only a refused or
+    // failed connect says so. A connection reset mid-call is an unknown outcome.
+    let never_sent = detail.contains("Connection refused")
+        || detail.contains("tcp connect error")
+        || detail.contains("error trying to connect");
     match status.code() {
+        tonic::Code::Unavailable if never_sent => TransportError::Unreachable(detail),
         tonic::Code::Unavailable
-            if detail.contains("connect") || detail.contains("Connection refused") =>
-        {
-            TransportError::Unreachable(detail)
-        }
-        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
-            TransportError::TimedOut(timeout)
-        }
+        | tonic::Code::Cancelled
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Unknown => TransportError::TimedOut(timeout),
         _ => TransportError::Protocol(detail),
     }
 }

@@ -22,17 +22,23 @@ const REVERT_WAIT: Duration = Duration::from_secs(60);
 
 impl Api {
     /// Proposes `request`, then follows the log from just before it until `outcome` picks
-    /// an event about it, or `within` passes (`Ok(None)`).
-    async fn propose_and_await<T>(
+    /// an event about it, or `within` passes (`Ok(None)`). `settled` is asked first, on the
+    /// state after the proposal: a retried request (same Idempotency-Key) whose work was
+    /// done before this subscription started is answered at once.
+    async fn propose_and_await<T: Send + 'static>(
         &self,
         request: Request,
         within: Duration,
+        settled: impl FnOnce(&shorthorn_state::State) -> Option<T> + Send + 'static,
         mut outcome: impl FnMut(&Event) -> Option<T>,
     ) -> Result<Option<T>, ApiError> {
         // Subscribe from this member's applied index: the proposal's events come after it.
         let from = self.log.status().applied.unwrap_or(0) + 1;
         let mut events = Box::pin(self.log.subscribe(from));
         self.propose(request).await?;
+        if let Some(done) = self.read(settled).await? {
+            return Ok(Some(done));
+        }
         let wait = async {
             while let Some(item) = events.next().await {
                 if let Ok((_, event)) = item
@@ -81,8 +87,13 @@ pub(super) async fn create(
         volume: volume.clone(),
         name: name.clone(),
     };
+    let (v, n) = (volume.clone(), name.clone());
+    let taken = move |s: &shorthorn_state::State| {
+        let snapshot = s.volumes.get(&v)?.snapshots.get(&n)?;
+        (snapshot.state == SnapshotState::Ready).then_some(Outcome::Done)
+    };
     let outcome = api
-        .propose_and_await(request, SNAPSHOT_WAIT, |event| match event {
+        .propose_and_await(request, SNAPSHOT_WAIT, taken, |event| match event {
             Event::SnapshotTaken { volume: v, name: n } if about(&volume, &name, v, n) => {
                 Some(Outcome::Done)
             }
@@ -129,8 +140,13 @@ pub(super) async fn delete(
         volume: volume.clone(),
         name: name.clone(),
     };
+    let (v, n) = (volume.clone(), name.clone());
+    let gone = move |s: &shorthorn_state::State| {
+        let volume = s.volumes.get(&v)?;
+        (!volume.snapshots.contains_key(&n)).then_some(())
+    };
     let merged = api
-        .propose_and_await(request, within, |event| match event {
+        .propose_and_await(request, within, gone, |event| match event {
             Event::SnapshotDeleted { volume: v, name: n } if about(&volume, &name, v, n) => {
                 Some(())
             }
@@ -154,21 +170,27 @@ pub(super) async fn revert(
         volume: volume.clone(),
         name: name.clone(),
     };
+    // The state cannot tell a finished revert from a failed one: follow the events.
     let outcome = api
-        .propose_and_await(request, REVERT_WAIT, |event| match event {
-            Event::SnapshotReverted {
-                volume: v, name: n, ..
-            } if about(&volume, &name, v, n) => Some(Outcome::Done),
-            Event::RevertFailed {
-                volume: v,
-                name: n,
-                reason,
-            } if about(&volume, &name, v, n) => Some(Outcome::Failed(reason.clone())),
-            Event::VolumeDetached { name: v } if v == &volume => Some(Outcome::Failed(
-                "the volume was detached before its engine reverted it".into(),
-            )),
-            _ => None,
-        })
+        .propose_and_await(
+            request,
+            REVERT_WAIT,
+            |_| None,
+            |event| match event {
+                Event::SnapshotReverted {
+                    volume: v, name: n, ..
+                } if about(&volume, &name, v, n) => Some(Outcome::Done),
+                Event::RevertFailed {
+                    volume: v,
+                    name: n,
+                    reason,
+                } if about(&volume, &name, v, n) => Some(Outcome::Failed(reason.clone())),
+                Event::VolumeDetached { name: v } if v == &volume => Some(Outcome::Failed(
+                    "the volume was detached before its engine reverted it".into(),
+                )),
+                _ => None,
+            },
+        )
         .await?;
     if let Some(Outcome::Failed(reason)) = outcome {
         return Err(ApiError::Failed(format!(
