@@ -17,9 +17,13 @@ pub struct ServiceArgs {
     /// File holding the API bearer token (required with --api-listen).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
-    /// Run the node agent with this disk directory for replicas.
+    /// Run the node agent with this disk directory for replicas (implies --agent).
     #[arg(long)]
     pub disk: Option<PathBuf>,
+    /// Run the node agent; without --disk its disk is the cluster's `defaultDataPath`
+    /// setting, read from the log when the agent starts.
+    #[arg(long)]
+    pub agent: bool,
     /// This node's name in the log (default: node-<node id>).
     #[arg(long)]
     pub name: Option<String>,
@@ -63,21 +67,55 @@ pub async fn start(
             }
         }));
     }
-    if let Some(disk) = &args.disk {
-        let config = AgentConfig {
+    if args.agent || args.disk.is_some() {
+        let disk = match &args.disk {
+            Some(disk) => Some(std::path::absolute(disk).context("resolving the disk path")?),
+            None => None,
+        };
+        let mut config = AgentConfig {
             node: name,
             address: args.api_listen.clone().unwrap_or_default(),
-            disk: std::path::absolute(disk).context("resolving the disk path")?,
+            disk: disk.clone().unwrap_or_default(),
             host: args.host.clone(),
             exe: std::env::current_exe().context("finding the shorthorn executable")?,
             member,
         };
-        let agent = Agent::new(handle.clone(), config);
+        let handle = handle.clone();
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = agent.run().await {
+            if disk.is_none() {
+                match default_data_path(&handle).await {
+                    Ok(path) => config.disk = path,
+                    Err(err) => {
+                        tracing::error!("node agent not started: {err:#}");
+                        return;
+                    }
+                }
+            }
+            if let Err(err) = Agent::new(handle, config).run().await {
                 tracing::error!("node agent stopped: {err:#}");
             }
         }));
     }
     Ok(tasks)
+}
+
+/// The cluster's `defaultDataPath` setting, waiting (up to two minutes) for the log to
+/// answer: a joining manager may not have a leader yet.
+async fn default_data_path(handle: &Handle) -> anyhow::Result<PathBuf> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match handle
+            .read(|state| state.settings.default_data_path.clone())
+            .await
+        {
+            Ok(path) => {
+                tracing::info!(%path, "node agent disk from the defaultDataPath setting");
+                return Ok(PathBuf::from(path));
+            }
+            Err(err) if std::time::Instant::now() > deadline => {
+                return Err(err).context("reading the defaultDataPath setting");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    }
 }

@@ -374,6 +374,12 @@ impl Drop for ExtraManager {
 impl DevCluster {
     /// Starts manager `n` (≥ 4) under the cluster's directory, joining through manager 1.
     fn add_node(&self, n: u16) -> ExtraManager {
+        let disk = self.dir.path().join(format!("m{n}/disk"));
+        self.add_node_with(n, &["--disk".as_ref(), disk.as_os_str()])
+    }
+
+    /// Like [`Self::add_node`], with `agent_args` choosing the node agent's disk.
+    fn add_node_with(&self, n: u16, agent_args: &[&std::ffi::OsStr]) -> ExtraManager {
         let base: u16 = self
             .api
             .rsplit(':')
@@ -399,8 +405,7 @@ impl DevCluster {
             .args(["--api-listen", &format!("127.0.0.1:{}", base + n)])
             .arg("--token-file")
             .arg(self.token_file())
-            .arg("--disk")
-            .arg(dir.join("disk"))
+            .args(agent_args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -1095,4 +1100,40 @@ fn revert_after_a_replica_was_replaced_keeps_every_replica_identical() {
             "read {attempt} after the revert differs from s1: replicas diverged"
         );
     }
+}
+
+#[test]
+fn a_node_agent_without_a_disk_flag_uses_the_default_data_path_setting() {
+    let cluster = DevCluster::up();
+    let default = cluster.dir.path().join("m4/default-data");
+    cluster.ok(&[
+        "setting",
+        "set",
+        "defaultDataPath",
+        default.to_str().expect("utf-8 path"),
+    ]);
+    let _node4 = cluster.add_node_with(4, &["--agent".as_ref()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        let nodes = cluster.json(&["node", "ls"]);
+        if let Some(node) = nodes
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"] == "node-4"))
+        {
+            break node.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-4 never registered: {nodes}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let paths: Vec<String> = node["disks"]
+        .as_object()
+        .expect("disks")
+        .values()
+        .map(|d| text_of(&d["path"]))
+        .collect();
+    assert_eq!(paths, [default.display().to_string()], "{node}");
+    assert!(default.join("replicas").is_dir(), "the agent made its disk");
 }
