@@ -32,6 +32,8 @@ const STALE_CHECK: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node not heard from for this long is marked down by the leader's agent.
 const NODE_DOWN_AFTER: Duration = Duration::from_secs(10);
+/// A failed replica that answers again is taken back for a delta rebuild at most this often.
+const RETRY_FAILED: Duration = Duration::from_secs(5);
 /// How long an engine start waits for every read-write replica to report its address.
 const ADDRESS_GRACE: Duration = Duration::from_secs(15);
 
@@ -556,7 +558,16 @@ impl Agent {
             seen.iter()
                 .find(|i| i.address.trim_start_matches("tcp:") == addr)
         };
+        // Not while nothing is left to rebuild from (salvage decides then), and not more
+        // often than every RETRY_FAILED for one replica: a replica that fails its rebuild
+        // again is not hammered.
         let faulted = volume.robustness == Robustness::Faulted;
+        let retry_due = |replica: &Replica| {
+            !faulted
+                && replica.failed_at.is_none_or(|at| {
+                    now_millis().saturating_sub(at.0) >= RETRY_FAILED.as_millis() as u64
+                })
+        };
         for replica in replicas {
             let Some(addr) = replica.address.as_deref() else {
                 continue;
@@ -582,13 +593,31 @@ impl Agent {
                 }
                 // A failed replica that is serving again at an address the engine does not
                 // know (its process was restarted): rebuild it by delta instead of waiting
-                // for the stale timeout to replace it. Not while nothing is left to rebuild
-                // from: then salvage decides which replica serves.
-                (ReplicaMode::Error, None) if !faulted && serving(addr).await => {
+                // for the stale timeout to replace it.
+                (ReplicaMode::Error, None) if retry_due(replica) && serving(addr).await => {
                     tracing::info!(replica = %replica.id, "failed replica is back: delta rebuild");
                     Some(Request::ReportReplicaRebuilding {
                         id: replica.id.clone(),
                     })
+                }
+                // The same, at the address the engine failed (a cut connection healed, a
+                // stopped process resumed): the engine forgets it first, and the next tick
+                // rebuilds it as above.
+                (ReplicaMode::Error, Some(EngineMode::Err))
+                    if retry_due(replica) && serving(addr).await =>
+                {
+                    let address = shorthorn_dataplane::proto::ReplicaAddress {
+                        address: format!("tcp:{addr}"),
+                    };
+                    match client.remove_replica(address).await {
+                        Ok(_) => {
+                            tracing::info!(replica = %replica.id, "failed replica answers again: the engine forgets it before a delta rebuild")
+                        }
+                        Err(err) => {
+                            tracing::warn!(replica = %replica.id, "removing the failed replica from the engine: {err}")
+                        }
+                    }
+                    None
                 }
                 (ReplicaMode::WriteOnly, None) => {
                     let add = shorthorn_dataplane::proto::ReplicaAddress {

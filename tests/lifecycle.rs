@@ -1137,3 +1137,51 @@ fn a_node_agent_without_a_disk_flag_uses_the_default_data_path_setting() {
     assert_eq!(paths, [default.display().to_string()], "{node}");
     assert!(default.join("replicas").is_dir(), "the agent made its disk");
 }
+
+#[test]
+fn replica_that_stalled_and_resumed_at_its_address_is_rebuilt_in_place() {
+    // A replica process stops answering (SIGSTOP: a hung disk, a cut link) while writes
+    // run; the engine times it out. When it answers again at the same address it is taken
+    // back by a delta rebuild — no replacement — and holds every byte.
+    let cluster = DevCluster::up();
+    cluster.ok(&[
+        "volume",
+        "create",
+        "db",
+        "--size",
+        "16Mi",
+        "--replicas",
+        "2",
+    ]);
+    let endpoint = cluster.attach("db", "node-1");
+    let ids = |c: &DevCluster| -> Vec<String> {
+        let mut ids: Vec<String> = c
+            .json(&["replica", "ls"])
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|r| text_of(&r["id"]))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = ids(&cluster);
+    let pid = cluster.replica_pids("db").remove(0);
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data.img");
+    random_file(&data, 16);
+
+    let _ = Command::new("kill").args(["-STOP", pid.trim()]).status();
+    write_image(&data, &endpoint);
+    cluster.wait_volume("db", "degraded", |v| v["robustness"] == "degraded");
+    let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
+    cluster.wait_volume("db", "healthy again", |v| v["robustness"] == "healthy");
+    assert_eq!(ids(&cluster), before, "rebuilt in place, not replaced");
+
+    let back = work.path().join("back.img");
+    read_image(&endpoint, &back);
+    assert_eq!(sha256(&data), sha256(&back));
+    // Both replicas serve reads now: read again so each one is asked for half the blocks.
+    read_image(&endpoint, &back);
+    assert_eq!(sha256(&data), sha256(&back));
+}
