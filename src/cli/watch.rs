@@ -39,25 +39,32 @@ pub enum Flow {
 }
 
 pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    // Ctrl-C and SIGTERM end the watch successfully; their handlers are in place before the
+    // first event is printed.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut interrupt, mut term) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _entered = runtime.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        )
+    };
     let from = match args.from {
         Some(from) => from,
         None => next_index(&Client::connect(&args.target)?)?,
     };
+    // The stream is read on its own thread; this one waits for it or for a signal.
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    // The stream is read on its own thread; this one waits for it or for Ctrl-C / SIGTERM,
-    // which end the watch successfully.
     std::thread::spawn(move || {
         let result = print_events(&args, from);
         let _ = done_tx.send(result);
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = interrupt.recv() => Ok(()),
             _ = term.recv() => Ok(()),
             result = done_rx => result.unwrap_or(Ok(())),
         }
