@@ -1,4 +1,8 @@
 //! Sizes as users write them: `10Gi`, `512Mi`, `1Ti`, `4096Ki`, or plain bytes.
+//!
+//! The API and the CLI parse sizes here, not with `shorthorn_dataplane::volume::ByteSize`
+//! (the replica and engine flags): that one also takes `10G` and `10GB` as binary units,
+//! which are refused here because a Kubernetes user reads `G` as 10^9 bytes.
 
 /// Parses a size with an optional binary suffix (Ki, Mi, Gi, Ti; a trailing `B` is allowed).
 pub fn parse_size(text: &str) -> Result<u64, String> {

@@ -141,7 +141,10 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
                     Goal::Scheduled,
                     Duration::from_secs(timeout),
                     target.output,
-                )?
+                )
+                .with_context(|| {
+                    format!("volume \"{name}\" was created; its replicas are not all placed")
+                })?
             }
         }
         VolumeCommand::Ls => client.get("/v1/volumes")?,
