@@ -271,7 +271,8 @@ pub fn snapshot(cmd: SnapshotCommand, target: &Target) -> anyhow::Result<()> {
                 println!("volume \"{volume}\" reverted to snapshot \"{name}\"");
                 return Ok(());
             }
-            return show(target.output, &reverted, &[], |_| Vec::new());
+            println!("{}", serde_json::to_string_pretty(&reverted)?);
+            return Ok(());
         }
         SnapshotCommand::Delete { volume, name } => {
             client.delete(&format!("/v1/volumes/{volume}/snapshots/{name}"))?;
