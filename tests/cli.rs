@@ -13,9 +13,10 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_shorthorn");
 
 #[test]
-fn watch_follows_the_log_and_attach_and_wait_return_when_done() {
-    // A user follows the log while creating, attaching and waiting on a volume; the watch
-    // resumes on another manager when its manager dies, printing no event twice.
+fn watch_follows_the_log_while_attach_wait_and_detach_return_when_done() {
+    // A user follows the log while creating, attaching, waiting on, snapshotting and
+    // detaching a volume; the watch resumes on another manager when its manager dies,
+    // printing no event twice.
     let cluster = DevCluster::up();
     let mut watch = cluster.spawn(&["watch", "-o", "json", "--from", "1"]);
 
@@ -47,6 +48,17 @@ fn watch_follows_the_log_and_attach_and_wait_return_when_done() {
         "60",
     ]);
     assert!(out.contains("volume \"db\" is healthy"), "{out}");
+
+    cluster.ok(&["snapshot", "create", "db", "s1"]);
+    let listed = cluster.ok(&["snapshot", "ls", "db"]);
+    let header = listed.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("STATE") && listed.contains("ready"),
+        "snapshot ls shows the snapshot's state: {listed}"
+    );
+    let out = cluster.ok(&["volume", "detach", "db"]);
+    assert!(out.contains("volume \"db\" detached"), "{out}");
+    assert_eq!(cluster.json(&["volume", "get", "db"])["state"], "detached");
 
     let (ok, _, stderr) = cluster.cli(&["volume", "attach", "nope", "--node", "node-1"]);
     assert!(
