@@ -80,11 +80,15 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then SIGKILL after 10 s. It blocks, so the runtime moves this thread's
+    /// other tasks (Raft, the API) elsewhere meanwhile.
     fn stop(&mut self) {
-        process::terminate(self.record.pid, Duration::from_secs(10));
-        if let Some(child) = &mut self.child {
-            let _ = child.wait();
-        }
+        tokio::task::block_in_place(|| {
+            process::terminate(self.record.pid, Duration::from_secs(10));
+            if let Some(child) = &mut self.child {
+                let _ = child.wait();
+            }
+        });
     }
 }
 
@@ -834,11 +838,14 @@ fn free_port(host: &str) -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// Waits until `address` accepts connections; blocking, like [`Proc::stop`].
 fn wait_listening(address: &str, within: Duration) {
     let deadline = Instant::now() + within;
-    while std::net::TcpStream::connect(address).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tokio::task::block_in_place(|| {
+        while std::net::TcpStream::connect(address).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
 }
 
 /// (capacity, available) bytes of the filesystem holding `path`.
