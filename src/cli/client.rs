@@ -48,19 +48,11 @@ pub struct Client {
     writes: Cell<u32>,
 }
 
-/// How long a write is retried for a definite answer (2xx or 4xx) across the managers.
-const WRITE_DEADLINE: Duration = Duration::from_secs(60);
-/// How long a read is retried while the cluster has no leader or times out.
-const READ_DEADLINE: Duration = Duration::from_secs(20);
-/// The longest one try waits for its answer: longer than the longest a manager holds a
-/// request while it waits for an engine (a snapshot revert, 60 s), so such a request is
-/// not cut off and retried over and over.
-const TRY_TIMEOUT: Duration = Duration::from_secs(75);
-
-impl Client {
-    pub fn connect(target: &Target) -> anyhow::Result<Client> {
-        let dev = || DevConfig::load(&target.dev_dir);
-        let apis = match &target.api {
+/// The manager URLs and the bearer token: flags beat environment beat the dev cluster.
+pub fn endpoints(target: &Target) -> anyhow::Result<(Vec<String>, String)> {
+    let dev = || DevConfig::load(&target.dev_dir);
+    let apis: Vec<String> =
+        match &target.api {
             Some(api) => api
                 .split(',')
                 .map(|a| a.trim().trim_end_matches('/').to_string())
@@ -72,18 +64,34 @@ impl Client {
                 )?
                 .apis,
         };
-        let token_file = match &target.token_file {
-            Some(path) => path.clone(),
-            None => {
-                dev()
-                    .context("no token given: pass --token-file / SHORTHORN_TOKEN_FILE")?
-                    .token_file
-            }
-        };
-        let token = std::fs::read_to_string(&token_file)
-            .with_context(|| format!("reading the token file {}", token_file.display()))?
-            .trim()
-            .to_string();
+    anyhow::ensure!(!apis.is_empty(), "no manager API configured");
+    let token_file = match &target.token_file {
+        Some(path) => path.clone(),
+        None => {
+            dev()
+                .context("no token given: pass --token-file / SHORTHORN_TOKEN_FILE")?
+                .token_file
+        }
+    };
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("reading the token file {}", token_file.display()))?
+        .trim()
+        .to_string();
+    Ok((apis, token))
+}
+
+/// How long a write is retried for a definite answer (2xx or 4xx) across the managers.
+const WRITE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a read is retried while the cluster has no leader or times out.
+const READ_DEADLINE: Duration = Duration::from_secs(20);
+/// The longest one try waits for its answer: longer than the longest a manager holds a
+/// request while it waits for an engine (a snapshot revert, 60 s), so such a request is
+/// not cut off and retried over and over.
+const TRY_TIMEOUT: Duration = Duration::from_secs(75);
+
+impl Client {
+    pub fn connect(target: &Target) -> anyhow::Result<Client> {
+        let (apis, token) = endpoints(target)?;
         Ok(Client {
             apis,
             token,

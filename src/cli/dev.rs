@@ -89,6 +89,18 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             );
         }
     }
+    // Someone else's process on our ports would answer our health checks: refuse early.
+    for m in &managers {
+        for (what, address) in [("REST API", &m.api), ("Raft", &m.raft)] {
+            if let Err(err) = std::net::TcpListener::bind(address.as_str()) {
+                bail!(
+                    "the {what} port of manager {} ({address}) is taken: {err}; choose \
+                     another --port-base",
+                    m.n
+                );
+            }
+        }
+    }
     let resuming = managers[0].dir.join("data").exists();
     let config = DevConfig {
         apis: managers

@@ -34,7 +34,7 @@ pub enum Command {
     /// Run a local 3-manager cluster on loopback, no Kubernetes needed.
     #[command(subcommand)]
     Dev(DevCommand),
-    /// Run a manager: a member of the Raft group (REST API and node agent come later).
+    /// Run a manager: a member of the Raft group, the REST API and the node agent.
     Manager(manager::ManagerArgs),
     /// Serve one replica of a volume from a directory.
     #[command(subcommand)]

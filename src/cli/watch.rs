@@ -14,7 +14,6 @@ use anyhow::Context;
 use serde_json::Value;
 
 use super::client::{Client, Output, Target};
-use super::dev::DevConfig;
 use crate::size::format_size;
 
 #[derive(Debug, clap::Args)]
@@ -113,7 +112,7 @@ pub fn follow(
     deadline: Option<Instant>,
     mut on_event: impl FnMut(u64, &Value) -> anyhow::Result<Flow>,
 ) -> anyhow::Result<()> {
-    let (apis, token) = endpoints(target)?;
+    let (apis, token) = super::client::endpoints(target)?;
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(5))
         // Longer than the server's keep-alive period: a silent stream is a dead one.
@@ -242,38 +241,6 @@ fn read_stream(
         }
     }
     Ok(Ended::Broke("the server closed the stream".into()))
-}
-
-/// The manager URLs and the bearer token, found as [`Client::connect`] finds them.
-fn endpoints(target: &Target) -> anyhow::Result<(Vec<String>, String)> {
-    let dev = || DevConfig::load(&target.dev_dir);
-    let apis: Vec<String> =
-        match &target.api {
-            Some(api) => api
-                .split(',')
-                .map(|a| a.trim().trim_end_matches('/').to_string())
-                .filter(|a| !a.is_empty())
-                .collect(),
-            None => dev()
-                .context(
-                    "no cluster given: pass --api / SHORTHORN_API, or run `shorthorn dev up` here",
-                )?
-                .apis,
-        };
-    anyhow::ensure!(!apis.is_empty(), "no manager API configured");
-    let token_file = match &target.token_file {
-        Some(path) => path.clone(),
-        None => {
-            dev()
-                .context("no token given: pass --token-file / SHORTHORN_TOKEN_FILE")?
-                .token_file
-        }
-    };
-    let token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("reading the token file {}", token_file.display()))?
-        .trim()
-        .to_string();
-    Ok((apis, token))
 }
 
 /// The volume an event is about: as the log says ([`shorthorn_state::Event::volume`]), or
