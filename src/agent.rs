@@ -16,18 +16,20 @@ use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use futures::{FutureExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use shorthorn_consensus::{Error as LogError, Handle};
 
 use crate::process;
 use shorthorn_dataplane::proto::ReplicaMode as EngineMode;
 use shorthorn_state::{
-    Command, DiskSpec, NodeSpec, RejectionKind, Replica, ReplicaMode, Request, Robustness,
+    Command, DiskSpec, Event, NodeSpec, RejectionKind, Replica, ReplicaMode, Request, Robustness,
     SnapshotState, State, Timestamp, Volume, VolumeState,
 };
 
 const TICK: Duration = Duration::from_millis(500);
-const STALE_CHECK: Duration = Duration::from_secs(5);
+/// The least time between two stale-replica replacements proposed by this agent.
+const STALE_CHECK: Duration = Duration::from_secs(1);
 /// How often the agent tells the log its node is alive.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 /// A node not heard from for this long is marked down by the leader's agent.
@@ -123,12 +125,46 @@ impl Agent {
     pub async fn run(mut self) -> anyhow::Result<()> {
         self.register().await?;
         self.adopt();
+        let mut events = self.follow();
         loop {
             if let Err(err) = self.tick().await {
                 tracing::warn!("node agent: {err:#}");
             }
-            tokio::time::sleep(TICK).await;
+            // Converge again at the next event that is not a heartbeat (a volume attached
+            // here, a replica placed here...), or after TICK at the latest: children are
+            // watched by polling.
+            let woken = tokio::time::timeout(TICK, async {
+                loop {
+                    match events.next().await {
+                        Some(Ok((_, Event::NodeHeartbeat { .. }))) => continue,
+                        Some(Ok(_)) => return true,
+                        // Trimmed events or a stopped log: follow again from now.
+                        Some(Err(_)) | None => return false,
+                    }
+                }
+            })
+            .await;
+            match woken {
+                Ok(true) => {
+                    // Let the rest of a burst (one command's events) arrive first.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    while let Some(Some(_)) = events.next().now_or_never() {}
+                }
+                Ok(false) => {
+                    tokio::time::sleep(TICK).await;
+                    events = self.follow();
+                }
+                Err(_) => {}
+            }
         }
+    }
+
+    /// The log's events from now on.
+    fn follow(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Stream<Item = Result<(u64, Event), LogError>> + Send>> {
+        let from = self.log.status().applied.unwrap_or(0) + 1;
+        Box::pin(self.log.subscribe(from))
     }
 
     async fn propose(&self, request: Request) -> Result<(), LogError> {
@@ -256,12 +292,15 @@ impl Agent {
         }
         self.converge_replicas(&view).await;
         self.converge_engines(&view).await;
-        if self.last_stale_check.elapsed() >= STALE_CHECK {
+        // Only the leader's agent runs the cluster-wide stale-replica timer: when the first
+        // failed replica's timeout has passed (the log decides which are stale, by the
+        // command's time), at most once per STALE_CHECK.
+        if leader
+            && view.stale_due.is_some_and(|due| due <= now_millis())
+            && self.last_stale_check.elapsed() >= STALE_CHECK
+        {
             self.last_stale_check = Instant::now();
-            if leader && view.has_failed_replicas {
-                // Only the leader's agent runs the cluster-wide stale-replica timer.
-                self.propose(Request::ReplaceStaleReplicas).await?;
-            }
+            self.propose(Request::ReplaceStaleReplicas).await?;
         }
         Ok(())
     }
@@ -757,7 +796,8 @@ struct NodeView {
     replicas: Vec<(Replica, Volume)>,
     /// Volumes attached (or attaching, detaching) on this node, with all their replicas.
     attached: Vec<(Volume, Vec<Replica>)>,
-    has_failed_replicas: bool,
+    /// When the first failed replica becomes stale (ms since the epoch), if any.
+    stale_due: Option<u64>,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
 }
@@ -776,10 +816,20 @@ impl NodeView {
             .filter(|v| v.attachment.as_ref().is_some_and(|a| a.node == node))
             .map(|v| (v.clone(), state.replicas_of(v).cloned().collect()))
             .collect();
-        let has_failed_replicas = state
+        // As `ReplaceStaleReplicas` judges: failed replicas of volumes that have a healthy
+        // one to rebuild from and are not being deleted.
+        let stale_due = state
             .replicas
             .values()
-            .any(|r| r.mode == ReplicaMode::Error);
+            .filter(|r| r.mode == ReplicaMode::Error)
+            .filter_map(|r| {
+                let volume = state.volumes.get(&r.volume)?;
+                let replaceable = volume.robustness != Robustness::Faulted
+                    && volume.state != VolumeState::Deleting;
+                let failed = r.failed_at?.0;
+                replaceable.then(|| failed + volume.stale_replica_timeout_secs * 1000)
+            })
+            .min();
         let heartbeats = state
             .nodes
             .values()
@@ -789,7 +839,7 @@ impl NodeView {
             heartbeats,
             replicas,
             attached,
-            has_failed_replicas,
+            stale_due,
         }
     }
 }
