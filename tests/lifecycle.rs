@@ -2,236 +2,23 @@
 //! and engine processes), driven through the CLI and the REST API, with qemu-img as the
 //! NBD client.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shorthorn");
-
-/// A detached dev cluster in a temporary directory, stopped (processes included) on drop.
-struct DevCluster {
-    dir: tempfile::TempDir,
-    api: String,
-}
-
-impl DevCluster {
-    fn up() -> DevCluster {
-        let mut dir = tempfile::tempdir().expect("tempdir");
-        if std::env::var_os("SHORTHORN_KEEP_TEST_DIRS").is_some() {
-            dir.disable_cleanup(true);
-            eprintln!("dev cluster directory kept: {}", dir.path().display());
-        }
-        let base = free_port_base();
-        let out = Command::new(BIN)
-            .args([
-                "dev",
-                "up",
-                "--detach",
-                "--port-base",
-                &base.to_string(),
-                "--dir",
-            ])
-            .arg(dir.path())
-            .output()
-            .expect("runs dev up");
-        let cluster = DevCluster {
-            dir,
-            api: format!("http://127.0.0.1:{}", base + 1),
-        };
-        assert!(
-            out.status.success(),
-            "dev up failed: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        // The dev disks share this machine's root filesystem, whose free space the tests do
-        // not control: let scheduling ignore it (capacity limits still apply).
-        cluster.ok(&["setting", "set", "storageMinimalAvailablePercentage", "0"]);
-        cluster
-    }
-
-    fn token_file(&self) -> PathBuf {
-        self.dir.path().join("token")
-    }
-
-    /// Runs the CLI against this cluster; returns (success, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out: Output = Command::new(BIN)
-            .args(args)
-            .env("SHORTHORN_API", &self.api)
-            .env("SHORTHORN_TOKEN_FILE", self.token_file())
-            .output()
-            .expect("runs the CLI");
-        (out.status.success(), text(&out.stdout), text(&out.stderr))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let (ok, stdout, stderr) = self.cli(args);
-        assert!(ok, "shorthorn {args:?} failed: {stdout}{stderr}");
-        stdout
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&all)).expect("JSON output")
-    }
-
-    /// Waits until `volume get` satisfies `done`; returns the volume.
-    fn wait_volume(&self, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let volume = self.json(&["volume", "get", name]);
-            if done(&volume) {
-                return volume;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "volume {name} never became {what}: {volume}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn attach(&self, name: &str, node: &str) -> String {
-        self.ok(&["volume", "attach", name, "--node", node]);
-        let volume = self.wait_volume(name, "attached", |v| v["state"] == "attached");
-        volume["attachment"]["endpoint"]
-            .as_str()
-            .expect("endpoint")
-            .to_string()
-    }
-
-    fn detach(&self, name: &str) {
-        self.ok(&["volume", "detach", name]);
-        self.wait_volume(name, "detached", |v| v["state"] == "detached");
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.token_file())
-            .expect("token")
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for DevCluster {
-    fn drop(&mut self) {
-        let _ = Command::new(BIN)
-            .args(["dev", "down", "--dir"])
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).to_string()
-}
-
-/// A base such that base+1..base+14 are free on 127.0.0.1 now. Chosen below the kernel's
-/// ephemeral range (32768 and up), where the agents of parallel tests take their ports.
-fn free_port_base() -> u16 {
-    let seed = std::process::id() as u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-    for attempt in 0..500u64 {
-        let pick = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(attempt * 1442695040888963407);
-        let base = 20_000 + (pick >> 33) as u16 % 12_000;
-        if (1..=14).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range")
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
-/// Fills `path` with `mib` MiB of random bytes.
-fn random_file(path: &Path, mib: usize) {
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", path.display()),
-            "bs=1M",
-            &format!("count={mib}"),
-            "status=none",
-        ],
-    );
-}
-
-/// Writes the raw image at `path` to the start of the NBD export at `endpoint` with qemu-img.
-fn write_image(path: &Path, endpoint: &str) {
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            path.to_str().expect("utf-8 path"),
-            endpoint,
-        ],
-    );
-}
-
-/// Reads the whole NBD export at `endpoint` into `path` with qemu-img.
-fn read_image(endpoint: &str, path: &Path) {
-    run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            endpoint,
-            path.to_str().expect("utf-8 path"),
-        ],
-    );
-}
-
-fn sha256(path: &Path) -> String {
-    run("sha256sum", &[path.to_str().expect("utf-8 path")])
-        .split_whitespace()
-        .next()
-        .expect("hash")
-        .to_string()
-}
+use common::{
+    DevCluster, Written, export_size, random_file, read_image, run, sha256, text, text_of,
+    write_image, write_random,
+};
 
 #[test]
 fn volume_restarted_on_another_node_keeps_its_filesystem() {
     // The seed's MySQL story: a pod's volume moves to another node and its data is there.
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "64Mi",
-        "--replicas",
-        "3",
-    ]);
+    cluster.create_volume("db", 64, 3, &[]);
     let replicas = cluster.json(&["replica", "ls"]);
     let mut nodes: Vec<&str> = replicas
         .as_array()
@@ -288,7 +75,7 @@ fn volume_restarted_on_another_node_keeps_its_filesystem() {
         std::thread::sleep(Duration::from_millis(200));
     }
     for n in 1..=3 {
-        let replicas = cluster.dir.path().join(format!("m{n}/disk/replicas"));
+        let replicas = cluster.dir().join(format!("m{n}/disk/replicas"));
         let left: Vec<_> = std::fs::read_dir(&replicas)
             .expect("replica root")
             .collect();
@@ -322,7 +109,7 @@ fn bad_input_gets_clear_errors() {
         "{err}"
     );
 
-    let url = format!("{}/v1/volumes", cluster.api);
+    let url = format!("{}/v1/volumes", cluster.api());
     match ureq::get(&url).call() {
         Err(ureq::Error::Status(401, response)) => {
             let body: Value = response.into_json().expect("JSON error body");
@@ -353,87 +140,10 @@ fn bad_input_gets_clear_errors() {
         }
     }
     // The managers are still there after all of that.
-    let health = ureq::get(&format!("{}/healthz", cluster.api))
+    let health = ureq::get(&format!("{}/healthz", cluster.api()))
         .call()
         .expect("healthz");
     assert_eq!(health.status(), 200);
-}
-
-/// A manager process started by hand to join a dev cluster as one more node.
-struct ExtraManager {
-    child: std::process::Child,
-}
-
-impl Drop for ExtraManager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl DevCluster {
-    /// Starts manager `n` (≥ 4) under the cluster's directory, joining through manager 1.
-    fn add_node(&self, n: u16) -> ExtraManager {
-        let disk = self.dir.path().join(format!("m{n}/disk"));
-        self.add_node_with(n, &["--disk".as_ref(), disk.as_os_str()])
-    }
-
-    /// Like [`Self::add_node`], with `agent_args` choosing the node agent's disk.
-    fn add_node_with(&self, n: u16, agent_args: &[&std::ffi::OsStr]) -> ExtraManager {
-        let base: u16 = self
-            .api
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse::<u16>().ok())
-            .expect("api port")
-            - 1;
-        let dir = self.dir.path().join(format!("m{n}"));
-        std::fs::create_dir_all(dir.join("disk")).expect("node dir");
-        let log = std::fs::File::create(dir.join("manager.log")).expect("log");
-        let child = Command::new(BIN)
-            .args([
-                "manager",
-                "--node-id",
-                &n.to_string(),
-                "--name",
-                &format!("node-{n}"),
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen", &format!("127.0.0.1:{}", base + 10 + n)])
-            .args(["--join", &format!("127.0.0.1:{}", base + 11)])
-            .args(["--api-listen", &format!("127.0.0.1:{}", base + n)])
-            .arg("--token-file")
-            .arg(self.token_file())
-            .args(agent_args)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starts a manager");
-        std::fs::write(dir.join("pid"), child.id().to_string()).expect("pid file");
-        ExtraManager { child }
-    }
-
-    /// SIGKILLs manager `n` and every replica or engine process of its node: the node dies.
-    fn kill_node(&self, n: u16) {
-        let dir = self.dir.path().join(format!("m{n}"));
-        let mut pids = vec![std::fs::read_to_string(dir.join("pid")).expect("manager pid")];
-        for kind in ["replicas", "engines"] {
-            for entry in std::fs::read_dir(dir.join("disk").join(kind))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if let Ok(text) = std::fs::read_to_string(entry.path().join("process.json")) {
-                    let record: Value = serde_json::from_str(&text).expect("process record");
-                    pids.push(record["pid"].to_string());
-                }
-            }
-        }
-        for pid in pids {
-            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
-        }
-    }
 }
 
 #[test]
@@ -442,15 +152,7 @@ fn replica_node_killed_mid_write_is_replaced_and_rebuilt() {
     // replica of an attached volume dies while a writer runs; the replica is replaced on
     // the free node, rebuilt, and every byte written is read back.
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "wide",
-        "--size",
-        "8Mi",
-        "--replicas",
-        "4",
-    ]);
+    cluster.create_volume("wide", 8, 4, &[]);
     let wide = cluster.json(&["volume", "get", "wide"]);
     let condition = wide["condition"].as_str().unwrap_or_default().to_string();
     assert_eq!(
@@ -462,17 +164,7 @@ fn replica_node_killed_mid_write_is_replaced_and_rebuilt() {
         v["replicas"].as_array().is_some_and(|r| r.len() == 4) && v["condition"].is_null()
     });
 
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "32Mi",
-        "--replicas",
-        "3",
-        "--stale-replica-timeout",
-        "0",
-    ]);
+    cluster.create_volume("db", 32, 3, &["--stale-replica-timeout", "0"]);
     let replica_nodes = |c: &DevCluster| -> Vec<(String, String)> {
         c.json(&["replica", "ls"])
             .as_array()
@@ -541,20 +233,8 @@ fn attached_node_killed_volume_reattaches_elsewhere_with_its_data() {
     // down, the volume is detached, and it attaches on another node under a new epoch with
     // every byte that was written.
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "32Mi",
-        "--replicas",
-        "3",
-    ]);
-    let endpoint = cluster.attach("db", "node-3");
-    let work = tempfile::tempdir().expect("tempdir");
-    let data = work.path().join("data.img");
-    random_file(&data, 32);
-    write_image(&data, &endpoint);
+    cluster.create_volume("db", 32, 3, &[]);
+    let Written { work, data, .. } = write_random(&cluster.attach("db", "node-3"), 32);
     cluster.kill_node(3);
 
     cluster.wait_volume("db", "detached from the dead node", |v| {
@@ -587,30 +267,22 @@ fn leader_killed_during_volume_create_happens_once_or_not_at_all() {
     // `volume create` goes to the Raft leader's manager, which is SIGKILLed right after the
     // request leaves; the CLI fails over to the other managers and must report truthfully.
     let cluster = DevCluster::up();
-    let status: Value = ureq::get(&format!("{}/v1/cluster", cluster.api))
+    let status: Value = ureq::get(&format!("{}/v1/cluster", cluster.api()))
         .set("Authorization", &format!("Bearer {}", cluster.token()))
         .call()
         .expect("cluster status")
         .into_json()
         .expect("JSON");
     let leader = status["leader"].as_u64().expect("a leader") as u16;
-    let base: u16 = cluster
-        .api
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .expect("port")
-        - 1;
     let order: Vec<String> = std::iter::once(leader)
         .chain((1..=3).filter(|n| *n != leader))
-        .map(|n| format!("http://127.0.0.1:{}", base + n))
+        .map(|n| cluster.api_of(n))
         .collect();
     let survivor = order[1].clone();
 
-    let cli = Command::new(BIN)
-        .args(["volume", "create", "db", "--size", "8Mi", "-o", "json"])
+    let cli = cluster
+        .command(&["volume", "create", "db", "--size", "8Mi", "-o", "json"])
         .env("SHORTHORN_API", order.join(","))
-        .env("SHORTHORN_TOKEN_FILE", cluster.token_file())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -688,15 +360,7 @@ fn replica_process_killed_comes_back_and_is_rebuilt_by_delta() {
     // restarts it, and it is rebuilt in place — same replica, no replacement — with the data
     // written meanwhile.
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "32Mi",
-        "--replicas",
-        "3",
-    ]);
+    cluster.create_volume("db", 32, 3, &[]);
     let endpoint = cluster.attach("db", "node-1");
     let replicas = |c: &DevCluster| -> Vec<(String, String, String)> {
         let mut all: Vec<(String, String, String)> = c
@@ -716,17 +380,13 @@ fn replica_process_killed_comes_back_and_is_rebuilt_by_delta() {
         .cloned()
         .expect("a replica on node-2");
     let record = cluster
-        .dir
-        .path()
+        .dir()
         .join(format!("m2/disk/replicas/{victim_id}/process.json"));
     let pid = serde_json::from_str::<Value>(&std::fs::read_to_string(&record).expect("record"))
         .expect("json")["pid"]
         .to_string();
 
-    let work = tempfile::tempdir().expect("tempdir");
-    let data = work.path().join("data.img");
-    random_file(&data, 32);
-    write_image(&data, &endpoint);
+    let Written { work, data, .. } = write_random(&endpoint, 32);
     let _ = Command::new("kill").args(["-9", &pid]).status();
     // While it is down, only the first 2 MiB change.
     run(
@@ -756,7 +416,7 @@ fn replica_process_killed_comes_back_and_is_rebuilt_by_delta() {
     read_image(&endpoint, &back);
     assert_eq!(sha256(&data), sha256(&back));
     // Only the changed chunks were copied (1 MiB chunks; the engine logs the count).
-    let log = std::fs::read_to_string(cluster.dir.path().join("m1/disk/engines/db/engine.log"))
+    let log = std::fs::read_to_string(cluster.dir().join("m1/disk/engines/db/engine.log"))
         .expect("engine log");
     let copied: Vec<&str> = log.lines().filter(|l| l.contains("rebuild done")).collect();
     assert!(
@@ -765,98 +425,10 @@ fn replica_process_killed_comes_back_and_is_rebuilt_by_delta() {
     );
 }
 
-impl DevCluster {
-    /// Reads the event stream from the start until `wanted` (event type, id) pairs have been
-    /// seen in that order; fails after 60 s.
-    fn wait_events(&self, wanted: &[(&str, &str)]) {
-        use std::io::BufRead;
-        let response = ureq::get(&format!("{}/v1/events?from=0", self.api))
-            .set("Authorization", &format!("Bearer {}", self.token()))
-            .timeout(Duration::from_secs(60))
-            .call()
-            .expect("event stream");
-        let mut next = 0;
-        let mut seen = Vec::new();
-        for line in std::io::BufReader::new(response.into_reader()).lines() {
-            let Ok(line) = line else { break };
-            let Some(data) = line.strip_prefix("data:") else {
-                continue;
-            };
-            let event: Value = serde_json::from_str(data.trim()).expect("event JSON");
-            seen.push(format!(
-                "{} {}",
-                text_of(&event["type"]),
-                text_of(&event["id"])
-            ));
-            let (kind, id) = wanted[next];
-            if event["type"] == kind && event["id"] == id {
-                next += 1;
-                if next == wanted.len() {
-                    return;
-                }
-            }
-        }
-        panic!("events {wanted:?} not seen in order; saw {seen:?}");
-    }
-}
-
-fn text_of(value: &Value) -> String {
-    value.as_str().unwrap_or_default().to_string()
-}
-
-impl DevCluster {
-    /// POSTs `body` to the API path; returns (status, JSON body).
-    fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let result = ureq::post(&format!("{}{path}", self.api))
-            .set("Authorization", &format!("Bearer {}", self.token()))
-            .set("Content-Type", "application/json")
-            .timeout(Duration::from_secs(120))
-            .send_string(body);
-        match result {
-            Ok(response) => (
-                response.status(),
-                response.into_json().unwrap_or(Value::Null),
-            ),
-            Err(ureq::Error::Status(status, response)) => {
-                (status, response.into_json().unwrap_or(Value::Null))
-            }
-            Err(err) => panic!("POST {path}: {err}"),
-        }
-    }
-
-    /// The pids of every replica process of `volume`, from the agents' records.
-    fn replica_pids(&self, volume: &str) -> Vec<String> {
-        let mut pids = Vec::new();
-        for replica in self.json(&["replica", "ls"]).as_array().expect("list") {
-            if replica["volume"] != volume {
-                continue;
-            }
-            let node = text_of(&replica["node"]);
-            let n = node.trim_start_matches("node-");
-            let record = self.dir.path().join(format!(
-                "m{n}/disk/replicas/{}/process.json",
-                text_of(&replica["id"])
-            ));
-            let text = std::fs::read_to_string(&record).expect("process record");
-            let record: Value = serde_json::from_str(&text).expect("process record JSON");
-            pids.push(record["pid"].to_string());
-        }
-        pids
-    }
-}
-
 #[test]
 fn snapshot_then_revert_brings_back_the_old_data() {
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "16Mi",
-        "--replicas",
-        "2",
-    ]);
+    cluster.create_volume("db", 16, 2, &[]);
     let (ok, _, err) = cluster.cli(&["snapshot", "create", "db", "early"]);
     assert!(
         !ok && err.contains("volume \"db\" is detached; attach it to take a snapshot"),
@@ -932,22 +504,11 @@ fn volume_whose_replicas_all_died_is_salvaged_with_its_data() {
     // replaced) from it. A faulted volume's failed replicas must never be replaced by empty
     // ones, whatever the timeout.
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "16Mi",
-        "--replicas",
-        "2",
-        "--stale-replica-timeout",
-        "0",
-    ]);
-    let endpoint = cluster.attach("db", "node-1");
-    let work = tempfile::tempdir().expect("tempdir");
-    let data = work.path().join("data.img");
-    random_file(&data, 16);
-    write_image(&data, &endpoint);
+    let Written {
+        endpoint,
+        work,
+        data,
+    } = cluster.volume_with_data("db", 16, 2, &["--stale-replica-timeout", "0"]);
 
     for pid in cluster.replica_pids("db") {
         let _ = Command::new("kill").args(["-9", pid.trim()]).status();
@@ -980,33 +541,14 @@ fn volume_whose_replicas_all_died_is_salvaged_with_its_data() {
     assert_eq!(sha256(&data), sha256(&back), "salvage lost data");
 }
 
-/// The size of the NBD export at `endpoint`, as qemu-img sees it.
-fn export_size(endpoint: &str) -> u64 {
-    let info: Value = serde_json::from_str(&run(
-        "qemu-img",
-        &["info", "--output=json", "-f", "raw", endpoint],
-    ))
-    .expect("qemu-img info JSON");
-    info["virtual-size"].as_u64().expect("virtual-size")
-}
-
 #[test]
 fn volume_expands_online_and_offline_keeping_its_data() {
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "16Mi",
-        "--replicas",
-        "2",
-    ]);
-    let endpoint = cluster.attach("db", "node-1");
-    let work = tempfile::tempdir().expect("tempdir");
-    let data = work.path().join("data.img");
-    random_file(&data, 16);
-    write_image(&data, &endpoint);
+    let Written {
+        endpoint,
+        work,
+        data,
+    } = cluster.volume_with_data("db", 16, 2, &[]);
 
     // Online: the engine and its replicas grow while attached.
     cluster.ok(&["volume", "expand", "db", "--size", "32Mi"]);
@@ -1044,23 +586,13 @@ fn revert_after_a_replica_was_replaced_keeps_every_replica_identical() {
     // layers taken before. Reverting must not leave it serving the newer data next to
     // siblings that reverted: it leaves the set and is rebuilt from them.
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "16Mi",
-        "--replicas",
-        "2",
-        "--stale-replica-timeout",
-        "0",
-    ]);
-    let endpoint = cluster.attach("db", "node-1");
-    let work = tempfile::tempdir().expect("tempdir");
-    let (first, second) = (work.path().join("a.img"), work.path().join("b.img"));
-    random_file(&first, 16);
+    let Written {
+        endpoint,
+        work,
+        data: first,
+    } = cluster.volume_with_data("db", 16, 2, &["--stale-replica-timeout", "0"]);
+    let second = work.path().join("b.img");
     random_file(&second, 16);
-    write_image(&first, &endpoint);
     cluster.ok(&["snapshot", "create", "db", "s1"]);
     write_image(&second, &endpoint);
 
@@ -1105,7 +637,7 @@ fn revert_after_a_replica_was_replaced_keeps_every_replica_identical() {
 #[test]
 fn a_node_agent_without_a_disk_flag_uses_the_default_data_path_setting() {
     let cluster = DevCluster::up();
-    let default = cluster.dir.path().join("m4/default-data");
+    let default = cluster.dir().join("m4/default-data");
     cluster.ok(&[
         "setting",
         "set",
@@ -1144,15 +676,7 @@ fn replica_that_stalled_and_resumed_at_its_address_is_rebuilt_in_place() {
     // run; the engine times it out. When it answers again at the same address it is taken
     // back by a delta rebuild — no replacement — and holds every byte.
     let cluster = DevCluster::up();
-    cluster.ok(&[
-        "volume",
-        "create",
-        "db",
-        "--size",
-        "16Mi",
-        "--replicas",
-        "2",
-    ]);
+    cluster.create_volume("db", 16, 2, &[]);
     let endpoint = cluster.attach("db", "node-1");
     let ids = |c: &DevCluster| -> Vec<String> {
         let mut ids: Vec<String> = c
