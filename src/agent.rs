@@ -56,6 +56,9 @@ pub struct AgentConfig {
     pub member: u64,
 }
 
+/// The log's events, as the agent follows them.
+type Events = std::pin::Pin<Box<dyn Stream<Item = Result<(u64, Event), LogError>> + Send>>;
+
 /// What the agent records about a child so a restarted agent can adopt it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
@@ -160,9 +163,7 @@ impl Agent {
     }
 
     /// The log's events from now on.
-    fn follow(
-        &self,
-    ) -> std::pin::Pin<Box<dyn Stream<Item = Result<(u64, Event), LogError>> + Send>> {
+    fn follow(&self) -> Events {
         let from = self.log.status().applied.unwrap_or(0) + 1;
         Box::pin(self.log.subscribe(from))
     }
