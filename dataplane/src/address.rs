@@ -109,7 +109,30 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// A connected stream detached from any runtime, to be moved to another one
+/// ([`Stream::detach`], [`Stream::attach`]).
+pub enum DetachedStream {
+    Unix(std::os::unix::net::UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
 impl Stream {
+    /// Takes the socket out of the runtime that accepted or connected it.
+    pub fn detach(self) -> std::io::Result<DetachedStream> {
+        Ok(match self {
+            Stream::Unix(s) => DetachedStream::Unix(s.into_std()?),
+            Stream::Tcp(s) => DetachedStream::Tcp(s.into_std()?),
+        })
+    }
+
+    /// Registers a detached socket with the runtime of the calling task.
+    pub fn attach(s: DetachedStream) -> std::io::Result<Stream> {
+        Ok(match s {
+            DetachedStream::Unix(s) => Stream::Unix(UnixStream::from_std(s)?),
+            DetachedStream::Tcp(s) => Stream::Tcp(TcpStream::from_std(s)?),
+        })
+    }
+
     /// Splits into owned halves so reads and writes run in separate tasks.
     pub fn into_split(
         self,

@@ -14,6 +14,7 @@ pub mod nbd;
 pub mod protocol;
 pub mod rebuild;
 pub mod replica;
+pub mod runtime;
 pub mod snapshot;
 pub mod volume;
 

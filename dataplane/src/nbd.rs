@@ -95,9 +95,20 @@ enum NbdError {
 pub async fn serve(engine: Arc<Engine>, listener: Listener) -> std::io::Result<()> {
     loop {
         let (stream, peer) = listener.accept().await?;
+        let stream = match stream.detach() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot take over the nbd connection");
+                continue;
+            }
+        };
         let engine = engine.clone();
-        tokio::spawn(async move {
-            match connection(engine, stream).await {
+        crate::runtime::handle().spawn(async move {
+            let served = match Stream::attach(stream) {
+                Ok(stream) => connection(engine, stream).await,
+                Err(e) => Err(NbdError::Io(e)),
+            };
+            match served {
                 Ok(()) => tracing::debug!(%peer, "nbd client disconnected"),
                 Err(e) => tracing::warn!(%peer, reason = %e, "closing nbd connection"),
             }

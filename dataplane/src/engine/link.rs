@@ -70,6 +70,14 @@ impl Drop for ReplicaLink {
     }
 }
 
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn lock(
     p: &Pending,
 ) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Reply, LinkError>>>> {
@@ -85,8 +93,25 @@ fn fail_all(pending: &Pending, closed: &AtomicBool, reason: &str) {
 
 impl ReplicaLink {
     /// Connects to `addr` and says hello with `epoch`; a refused hello is an error that
-    /// carries the replica's reason.
+    /// carries the replica's reason. The connection lives on the data path runtime
+    /// (`crate::runtime`), whichever runtime calls this.
     pub async fn connect(
+        addr: &Address,
+        volume: &str,
+        epoch: Epoch,
+        token: &str,
+    ) -> Result<ReplicaLink, LinkError> {
+        let (addr, volume, token) = (addr.clone(), volume.to_owned(), token.to_owned());
+        let dial = async move { Self::dial(&addr, &volume, epoch, &token).await };
+        let connecting = crate::runtime::handle().spawn(dial);
+        // Dropping the caller's future (a timeout) must not leave a connection behind.
+        let _abort = AbortOnDrop(connecting.abort_handle());
+        connecting
+            .await
+            .map_err(|e| LinkError::Closed(format!("connect task: {e}")))?
+    }
+
+    async fn dial(
         addr: &Address,
         volume: &str,
         epoch: Epoch,

@@ -59,9 +59,20 @@ impl ReplicaServer {
     pub async fn serve(self: Arc<Self>, listener: Listener) -> std::io::Result<()> {
         loop {
             let (stream, peer) = listener.accept().await?;
+            let stream = match stream.detach() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot take over the engine connection");
+                    continue;
+                }
+            };
             let me = self.clone();
-            tokio::spawn(async move {
-                match me.connection(stream).await {
+            crate::runtime::handle().spawn(async move {
+                let served = match Stream::attach(stream) {
+                    Ok(stream) => me.connection(stream).await,
+                    Err(e) => Err(ConnError::Io(e)),
+                };
+                match served {
                     Ok(()) => tracing::debug!(%peer, "engine connection closed"),
                     Err(e) => tracing::warn!(%peer, reason = %e, "closing engine connection"),
                 }
