@@ -21,5 +21,7 @@ mod rebuild;
 mod replica_restart;
 #[path = "dataplane/replica_timeout.rs"]
 mod replica_timeout;
+#[path = "dataplane/snapshot_crash.rs"]
+mod snapshot_crash;
 #[path = "dataplane/snapshot_revert.rs"]
 mod snapshot_revert;

@@ -290,7 +290,7 @@ impl Layer {
     }
 }
 
-fn write_meta(image: &Path, meta: &LayerMeta) -> Result<(), LayerError> {
+pub fn write_meta(image: &Path, meta: &LayerMeta) -> Result<(), LayerError> {
     let path = meta_path(image);
     let bytes = serde_json::to_vec_pretty(meta).map_err(|e| LayerError::Corrupted {
         path: path.clone(),

@@ -93,6 +93,10 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, args: &[String]) -> Daemon {
+        self.spawn_with_env(name, args, &[])
+    }
+
+    fn spawn_with_env(&self, name: &str, args: &[String], env: &[(&str, &str)]) -> Daemon {
         let log = self.path(&format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -102,6 +106,7 @@ impl Cluster {
         let child = Command::new(BIN)
             .args(args)
             .env("SHORTHORN_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log clone"))
             .stderr(file)
@@ -112,6 +117,11 @@ impl Cluster {
 
     /// Starts replica `i` (directory `rI`, socket `rI.sock`) and waits for its socket.
     pub fn replica(&self, i: usize) -> Daemon {
+        self.replica_with_env(i, &[])
+    }
+
+    /// [`Self::replica`] with extra environment (e.g. `SHORTHORN_CRASH_POINT`).
+    pub fn replica_with_env(&self, i: usize, env: &[(&str, &str)]) -> Daemon {
         let sock = self.replica_socket(i);
         let _ = std::fs::remove_file(&sock);
         let args = vec![
@@ -124,7 +134,7 @@ impl Cluster {
             "--listen".into(),
             format!("unix:{}", sock.display()),
         ];
-        let mut d = self.spawn(&format!("replica{i}"), &args);
+        let mut d = self.spawn_with_env(&format!("replica{i}"), &args, env);
         wait_for_socket(&sock, &mut d);
         d
     }

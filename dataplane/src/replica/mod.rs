@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layer::{Layer, LayerError, LayerMeta, meta_path, now_unix_ms, write_atomic};
+use crate::layer::{
+    Layer, LayerError, LayerMeta, meta_path, now_unix_ms, write_atomic,
+    write_meta as write_layer_meta,
+};
 use crate::protocol::Status;
 use crate::volume::{BLOCK_SIZE, Epoch, valid_name};
 
@@ -167,16 +170,17 @@ impl Replica {
                     requested,
                 });
             }
+            remove_unreferenced_layers(dir, &meta);
             let mut snapshots = Vec::with_capacity(meta.snapshots.len());
             let mut parent: Option<String> = None;
             for name in &meta.snapshots {
-                let layer = Layer::open(dir, &snap_image(name))?;
-                check_link(&layer, Some(name), &parent)?;
+                let mut layer = Layer::open(dir, &snap_image(name))?;
+                check_link(&mut layer, Some(name), &parent)?;
                 parent = Some(layer.meta.image.clone());
                 snapshots.push(layer);
             }
-            let head = Layer::open(dir, &meta.head)?;
-            check_link(&head, None, &parent)?;
+            let mut head = Layer::open(dir, &meta.head)?;
+            check_link(&mut head, None, &parent)?;
             if head.meta.size != meta.size {
                 return Err(ReplicaError::Corrupted {
                     path: meta_path(&head.path),
@@ -488,8 +492,20 @@ impl Replica {
             return Err(ReplicaError::SnapshotExists(name.to_owned()));
         }
         self.flush()?;
+        // Crash-safe order: the new names and sidecars first, then `volume.meta` (the commit
+        // point: atomically replaced), then the old head's name goes. A crash before the
+        // commit leaves the old chain intact plus unreferenced files that `open` removes.
         let image = snap_image(name);
+        let snap_path = self.dir.join(&image);
+        remove_layer_files_if_present(&snap_path);
+        std::fs::hard_link(&self.head.path, &snap_path).map_err(io_err(&snap_path))?;
+        let mut snap_meta = self.head.meta.clone();
+        snap_meta.image = image.clone();
+        snap_meta.snapshot = Some(name.to_owned());
+        write_layer_meta(&snap_path, &snap_meta)?;
+        crash_point("snapshot-create:linked");
         let generation = self.meta.head_generation + 1;
+        remove_layer_files_if_present(&self.dir.join(head_image(generation)));
         let new_head = Layer::create(
             &self.dir,
             LayerMeta {
@@ -501,21 +517,19 @@ impl Replica {
                 created_unix_ms: now_unix_ms(),
             },
         )?;
-        let new_path = self.dir.join(&image);
-        std::fs::rename(&self.head.path, &new_path).map_err(io_err(&new_path))?;
-        let _ = std::fs::remove_file(meta_path(&self.head.path));
-        let mut old = std::mem::replace(&mut self.head, new_head);
-        old.path = new_path;
-        old.meta.image = image;
-        old.meta.snapshot = Some(name.to_owned());
-        old.save_meta()?;
-        self.snapshots.push(old);
         let mut meta = self.meta.clone();
         meta.head = head_image(generation);
         meta.head_generation = generation;
         meta.snapshots.push(name.to_owned());
         save_volume_meta(&self.dir, &meta)?;
+        crash_point("snapshot-create:committed");
         self.meta = meta;
+        let mut old = std::mem::replace(&mut self.head, new_head);
+        remove_layer_files(&old.path);
+        // The same inode under its snapshot name: the open file stays valid.
+        old.path = snap_path;
+        old.meta = snap_meta;
+        self.snapshots.push(old);
         Ok(())
     }
 
@@ -558,12 +572,16 @@ impl Replica {
             b = e;
         }
         child.sync()?;
-        child.meta.parent = removed.meta.parent.clone();
-        child.save_meta()?;
+        crash_point("snapshot-delete:merged");
+        // The commit point; a crash after it leaves the child's sidecar naming the removed
+        // layer as its parent, which `open` repairs from `volume.meta`.
         let mut meta = self.meta.clone();
         meta.snapshots.retain(|s| s != name);
         save_volume_meta(&self.dir, &meta)?;
+        crash_point("snapshot-delete:committed");
         self.meta = meta;
+        child.meta.parent = removed.meta.parent.clone();
+        child.save_meta()?;
         remove_layer_files(&removed.path);
         Ok(())
     }
@@ -573,6 +591,7 @@ impl Replica {
     pub fn snapshot_revert(&mut self, name: &str) -> Result<(), ReplicaError> {
         let idx = self.snapshot_index(name)?;
         let generation = self.meta.head_generation + 1;
+        remove_layer_files_if_present(&self.dir.join(head_image(generation)));
         let new_head = Layer::create(
             &self.dir,
             LayerMeta {
@@ -588,7 +607,9 @@ impl Replica {
         meta.head = head_image(generation);
         meta.head_generation = generation;
         meta.snapshots.truncate(idx + 1);
+        crash_point("snapshot-revert:created");
         save_volume_meta(&self.dir, &meta)?;
+        crash_point("snapshot-revert:committed");
         self.meta = meta;
         let old_head = std::mem::replace(&mut self.head, new_head);
         remove_layer_files(&old_head.path);
@@ -671,12 +692,16 @@ impl Replica {
     }
 }
 
+/// Checks that `layer` is the one `volume.meta` names at this place of the chain. The
+/// parent pointer is repaired from `volume.meta` (the commit point of every layer
+/// operation: a crash right after a snapshot delete committed leaves the child pointing at
+/// the removed layer); a layer that is not the one expected is corrupted.
 fn check_link(
-    layer: &Layer,
+    layer: &mut Layer,
     snapshot: Option<&String>,
     parent: &Option<String>,
 ) -> Result<(), ReplicaError> {
-    if layer.meta.snapshot.as_ref() != snapshot || &layer.meta.parent != parent {
+    if layer.meta.snapshot.as_ref() != snapshot {
         return Err(ReplicaError::Corrupted {
             path: meta_path(&layer.path),
             reason: format!(
@@ -685,7 +710,66 @@ fn check_link(
             ),
         });
     }
+    if &layer.meta.parent != parent {
+        tracing::warn!(
+            layer = %layer.path.display(),
+            was = ?layer.meta.parent,
+            now = ?parent,
+            "repairing the layer's parent from volume.meta (an interrupted snapshot operation)"
+        );
+        layer.meta.parent = parent.clone();
+        layer.save_meta()?;
+    }
     Ok(())
+}
+
+/// Removes layer files (`volume-head-*.img`, `volume-snap-*.img`, their sidecars and
+/// temporary files) that `volume.meta` does not name: what an interrupted snapshot
+/// create, delete or revert left before or after its commit.
+fn remove_unreferenced_layers(dir: &Path, meta: &VolumeMeta) {
+    let mut wanted: Vec<String> = meta.snapshots.iter().map(|n| snap_image(n)).collect();
+    wanted.push(meta.head.clone());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if !(file.starts_with("volume-head-") || file.starts_with("volume-snap-")) {
+            continue;
+        }
+        let image = file
+            .trim_end_matches(".tmp")
+            .trim_end_matches(".meta")
+            .to_owned();
+        if wanted.contains(&image) {
+            if file.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            continue;
+        }
+        tracing::warn!(file = %entry.path().display(), "removing a layer file volume.meta does not name (an interrupted snapshot operation)");
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(file = %entry.path().display(), error = %e, "could not remove it");
+        }
+    }
+}
+
+/// Aborts the process at `point` when `SHORTHORN_CRASH_POINT` names it: fault injection
+/// for the crash tests of layer operations.
+fn crash_point(point: &str) {
+    if std::env::var("SHORTHORN_CRASH_POINT").is_ok_and(|p| p == point) {
+        tracing::error!(
+            point,
+            "crash point reached: aborting (SHORTHORN_CRASH_POINT)"
+        );
+        std::process::abort();
+    }
+}
+
+fn remove_layer_files_if_present(image: &Path) {
+    for p in [image.to_owned(), meta_path(image)] {
+        let _ = std::fs::remove_file(p);
+    }
 }
 
 fn save_volume_meta(dir: &Path, meta: &VolumeMeta) -> Result<(), ReplicaError> {
