@@ -1,9 +1,9 @@
 //! The CLI's following and waiting commands (`watch`, `volume attach|wait`) as a user runs
 //! them against one `shorthorn dev up` cluster: what they print and how they exit.
 
-mod common;
+mod testkit;
 
-use common::DevCluster;
+use testkit::DevCluster;
 
 #[test]
 fn watch_follows_the_log_while_attach_wait_and_detach_return_when_done() {

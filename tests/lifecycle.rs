@@ -2,14 +2,14 @@
 //! and engine processes), driven through the CLI and the REST API, with qemu-img as the
 //! NBD client.
 
-mod common;
+mod testkit;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{
+use testkit::{
     DevCluster, Written, export_size, random_file, read_image, run, sha256, text, text_of,
     write_image, write_random,
 };
