@@ -104,6 +104,8 @@ pub struct Agent {
     engines: BTreeMap<String, Proc>,
     /// When this agent first saw each volume attaching here.
     attach_seen: BTreeMap<String, Instant>,
+    /// Orphaned replica directories already reported.
+    orphans_reported: std::collections::BTreeSet<String>,
     last_stale_check: Instant,
     last_heartbeat: Instant,
     /// Since when this manager has been the Raft leader, as far as this agent saw.
@@ -118,6 +120,7 @@ impl Agent {
             replicas: BTreeMap::new(),
             engines: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
+            orphans_reported: Default::default(),
             last_stale_check: Instant::now(),
             last_heartbeat: Instant::now() - HEARTBEAT,
             leader_since: None,
@@ -385,6 +388,30 @@ impl Agent {
             }
             tracing::info!(replica = %id, "replica removed from the log: its directory is deleted");
             let _ = fs::remove_dir_all(self.replica_dir(&id));
+        }
+        self.handle_orphans(&wanted, view.orphan_auto_deletion);
+    }
+
+    /// Replica directories no process of ours serves and the log does not place here: what
+    /// a node that was down keeps of replicas replaced meanwhile. Deleted with the
+    /// `orphanAutoDeletion` setting, else reported once each (a log that lost its state
+    /// must not make agents wipe disks).
+    fn handle_orphans(&mut self, wanted: &[&str], delete: bool) {
+        let Ok(entries) = fs::read_dir(self.config.disk.join("replicas")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if wanted.contains(&id.as_str()) || self.replicas.contains_key(&id) {
+                continue;
+            }
+            if delete {
+                tracing::info!(replica = %id, dir = %entry.path().display(), "orphaned replica directory deleted (orphanAutoDeletion)");
+                let _ = fs::remove_dir_all(entry.path());
+                self.orphans_reported.remove(&id);
+            } else if self.orphans_reported.insert(id.clone()) {
+                tracing::warn!(replica = %id, dir = %entry.path().display(), "orphaned replica directory: the log places no such replica on this node; kept (set orphanAutoDeletion to delete such directories)");
+            }
         }
     }
 
@@ -799,6 +826,7 @@ struct NodeView {
     attached: Vec<(Volume, Vec<Replica>)>,
     /// When the first failed replica becomes stale (ms since the epoch), if any.
     stale_due: Option<u64>,
+    orphan_auto_deletion: bool,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
 }
@@ -841,6 +869,7 @@ impl NodeView {
             replicas,
             attached,
             stale_due,
+            orphan_auto_deletion: state.settings.orphan_auto_deletion,
         }
     }
 }

@@ -709,3 +709,54 @@ fn replica_that_stalled_and_resumed_at_its_address_is_rebuilt_in_place() {
     read_image(&endpoint, &back);
     assert_eq!(sha256(&data), sha256(&back));
 }
+
+#[test]
+fn replica_replaced_while_its_node_was_down_is_an_orphan_deleted_only_on_request() {
+    // A node dies, its replica is replaced elsewhere, the node comes back: its old replica
+    // directory is reported, kept, and deleted once orphanAutoDeletion is set.
+    let cluster = DevCluster::up();
+    cluster.create_volume("db", 16, 2, &["--stale-replica-timeout", "0"]);
+    cluster.attach("db", "node-1");
+    let replicas = cluster.json(&["replica", "ls"]);
+    let (victim_id, victim) = replicas
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| (text_of(&r["id"]), text_of(&r["node"])))
+        .find(|(_, node)| node != "node-1")
+        .expect("a replica off node-1");
+    let n: u16 = victim.trim_start_matches("node-").parse().expect("n");
+    cluster.kill_node(n);
+    cluster.wait_volume("db", "healthy on a replacement", |v| {
+        v["robustness"] == "healthy"
+            && v["replicas"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|id| text_of(id) != victim_id))
+    });
+
+    let node_dir = cluster.dir().join(format!("m{n}"));
+    let orphan = node_dir.join("disk/replicas").join(&victim_id);
+    let disk = node_dir.join("disk");
+    let _back = cluster.add_node_with(n, &["--disk".as_ref(), disk.as_os_str()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(node_dir.join("manager.log"))
+        .unwrap_or_default()
+        .contains("orphaned replica directory")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the returning node never reported its orphan"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(orphan.is_dir(), "kept while orphanAutoDeletion is off");
+
+    cluster.ok(&["setting", "set", "orphanAutoDeletion", "true"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while orphan.exists() {
+        assert!(Instant::now() < deadline, "the orphan was never deleted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let healthy = cluster.json(&["volume", "get", "db"]);
+    assert_eq!(healthy["robustness"], "healthy", "{healthy}");
+}

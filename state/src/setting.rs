@@ -210,6 +210,9 @@ settings! {
     backupstore_poll_interval: u64 = 300, "backupstorePollInterval", range(0, 86_400);
     /// When every replica failed, bring the volume back from the replica with the newest data.
     auto_salvage: bool = true, "autoSalvage", any;
+    /// Delete replica directories on a node that the log no longer places there (replaced
+    /// while the node was down). Off: they are kept and reported in the node agent's log.
+    orphan_auto_deletion: bool = false, "orphanAutoDeletion", any;
     /// Schedule no replica on a node that Kubernetes cordoned.
     disable_scheduling_on_cordoned_node: bool = true, "disableSchedulingOnCordonedNode", any;
     /// Create the default disk only on nodes labelled node.shorthorn.io/create-default-disk=true.
