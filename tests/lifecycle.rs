@@ -760,3 +760,70 @@ fn replica_replaced_while_its_node_was_down_is_an_orphan_deleted_only_on_request
     let healthy = cluster.json(&["volume", "get", "db"]);
     assert_eq!(healthy["robustness"], "healthy", "{healthy}");
 }
+
+#[test]
+fn salvage_picks_the_replica_with_the_newest_data() {
+    // Replica A's node dies; writes go on to replica B alone; then B's process dies too and
+    // A's node comes back. Both report revision counters and the log must pick B (newer):
+    // picking A would silently roll the volume back.
+    // Any node may die here, the first manager's too: the CLI may use all three.
+    let cluster = DevCluster::up_with_failover();
+    cluster.create_volume("db", 16, 2, &[]);
+    let replicas = cluster.json(&["replica", "ls"]);
+    let placed: Vec<(String, u16)> = replicas
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| {
+            let node = text_of(&r["node"]);
+            (
+                text_of(&r["id"]),
+                node.trim_start_matches("node-").parse().expect("n"),
+            )
+        })
+        .collect();
+    let free = (1..=3u16)
+        .find(|n| placed.iter().all(|(_, m)| m != n))
+        .expect("a node without a replica");
+    let (a, b) = (placed[0].1, placed[1].1);
+    let endpoint = cluster.attach("db", &format!("node-{free}"));
+    write_random(&endpoint, 16);
+
+    cluster.kill_node(a);
+    let newer = write_random(&endpoint, 16);
+    cluster.wait_volume("db", "degraded", |v| v["robustness"] == "degraded");
+    let record = cluster
+        .dir()
+        .join(format!("m{b}/disk/replicas/{}/process.json", placed[1].0));
+    let pid = serde_json::from_str::<Value>(&std::fs::read_to_string(&record).expect("record"))
+        .expect("JSON")["pid"]
+        .to_string();
+    let _ = Command::new("kill").args(["-9", &pid]).status();
+    // Back well within the 10 s after which the log would mark it down: salvage must wait
+    // for A's revision too.
+    let disk = cluster.dir().join(format!("m{a}/disk"));
+    let _back = cluster.add_node_with(a, &["--disk".as_ref(), disk.as_os_str()]);
+
+    let volume = cluster.wait_volume("db", "salvaged and healthy", |v| {
+        v["state"] == "attached"
+            && v["robustness"] == "healthy"
+            && v["epoch"].as_u64().is_some_and(|e| e >= 2)
+    });
+    let log_a = std::fs::read_to_string(cluster.dir().join(format!("m{a}/manager.log")))
+        .unwrap_or_default();
+    assert!(
+        log_a.contains("reporting the revision for salvage"),
+        "node-{a} never reported its replica's (older) revision: the choice was not tested"
+    );
+    let endpoint = volume["attachment"]["endpoint"]
+        .as_str()
+        .expect("endpoint")
+        .to_string();
+    let back = newer.work.path().join("back.img");
+    read_image(&endpoint, &back);
+    assert_eq!(
+        sha256(&newer.data),
+        sha256(&back),
+        "salvage chose the replica with the older data"
+    );
+}
