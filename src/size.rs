@@ -31,18 +31,21 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Formats bytes for tables: exact when a binary unit divides them, else one decimal
-/// (`252.0Gi`).
+/// Formats bytes for tables in the largest binary unit they reach: whole when it divides
+/// them (`64Mi`), else with one decimal (`252.0Gi`).
 pub fn display_size(bytes: u64) -> String {
-    let exact = format_size(bytes);
-    if exact != bytes.to_string() || bytes < 1024 {
-        return exact;
-    }
-    let (suffix, shift) = [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)]
+    let Some((suffix, shift)) = [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)]
         .into_iter()
         .find(|(_, shift)| bytes >= 1u64 << shift)
-        .unwrap_or(("Ki", 10));
-    format!("{:.1}{suffix}", bytes as f64 / (1u64 << shift) as f64)
+    else {
+        return bytes.to_string();
+    };
+    let unit = 1u64 << shift;
+    if bytes.is_multiple_of(unit) {
+        format!("{}{suffix}", bytes / unit)
+    } else {
+        format!("{:.1}{suffix}", bytes as f64 / unit as f64)
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +76,7 @@ mod tests {
         assert_eq!(display_size(3 << 30), "3Gi");
         assert_eq!(display_size((5 << 30) + (1 << 29) + 1), "5.5Gi");
         assert_eq!(display_size(1000), "1000");
+        assert_eq!(display_size(264_212_084 << 10), "252.0Gi");
+        assert_eq!(display_size(3 << 20), "3Mi");
     }
 }

@@ -51,8 +51,9 @@ pub struct Client {
 /// The manager URLs and the bearer token: flags beat environment beat the dev cluster.
 pub fn endpoints(target: &Target) -> anyhow::Result<(Vec<String>, String)> {
     let dev = || DevConfig::load(&target.dev_dir);
+    // An empty variable (`SHORTHORN_API=`) counts as unset.
     let apis: Vec<String> =
-        match &target.api {
+        match target.api.as_ref().filter(|a| !a.trim().is_empty()) {
             Some(api) => api
                 .split(',')
                 .map(|a| a.trim().trim_end_matches('/').to_string())
@@ -65,7 +66,11 @@ pub fn endpoints(target: &Target) -> anyhow::Result<(Vec<String>, String)> {
                 .apis,
         };
     anyhow::ensure!(!apis.is_empty(), "no manager API configured");
-    let token_file = match &target.token_file {
+    let token_file = match target
+        .token_file
+        .as_ref()
+        .filter(|f| !f.as_os_str().is_empty())
+    {
         Some(path) => path.clone(),
         None => {
             dev()

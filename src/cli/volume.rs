@@ -305,6 +305,7 @@ pub fn nodes(target: &Target) -> anyhow::Result<()> {
         &nodes,
         &[
             "NODE",
+            "READY",
             "ADDRESS",
             "ZONE",
             "SCHEDULABLE",
@@ -322,6 +323,7 @@ pub fn nodes(target: &Target) -> anyhow::Result<()> {
             };
             vec![
                 text(&n["id"]),
+                text(&n["ready"]),
                 text(&n["address"]),
                 text(&n["zone"]),
                 text(&n["schedulable"]),
