@@ -244,3 +244,47 @@ pub fn text(value: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// Milliseconds since the Unix epoch as table text: `2026-11-25 14:03:35Z`.
+pub fn display_time(value: &Value) -> String {
+    let Some(ms) = value.as_u64() else {
+        return text(value);
+    };
+    let secs = ms / 1000;
+    let (days, day) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, era-based).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc_calendar_dates() {
+        assert_eq!(display_time(&Value::from(0u64)), "1970-01-01 00:00:00Z");
+        assert_eq!(
+            display_time(&Value::from(1_795_615_316_048u64)),
+            "2026-11-25 14:01:56Z"
+        );
+        assert_eq!(
+            display_time(&Value::from(951_782_400_000u64)),
+            "2000-02-29 00:00:00Z"
+        );
+        assert_eq!(display_time(&Value::Null), "-");
+    }
+}

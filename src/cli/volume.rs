@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::client::{Client, Failure, Output, Target, print_table, text};
+use super::client::{Client, Failure, Output, Target, display_time, print_table, text};
 use super::progress::{Goal, Progress, await_volume};
 use super::watch::{Flow, follow, next_index};
 use crate::size::{display_size, format_size, parse_size};
@@ -283,14 +283,14 @@ pub fn snapshot(cmd: SnapshotCommand, target: &Target) -> anyhow::Result<()> {
     show(
         target.output,
         &shown,
-        &["VOLUME", "NAME", "SIZE", "STATE", "CREATED (ms)", "ERROR"],
+        &["VOLUME", "NAME", "SIZE", "STATE", "CREATED", "ERROR"],
         |s| {
             vec![
                 text(&s["volume"]),
                 text(&s["name"]),
                 s["size"].as_u64().map_or("-".into(), format_size),
                 text(&s["state"]),
-                text(&s["createdAt"]),
+                display_time(&s["createdAt"]),
                 text(&s["error"]),
             ]
         },
