@@ -349,9 +349,7 @@ where
                 if length > MAX_REQUEST {
                     return Err(NbdError::WriteTooLarge(length));
                 }
-                let mut buf = BytesMut::zeroed(length as usize);
-                r.read_exact(&mut buf).await?;
-                data = Some(buf.freeze());
+                data = Some(read_payload(&mut r, length as usize).await?);
             }
             if kind == CMD_DISC {
                 return Ok(());
@@ -377,6 +375,18 @@ where
         Ok(Err(e)) => tracing::debug!(error = %e, "nbd reply writer stopped"),
     }
     result
+}
+
+/// Reads a write payload of `len` bytes into a fresh buffer, without zeroing it first.
+async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let mut rest = (&mut *r).take((len - buf.len()) as u64);
+        if rest.read_buf(&mut buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(buf.freeze())
 }
 
 async fn run(

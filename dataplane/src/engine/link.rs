@@ -4,6 +4,7 @@
 //! is healthy; the engine does that from the errors it returns.
 
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +21,8 @@ use crate::volume::Epoch;
 
 const BUFFER: usize = 256 << 10;
 const QUEUE: usize = 1024;
+/// Most frames sent in one `writev` (two slices each; the kernel takes at most 1024).
+const BATCH: usize = 256;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkError {
@@ -144,7 +147,12 @@ impl ReplicaLink {
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = tokio::spawn(write_loop(w, rx, pending.clone(), closed.clone()));
+        let writer = tokio::spawn(write_loop(
+            w.into_inner(),
+            rx,
+            pending.clone(),
+            closed.clone(),
+        ));
         let reader = tokio::spawn(read_loop(r, pending.clone(), closed.clone()));
         Ok(ReplicaLink {
             tx,
@@ -205,21 +213,35 @@ impl ReplicaLink {
     }
 }
 
+/// Sends queued frames: every frame waiting in the queue goes out in one `writev`, headers
+/// and payloads straight from the callers' buffers (a payload is shared by all replicas and
+/// never copied in user space).
 async fn write_loop(
-    mut w: BufWriter<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>,
+    mut w: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     mut rx: mpsc::Receiver<Frame>,
     pending: Pending,
     closed: Arc<AtomicBool>,
 ) {
     let result: std::io::Result<()> = async {
-        while let Some(f) = rx.recv().await {
-            w.write_all(&f.header).await?;
-            w.write_all(&f.payload).await?;
-            while let Ok(f) = rx.try_recv() {
-                w.write_all(&f.header).await?;
-                w.write_all(&f.payload).await?;
+        let mut batch = Vec::with_capacity(BATCH);
+        while rx.recv_many(&mut batch, BATCH).await > 0 {
+            let mut slices = Vec::with_capacity(batch.len() * 2);
+            for f in &batch {
+                slices.push(IoSlice::new(&f.header));
+                if !f.payload.is_empty() {
+                    slices.push(IoSlice::new(&f.payload));
+                }
             }
-            w.flush().await?;
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = w.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut rest, n);
+            }
+            drop(slices);
+            batch.clear();
         }
         Ok(())
     }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use std::pin::Pin;
+
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 
 use super::{Replica, ReplicaError};
 use crate::address::{Listener, Stream};
@@ -106,8 +108,18 @@ impl ReplicaServer {
                 Err(e) => return Err(e.into()),
             }
             let h = RequestHeader::decode(&hb)?;
-            let body = grow(&mut payload, h.payload_len as usize);
-            r.read_exact(body).await?;
+            let len = h.payload_len as usize;
+            // A payload already in the read buffer is used where it lies (no copy); a
+            // larger one is read into the connection's payload buffer.
+            let buffered = r.buffer().len() >= len;
+            if !buffered {
+                r.read_exact(grow(&mut payload, len)).await?;
+            }
+            let body = if buffered {
+                &r.buffer()[..len]
+            } else {
+                &payload[..len]
+            };
             let newest = Epoch(self.newest_epoch.load(Ordering::Acquire));
             if newest > epoch {
                 let reply = ReplyHeader {
@@ -119,8 +131,8 @@ impl ReplicaServer {
                 w.flush().await?;
                 return Err(ConnError::Superseded(epoch, newest));
             }
-            let (status, len) = match self.execute(&h, body, &mut out).await {
-                Ok(len) => (Status::Ok, len),
+            let (status, out_len) = match self.execute(&h, body, &mut out).await {
+                Ok(n) => (Status::Ok, n),
                 Err(e) => {
                     if e.status() == Status::Io {
                         tracing::error!(op = ?h.op, offset = h.offset, error = %e, "replica I/O failed");
@@ -131,10 +143,13 @@ impl ReplicaServer {
             let reply = ReplyHeader {
                 status,
                 id: h.id,
-                payload_len: len as u32,
+                payload_len: out_len as u32,
             };
+            if buffered {
+                Pin::new(&mut r).consume(len);
+            }
             w.write_all(&reply.encode()).await?;
-            w.write_all(&out[..len]).await?;
+            w.write_all(&out[..out_len]).await?;
             if r.buffer().is_empty() {
                 w.flush().await?;
             }
