@@ -1,0 +1,325 @@
+//! The engine processes of the volumes attached to this node: one per attachment at the
+//! volume's epoch, stopped when fenced or detached, and watched: the engine's replica set
+//! is compared with the log's to report failed and rebuilt replicas, to hand the engine
+//! write-only replicas to rebuild, and to grow it when the volume was expanded. It never
+//! decides epochs, attachments or replica modes: those come from the log, and what the
+//! engine shows goes back to the log as reports.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command as Process;
+use std::time::{Duration, Instant};
+
+use shorthorn_dataplane::proto::ReplicaMode as EngineMode;
+use shorthorn_state::{Replica, ReplicaMode, Request, Robustness, Volume, VolumeState};
+
+use super::children::{Proc, Record, free_port, spawn_logged, wait_listening, write_record};
+use super::{ADDRESS_GRACE, Agent, NodeView, RETRY_FAILED, now_millis};
+
+impl Agent {
+    pub(super) async fn converge_engines(&mut self, view: &NodeView) {
+        for (volume, replicas) in &view.attached {
+            let epoch = volume.epoch;
+            // An engine of an older epoch is fenced by its replicas; stop it.
+            if let Some(proc) = self.engines.get_mut(&volume.name)
+                && (proc.record.epoch != epoch.0 || !proc.alive())
+            {
+                let mut proc = self.engines.remove(&volume.name).expect("present");
+                let died = proc.record.epoch == epoch.0;
+                proc.stop();
+                if died && volume.state == VolumeState::Attached {
+                    tracing::warn!(volume = %volume.name, "engine exited; the volume is detached");
+                    let request = Request::ReportEngineStopped {
+                        name: volume.name.clone(),
+                        epoch,
+                    };
+                    if let Err(err) = self.propose(request).await {
+                        tracing::warn!("reporting the engine exit: {err}");
+                    }
+                    continue;
+                }
+            }
+            match volume.state {
+                VolumeState::Attaching | VolumeState::Attached => {
+                    self.attach_seen
+                        .entry(volume.name.clone())
+                        .or_insert_with(Instant::now);
+                    if !self.engines.contains_key(&volume.name) {
+                        match self.start_engine(volume, replicas) {
+                            Ok(proc) => {
+                                self.engines.insert(volume.name.clone(), proc);
+                            }
+                            Err(err) => {
+                                tracing::warn!(volume = %volume.name, "starting the engine: {err:#}");
+                                continue;
+                            }
+                        }
+                    }
+                    let endpoint = self.engines[&volume.name].record.address.clone();
+                    if volume.state == VolumeState::Attaching {
+                        let request = Request::ReportEngineStarted {
+                            name: volume.name.clone(),
+                            epoch,
+                            endpoint,
+                        };
+                        if let Err(err) = self.propose(request).await {
+                            tracing::warn!(volume = %volume.name, "reporting the engine: {err}");
+                        }
+                    }
+                    self.watch_engine(volume, replicas).await;
+                }
+                VolumeState::Detaching => {
+                    if let Some(mut proc) = self.engines.remove(&volume.name) {
+                        proc.stop();
+                        let _ = fs::remove_dir_all(self.engine_dir(&volume.name));
+                    }
+                    let request = Request::ReportEngineStopped {
+                        name: volume.name.clone(),
+                        epoch,
+                    };
+                    if let Err(err) = self.propose(request).await {
+                        tracing::warn!(volume = %volume.name, "reporting the detach: {err}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let wanted: Vec<&str> = view.attached.iter().map(|(v, _)| v.name.as_str()).collect();
+        self.attach_seen.retain(|v, _| wanted.contains(&v.as_str()));
+        let gone: Vec<String> = self
+            .engines
+            .keys()
+            .filter(|v| !wanted.contains(&v.as_str()))
+            .cloned()
+            .collect();
+        for volume in gone {
+            if let Some(mut proc) = self.engines.remove(&volume) {
+                tracing::info!(volume = %volume, "volume no longer attached here: stopping its engine");
+                proc.stop();
+            }
+            let _ = fs::remove_dir_all(self.engine_dir(&volume));
+        }
+    }
+
+    fn start_engine(&self, volume: &Volume, replicas: &[Replica]) -> anyhow::Result<Proc> {
+        let read_write: Vec<&Replica> = replicas
+            .iter()
+            .filter(|r| r.mode == ReplicaMode::ReadWrite)
+            .collect();
+        let healthy: Vec<&str> = read_write
+            .iter()
+            .filter_map(|r| r.address.as_deref())
+            .collect();
+        anyhow::ensure!(
+            !healthy.is_empty(),
+            "no read-write replica has reported its address yet"
+        );
+        // An engine started without a read-write replica would never write to it: wait for
+        // every one to report its address; one that has not within the grace period is
+        // reported failed by `watch_engine` and rebuilt later.
+        let waited = self
+            .attach_seen
+            .get(&volume.name)
+            .map_or(Duration::ZERO, Instant::elapsed);
+        anyhow::ensure!(
+            healthy.len() == read_write.len() || waited >= ADDRESS_GRACE,
+            "waiting for {} of {} read-write replicas to report their address",
+            read_write.len() - healthy.len(),
+            read_write.len()
+        );
+        let dir = self.engine_dir(&volume.name);
+        fs::create_dir_all(&dir)?;
+        let nbd = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
+        let control = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
+        let mut process = Process::new(&self.config.exe);
+        process
+            .arg("engine")
+            .arg("serve")
+            .arg("--volume")
+            .arg(&volume.name)
+            .arg("--size")
+            .arg(volume.size.to_string())
+            .arg("--epoch")
+            .arg(volume.epoch.0.to_string())
+            .arg("--nbd")
+            .arg(format!("tcp:{nbd}"))
+            .arg("--control")
+            .arg(format!("tcp:{control}"));
+        for address in &healthy {
+            process.arg("--replica").arg(format!("tcp:{address}"));
+        }
+        let child = spawn_logged(process, &dir.join("engine.log"))?;
+        let endpoint = format!("nbd://{nbd}/{}", volume.name);
+        let record = Record {
+            pid: child.id() as i32,
+            address: endpoint,
+            epoch: volume.epoch.0,
+            control,
+        };
+        write_record(&dir, &record)?;
+        wait_listening(&nbd, Duration::from_secs(15));
+        tracing::info!(volume = %volume.name, epoch = volume.epoch.0, nbd = %nbd, "engine started");
+        Ok(Proc {
+            record,
+            child: Some(child),
+        })
+    }
+
+    /// Reads the engine's replica list: reports replicas it dropped, adds write-only
+    /// replicas for rebuild, and reports finished rebuilds.
+    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica]) {
+        let Some(proc) = self.engines.get(&volume.name) else {
+            return;
+        };
+        let Ok(address) = proc
+            .record
+            .control
+            .parse::<shorthorn_dataplane::address::Address>()
+        else {
+            return;
+        };
+        let Ok(Ok(mut client)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            shorthorn_dataplane::control::connect(&address),
+        )
+        .await
+        else {
+            return;
+        };
+        let Ok(Ok(list)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.list_replicas(shorthorn_dataplane::proto::Empty {}),
+        )
+        .await
+        else {
+            return;
+        };
+        let seen = list.into_inner().replicas;
+        let find = |addr: &str| {
+            seen.iter()
+                .find(|i| i.address.trim_start_matches("tcp:") == addr)
+        };
+        // Not while nothing is left to rebuild from (salvage decides then), and not more
+        // often than every RETRY_FAILED for one replica: a replica that fails its rebuild
+        // again is not hammered.
+        let faulted = volume.robustness == Robustness::Faulted;
+        let retry_due = |replica: &Replica| {
+            !faulted
+                && replica.failed_at.is_none_or(|at| {
+                    now_millis().saturating_sub(at.0) >= RETRY_FAILED.as_millis() as u64
+                })
+        };
+        for replica in replicas {
+            let Some(addr) = replica.address.as_deref() else {
+                continue;
+            };
+            let info = find(addr);
+            let request = match (replica.mode, info.map(|i| i.mode())) {
+                (ReplicaMode::ReadWrite | ReplicaMode::WriteOnly, Some(EngineMode::Err)) => {
+                    let reason = info.map(|i| i.error.clone()).unwrap_or_default();
+                    Some(Request::ReportReplicaFailed {
+                        id: replica.id.clone(),
+                        reason,
+                    })
+                }
+                (ReplicaMode::ReadWrite, None) => Some(Request::ReportReplicaFailed {
+                    id: replica.id.clone(),
+                    reason: "not in the engine's replica set (no address when the engine started)"
+                        .into(),
+                }),
+                (ReplicaMode::WriteOnly, Some(EngineMode::Rw)) => {
+                    Some(Request::ReportReplicaRebuilt {
+                        id: replica.id.clone(),
+                    })
+                }
+                // A failed replica that is serving again at an address the engine does not
+                // know (its process was restarted): rebuild it by delta instead of waiting
+                // for the stale timeout to replace it.
+                (ReplicaMode::Error, None) if retry_due(replica) && serving(addr).await => {
+                    tracing::info!(replica = %replica.id, "failed replica is back: delta rebuild");
+                    Some(Request::ReportReplicaRebuilding {
+                        id: replica.id.clone(),
+                    })
+                }
+                // The same, at the address the engine failed (a cut connection healed, a
+                // stopped process resumed): the engine forgets it first, and the next tick
+                // rebuilds it as above.
+                (ReplicaMode::Error, Some(EngineMode::Err))
+                    if retry_due(replica) && serving(addr).await =>
+                {
+                    let address = shorthorn_dataplane::proto::ReplicaAddress {
+                        address: format!("tcp:{addr}"),
+                    };
+                    match client.remove_replica(address).await {
+                        Ok(_) => {
+                            tracing::info!(replica = %replica.id, "failed replica answers again: the engine forgets it before a delta rebuild")
+                        }
+                        Err(err) => {
+                            tracing::warn!(replica = %replica.id, "removing the failed replica from the engine: {err}")
+                        }
+                    }
+                    None
+                }
+                (ReplicaMode::WriteOnly, None) => {
+                    let add = shorthorn_dataplane::proto::ReplicaAddress {
+                        address: format!("tcp:{addr}"),
+                    };
+                    match client.add_replica(add).await {
+                        Ok(_) => tracing::info!(replica = %replica.id, "rebuild started"),
+                        Err(err) => {
+                            tracing::warn!(replica = %replica.id, "adding the replica for rebuild: {err}")
+                        }
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if let Some(request) = request
+                && let Err(err) = self.propose(request).await
+            {
+                tracing::warn!(replica = %replica.id, "reporting the replica: {err}");
+            }
+        }
+        if volume.state == VolumeState::Attached {
+            grow_engine(volume, &mut client).await;
+            self.carry_out_snapshots(volume, &mut client).await;
+        }
+    }
+
+    fn engine_dir(&self, volume: &str) -> PathBuf {
+        self.config.disk.join("engines").join(volume)
+    }
+}
+
+pub(super) type EngineClient = shorthorn_dataplane::control::ControlClient;
+
+/// Grows the engine (and through it every replica) when the log says the volume is larger
+/// than the engine serves. A volume expanded while detached grows when its engine starts.
+async fn grow_engine(volume: &Volume, client: &mut EngineClient) {
+    let Ok(stats) = client.stats(shorthorn_dataplane::proto::Empty {}).await else {
+        return;
+    };
+    let serving = stats.into_inner().size_bytes;
+    if serving >= volume.size {
+        return;
+    }
+    let request = shorthorn_dataplane::proto::ExpandRequest {
+        size_bytes: volume.size,
+    };
+    match client.expand(request).await {
+        Ok(_) => {
+            tracing::info!(volume = %volume.name, from = serving, to = volume.size, "volume expanded online")
+        }
+        Err(status) => {
+            tracing::warn!(volume = %volume.name, "expanding the engine: {}", status.message())
+        }
+    }
+}
+
+/// Whether something accepts connections at `addr` (within a second).
+async fn serving(addr: &str) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
