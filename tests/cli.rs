@@ -18,6 +18,16 @@ fn watch_follows_the_log_while_attach_wait_and_detach_return_when_done() {
         line["event"]["type"] == "volumeCreated" && line["event"]["volume"]["name"] == "db"
     });
     assert!(created["index"].as_u64().is_some(), "{created}");
+    // The event carries the time of the command behind it (ms since the epoch).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let at = created["event"]["loggedAt"].as_u64().unwrap_or_default();
+    assert!(
+        at <= now && now - at < 120_000,
+        "loggedAt {at} is not the create's time (now {now}): {created}"
+    );
 
     let (ok, stdout, stderr) = cluster.cli(&["volume", "attach", "db", "--node", "node-1"]);
     assert!(ok, "attach failed: {stdout}{stderr}");

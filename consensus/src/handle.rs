@@ -90,6 +90,17 @@ impl Tuning {
     }
 }
 
+/// One event of the log as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The log index of the entry that produced it.
+    pub index: u64,
+    /// The time of the command behind it (its proposer's clock); `None` for events kept
+    /// before command times were recorded.
+    pub at: Option<shorthorn_state::Timestamp>,
+    pub event: Event,
+}
+
 /// What a member knows about the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -474,6 +485,13 @@ impl Handle {
     /// follows new entries as they are applied. The stream ends with
     /// [`Error::EventsTrimmed`] if `from` is behind what this member keeps.
     pub fn subscribe(&self, from: u64) -> impl Stream<Item = Result<(u64, Event), Error>> + use<> {
+        tokio_stream::StreamExt::map(self.subscribe_logged(from), |item| {
+            item.map(|logged| (logged.index, logged.event))
+        })
+    }
+
+    /// [`Handle::subscribe`] with the time of the command behind each event.
+    pub fn subscribe_logged(&self, from: u64) -> impl Stream<Item = Result<Logged, Error>> + use<> {
         let (tx, rx) = mpsc::channel(256);
         let machine = self.inner.machine.clone();
         tokio::spawn(async move {
@@ -502,9 +520,14 @@ impl Handle {
                     }
                     continue;
                 }
-                for (index, seq, event) in batch {
+                for (index, seq, at, event) in batch {
                     cursor = (index, seq.saturating_add(1));
-                    if tx.send(Ok((index, event))).await.is_err() {
+                    let logged = Logged {
+                        index,
+                        at: at.map(shorthorn_state::Timestamp),
+                        event,
+                    };
+                    if tx.send(Ok(logged)).await.is_err() {
                         return;
                     }
                 }

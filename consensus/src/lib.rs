@@ -33,7 +33,7 @@ use std::io::Cursor;
 
 pub use client::Client;
 pub use error::Error;
-pub use handle::{Handle, Status, Tuning};
+pub use handle::{Handle, Logged, Status, Tuning};
 pub use membership::Member;
 pub use network::{Envelope, Reply, Rpc, Transport, TransportError};
 pub use state_machine::{Batch, Outcome, Outcomes};

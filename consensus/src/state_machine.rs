@@ -11,6 +11,7 @@
 //! Events are kept from the "events floor" on: entries covered by an installed snapshot, or
 //! purged from the log, have no events here any more.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -32,6 +33,16 @@ use crate::{NodeId, TypeConfig};
 const SNAPSHOT_META: &str = "snapshot_meta";
 const SNAPSHOT_DATA: &str = "snapshot_data";
 const EVENTS_FLOOR: &str = "events_floor";
+
+/// (log index, position in its entry, command time in ms if recorded, event).
+pub type EventRow = (u64, u32, Option<u64>, Event);
+
+/// An event as the events tree keeps it: with the time of the command that produced it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredEvent<'a> {
+    at: Option<u64>,
+    event: Cow<'a, Event>,
+}
 
 /// What applying one command gave: the events, or the state machine's rejection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,12 +150,12 @@ impl Machine {
     }
 
     /// Up to `limit` events from `(log index, position in its entry)` on, as
-    /// (index, position, event).
+    /// (index, position, command time in ms if recorded, event).
     pub fn events_from(
         &self,
         (from, seq): (u64, u32),
         limit: usize,
-    ) -> Result<Vec<(u64, u32, Event)>, Error> {
+    ) -> Result<Vec<EventRow>, Error> {
         let floor = read_floor(&self.disk).map_err(|e| Error::Storage(e.to_string()))?;
         if from < floor {
             return Err(Error::EventsTrimmed {
@@ -158,8 +169,11 @@ impl Machine {
             .map_err(|e| Error::Storage(e.to_string()))?;
         rows.into_iter()
             .map(|(index, seq, bytes)| {
-                serde_json::from_slice(&bytes)
-                    .map(|event| (index, seq, event))
+                // Events stored before command times were kept are bare events.
+                serde_json::from_slice::<StoredEvent>(&bytes)
+                    .map(|s| (s.at, s.event.into_owned()))
+                    .or_else(|_| serde_json::from_slice::<Event>(&bytes).map(|e| (None, e)))
+                    .map(|(at, event)| (index, seq, at, event))
                     .map_err(|e| Error::Storage(format!("event of entry {index}: {e}")))
             })
             .collect()
@@ -263,8 +277,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                             let result = shorthorn_state::apply(&mut applied.state, command);
                             if let Ok(events) = &result {
                                 for event in events {
+                                    let logged = StoredEvent {
+                                        at: Some(command.at.0),
+                                        event: Cow::Borrowed(event),
+                                    };
                                     encoded.push(
-                                        serde_json::to_vec(event)
+                                        serde_json::to_vec(&logged)
                                             .map_err(|e| StorageIOError::apply(log_id, &e))?,
                                     );
                                 }

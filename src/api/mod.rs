@@ -474,13 +474,20 @@ async fn events(
     State(api): State<Api>,
     Query(from): Query<EventsFrom>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = api.log.subscribe(from.from).map(|item| {
+    let stream = api.log.subscribe_logged(from.from).map(|item| {
         Ok(match item {
-            Ok((index, event)) => SseEvent::default()
-                .id(index.to_string())
-                .event("event")
-                .json_data(&event)
-                .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string())),
+            Ok(logged) => {
+                // The event, plus `loggedAt`: the time (ms) of the command behind it.
+                let mut data = serde_json::to_value(&logged.event).unwrap_or_default();
+                if let (Some(at), Some(fields)) = (logged.at, data.as_object_mut()) {
+                    fields.insert("loggedAt".into(), at.0.into());
+                }
+                SseEvent::default()
+                    .id(logged.index.to_string())
+                    .event("event")
+                    .json_data(&data)
+                    .unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()))
+            }
             Err(err) => SseEvent::default().event("error").data(err.to_string()),
         })
     });

@@ -179,7 +179,7 @@ pub fn build() -> Value {
             "get": {
                 "summary": "Server-sent events from the log, from a log index on",
                 "parameters": [{ "name": "from", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0 } }],
-                "responses": { "200": { "description": "text/event-stream of events", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }
+                "responses": { "200": { "description": "text/event-stream: `id` is the log index, `data` the event as JSON (field `type`) with `loggedAt`, the time in ms of the command behind it", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }
             }
         }
     });

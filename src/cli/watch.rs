@@ -260,8 +260,9 @@ pub fn volume_of(event: &Value) -> Option<String> {
     (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| volume.to_string())
 }
 
-/// One event as a line: index, time received (UTC; events carry no time of their own),
-/// kind, what it is about, and its other fields as `key=value`.
+/// One event as a line: index, time (of the command behind it, UTC; when it was received
+/// for events logged before command times were kept), kind, what it is about, and its
+/// other fields as `key=value`.
 fn human_line(index: u64, event: &Value) -> String {
     let kind = event["type"].as_str().unwrap_or("?");
     let subject = volume_of(event)
@@ -272,7 +273,7 @@ fn human_line(index: u64, event: &Value) -> String {
     let mut details = Vec::new();
     if let Some(fields) = event.as_object() {
         for (key, value) in fields {
-            if key == "type" || key == "at" {
+            if key == "type" || key == "at" || key == "loggedAt" {
                 continue;
             }
             match value {
@@ -289,7 +290,7 @@ fn human_line(index: u64, event: &Value) -> String {
     }
     format!(
         "{index:>7}  {}  {kind:<22}  {subject:<16}  {}",
-        utc_now(),
+        event["loggedAt"].as_u64().map_or_else(utc_now, clock_of),
         details.join(" ")
     )
     .trim_end()
@@ -336,11 +337,23 @@ fn scalar(value: &Value) -> Option<String> {
 }
 
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let day = secs % 86_400;
-    format!("{:02}:{:02}:{:02}Z", day / 3600, day % 3600 / 60, day % 60)
+    clock_of(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    )
+}
+
+/// `HH:MM:SS.mmmZ` of a time in ms since the Unix epoch.
+fn clock_of(ms: u64) -> String {
+    let day = ms / 1000 % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}Z",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60,
+        ms % 1000
+    )
 }
 
 #[cfg(test)]
