@@ -277,7 +277,7 @@ impl NodeView {
                 let replaceable = volume.robustness != Robustness::Faulted
                     && volume.state != VolumeState::Deleting;
                 let failed = r.failed_at?.0;
-                replaceable.then(|| failed + volume.stale_replica_timeout_secs * 1000)
+                replaceable.then(|| failed + volume.replacement_wait_secs(&state.settings) * 1000)
             })
             .min();
         let heartbeats = state

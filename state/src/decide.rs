@@ -682,8 +682,9 @@ fn replace_stale_replicas(state: &State, at: Timestamp) -> Result<Vec<Event>, Re
             .replicas_of(volume)
             .filter(|r| {
                 r.mode == ReplicaMode::Error
-                    && r.failed_at
-                        .is_some_and(|t| t.plus_seconds(volume.stale_replica_timeout_secs) <= at)
+                    && r.failed_at.is_some_and(|t| {
+                        t.plus_seconds(volume.replacement_wait_secs(&state.settings)) <= at
+                    })
             })
             .collect();
         if stale.is_empty() {

@@ -416,6 +416,15 @@ pub enum SnapshotState {
     Deleting,
 }
 
+impl Volume {
+    /// Seconds after which a failed replica of this volume is replaced: its stale timeout,
+    /// or the cluster's replenishment wait when that is sooner.
+    pub fn replacement_wait_secs(&self, settings: &crate::Settings) -> u64 {
+        self.stale_replica_timeout_secs
+            .min(settings.replica_replenishment_wait_interval)
+    }
+}
+
 impl State {
     pub(crate) fn node(&self, id: &str) -> Result<&Node, crate::Rejection> {
         self.nodes

@@ -571,6 +571,55 @@ mod tests {
     }
 
     #[test]
+    fn the_replenishment_wait_bounds_a_long_stale_timeout() {
+        let mut c = Cluster::new();
+        for n in ["a", "b", "c"] {
+            c.node(n, "", 100);
+        }
+        // The default stale timeout is two days; the default replenishment wait 600 s.
+        c.volume("db", 1, 2);
+        let failed = c.replicas("db")[0].clone();
+        c.ok(Request::ReportReplicaFailed {
+            id: failed.id.clone(),
+            reason: "node down".into(),
+        });
+        c.clock += 590_000;
+        assert_eq!(c.ok(Request::ReplaceStaleReplicas), vec![], "not yet");
+        c.clock += 10_000;
+        let events = c.ok(Request::ReplaceStaleReplicas);
+        assert!(
+            events.contains(&Event::ReplicaRemoved { id: failed.id }),
+            "{events:?}"
+        );
+        assert_eq!(c.replicas("db").len(), 2, "a replacement was scheduled");
+        for replica in c.replicas("db") {
+            if replica.mode == ReplicaMode::WriteOnly {
+                c.ok(Request::ReportReplicaRebuilt { id: replica.id });
+            }
+        }
+        assert_eq!(c.state.volumes["db"].robustness, crate::Robustness::Healthy);
+
+        // Set longer than the volume's stale timeout, the wait changes nothing.
+        c.set("replicaReplenishmentWaitInterval", "604800");
+        let again = c.replicas("db")[0].clone();
+        c.ok(Request::ReportReplicaFailed {
+            id: again.id.clone(),
+            reason: "node down".into(),
+        });
+        assert_eq!(
+            c.state.volumes["db"].robustness,
+            crate::Robustness::Degraded
+        );
+        c.clock += 3_600_000;
+        assert_eq!(c.ok(Request::ReplaceStaleReplicas), vec![]);
+        c.clock += 2 * 86_400_000;
+        assert!(
+            !c.ok(Request::ReplaceStaleReplicas).is_empty(),
+            "replaced after the volume's own two days"
+        );
+    }
+
+    #[test]
     fn best_effort_locality_puts_a_replacement_on_the_attach_node() {
         let mut c = Cluster::new();
         for n in ["a", "b", "c", "d"] {

@@ -202,6 +202,10 @@ settings! {
     default_data_locality: DataLocality = DataLocality::Disabled, "defaultDataLocality", any;
     /// Minutes a failed replica is kept for a delta rebuild before a replacement is scheduled.
     stale_replica_timeout: u64 = 2880, "staleReplicaTimeout", range(0, 525_600);
+    /// Seconds a failed replica may take to come back for a delta rebuild before a
+    /// replacement is scheduled anyway, when that is sooner than its volume's
+    /// staleReplicaTimeout: a volume is not left degraded for days by a dead node.
+    replica_replenishment_wait_interval: u64 = 600, "replicaReplenishmentWaitInterval", range(0, 604_800);
     /// Where backups go: s3://bucket@region/path or nfs://server:/path; empty for none.
     backup_target: String = String::new(), "backupTarget", backup_target;
     /// Name of the Secret holding the backup target's credentials.
