@@ -38,8 +38,6 @@ const TICK: Duration = Duration::from_millis(500);
 const STALE_CHECK: Duration = Duration::from_secs(1);
 /// How often the agent tells the log its node is alive.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// A node not heard from for this long is marked down by the leader's agent.
-const NODE_DOWN_AFTER: Duration = Duration::from_secs(10);
 /// A failed replica that answers again is taken back for a delta rebuild at most this often.
 const RETRY_FAILED: Duration = Duration::from_secs(5);
 /// How long an engine start waits for every read-write replica to report its address.
@@ -210,16 +208,17 @@ impl Agent {
             .log
             .read(move |state| NodeView::of(state, &node))
             .await?;
-        let late = now_millis().saturating_sub(NODE_DOWN_AFTER.as_millis() as u64);
+        let down_after = Duration::from_secs(view.node_down_timeout_secs);
+        let late = now_millis().saturating_sub(down_after.as_millis() as u64);
         if self
             .leader_since
-            .is_some_and(|since| since.elapsed() >= NODE_DOWN_AFTER)
+            .is_some_and(|since| since.elapsed() >= down_after)
             && view
                 .heartbeats
                 .iter()
                 .any(|(ready, at)| *ready && at.0 <= late)
         {
-            let timeout_secs = NODE_DOWN_AFTER.as_secs();
+            let timeout_secs = view.node_down_timeout_secs;
             self.propose(Request::MarkDeadNodes { timeout_secs })
                 .await?;
         }
@@ -248,6 +247,8 @@ struct NodeView {
     /// When the first failed replica becomes stale (ms since the epoch), if any.
     stale_due: Option<u64>,
     orphan_auto_deletion: bool,
+    /// The `nodeDownTimeout` setting.
+    node_down_timeout_secs: u64,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
 }
@@ -291,6 +292,7 @@ impl NodeView {
             attached,
             stale_due,
             orphan_auto_deletion: state.settings.orphan_auto_deletion,
+            node_down_timeout_secs: state.settings.node_down_timeout,
         }
     }
 }

@@ -214,6 +214,9 @@ settings! {
     backupstore_poll_interval: u64 = 300, "backupstorePollInterval", range(0, 86_400);
     /// When every replica failed, bring the volume back from the replica with the newest data.
     auto_salvage: bool = true, "autoSalvage", any;
+    /// Seconds without a heartbeat (sent every 2 s) after which the log marks a node down:
+    /// its replicas fail and volumes attached there can be attached elsewhere.
+    node_down_timeout: u64 = 10, "nodeDownTimeout", range(4, 3_600);
     /// Delete replica directories on a node that the log no longer places there (replaced
     /// while the node was down). Off: they are kept and reported in the node agent's log.
     orphan_auto_deletion: bool = false, "orphanAutoDeletion", any;
