@@ -827,3 +827,63 @@ fn salvage_picks_the_replica_with_the_newest_data() {
         "salvage chose the replica with the older data"
     );
 }
+
+#[test]
+fn manager_killed_alone_adopts_its_running_children_and_io_goes_on() {
+    // Only the manager of the attached node is SIGKILLed: its engine and replica processes
+    // keep serving, a writer sees no error, and the restarted manager adopts them (same
+    // processes, same epoch and endpoint) instead of restarting them.
+    let cluster = DevCluster::up_with_failover();
+    cluster.create_volume("db", 16, 3, &[]);
+    let endpoint = cluster.attach("db", "node-1");
+    let pids_of = |n: u16, kind: &str| -> Vec<String> {
+        let mut pids: Vec<String> =
+            std::fs::read_dir(cluster.dir().join(format!("m{n}/disk/{kind}")))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("process.json")).ok())
+                .map(|t| serde_json::from_str::<Value>(&t).expect("record")["pid"].to_string())
+                .collect();
+        pids.sort();
+        pids
+    };
+    let (engines, replicas) = (pids_of(1, "engines"), pids_of(1, "replicas"));
+    assert_eq!(engines.len(), 1, "one engine on node-1");
+
+    let manager = std::fs::read_to_string(cluster.dir().join("m1/pid")).expect("pid");
+    let _ = Command::new("kill").args(["-9", manager.trim()]).status();
+    // The data path does not need its manager.
+    let written = write_random(&endpoint, 16);
+
+    let disk = cluster.dir().join("m1/disk");
+    let _back = cluster.add_node_with(1, &["--disk".as_ref(), disk.as_os_str()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(cluster.dir().join("m1/manager.log"))
+        .unwrap_or_default()
+        .contains("adopted a running child")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted manager adopted nothing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A few agent ticks later nothing was restarted.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pids_of(1, "engines"), engines, "the engine was restarted");
+    assert_eq!(pids_of(1, "replicas"), replicas, "a replica was restarted");
+    let volume = cluster.json(&["volume", "get", "db"]);
+    assert_eq!(volume["state"], "attached", "{volume}");
+    assert_eq!(volume["epoch"], 1, "{volume}");
+    assert_eq!(
+        volume["attachment"]["endpoint"],
+        endpoint.as_str(),
+        "{volume}"
+    );
+    assert_eq!(volume["robustness"], "healthy", "{volume}");
+
+    let back = written.work.path().join("back.img");
+    read_image(&endpoint, &back);
+    assert_eq!(sha256(&written.data), sha256(&back));
+}
