@@ -5,6 +5,8 @@
 #[path = "dataplane/testkit.rs"]
 mod testkit;
 
+#[path = "dataplane/disk_full.rs"]
+mod disk_full;
 #[path = "dataplane/fio_replica_killed.rs"]
 mod fio_replica_killed;
 #[path = "dataplane/layer_corruption.rs"]
