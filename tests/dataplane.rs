@@ -23,6 +23,8 @@ mod rebuild;
 mod replica_restart;
 #[path = "dataplane/replica_timeout.rs"]
 mod replica_timeout;
+#[path = "dataplane/scrub.rs"]
+mod scrub;
 #[path = "dataplane/snapshot_crash.rs"]
 mod snapshot_crash;
 #[path = "dataplane/snapshot_revert.rs"]

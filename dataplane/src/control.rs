@@ -194,6 +194,19 @@ impl EngineControl for ControlService {
         Ok(Response::new(proto::Empty {}))
     }
 
+    async fn scrub(
+        &self,
+        _: Request<proto::Empty>,
+    ) -> Result<Response<proto::ScrubReport>, Status> {
+        let report = self.engine.scrub().await.map_err(status)?;
+        Ok(Response::new(proto::ScrubReport {
+            chunks_compared: report.chunks_compared,
+            mismatched_chunks: report.mismatched_chunks,
+            failed: report.failed,
+            undecided_chunks: report.undecided_chunks,
+        }))
+    }
+
     async fn stats(
         &self,
         _: Request<proto::Empty>,

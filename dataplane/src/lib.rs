@@ -15,6 +15,7 @@ pub mod protocol;
 pub mod rebuild;
 pub mod replica;
 pub mod runtime;
+pub mod scrub;
 pub mod snapshot;
 pub mod volume;
 

@@ -330,6 +330,11 @@ impl Control {
         r.expect("stats").into_inner()
     }
 
+    pub fn scrub(&mut self) -> proto::ScrubReport {
+        let r = self.rt.block_on(self.client.scrub(proto::Empty {}));
+        r.expect("scrub").into_inner()
+    }
+
     /// Waits until replica `i` is RW again.
     pub fn wait_rw(&mut self, c: &Cluster, i: usize, secs: u64) -> proto::ReplicaInfo {
         let mut last = None;
