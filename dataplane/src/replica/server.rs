@@ -1,14 +1,24 @@
 //! The replica's side of the wire protocol (`PROTOCOL.md`): accepts engine connections,
 //! fences stale epochs, and executes pipelined requests against the store in arrival
 //! order. A malformed frame closes only its connection, with the reason logged.
+//!
+//! A flush (or a FUA write) does not hold up the requests behind it: its fsync runs on the
+//! blocking pool while the connection goes on, and its reply is sent when the fsync is
+//! done. Flushes that arrive while an fsync is running share the next one (group commit).
+//! A connection that has written `SYNC_WINDOW` bytes while an fsync runs waits for it,
+//! so a steady stream of writes cannot keep growing the dirty data every flush must write.
 
+use std::fs::File;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use std::pin::Pin;
-
-use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use bytes::{Buf, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::sync::oneshot;
 
 use super::{Replica, ReplicaError};
 use crate::address::{Listener, Stream};
@@ -20,6 +30,8 @@ use crate::volume::Epoch;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BUFFER: usize = 256 << 10;
+/// Bytes a connection writes while one of its fsyncs is running before it waits for it.
+const SYNC_WINDOW: u64 = 4 << 20;
 
 /// A replica being served: the store, the newest accepted epoch (mirrored for a cheap
 /// per-request check) and the token engines must present, if any.
@@ -27,6 +39,32 @@ pub struct ReplicaServer {
     replica: Mutex<Replica>,
     newest_epoch: AtomicU64,
     token: Option<String>,
+    syncs: Mutex<SyncQueue>,
+}
+
+/// Flushes waiting for an fsync of the head. `running` is true while a blocking task
+/// works through the queue; a flush queued meanwhile is served by its next fsync.
+#[derive(Default)]
+struct SyncQueue {
+    running: bool,
+    waiting: Vec<SyncWaiter>,
+}
+
+/// One flush: the head it must make durable (the head when it arrived), the revision to
+/// record once it is, and where to say so.
+struct SyncWaiter {
+    file: Arc<File>,
+    revision: u64,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// A reply that waits for an fsync: the request id and the outcome of the fsync.
+type Deferred = Pin<Box<dyn Future<Output = (u64, Result<(), ReplicaError>)> + Send>>;
+
+/// What executing a request gave: a reply now (payload in `out`), or one after an fsync.
+enum Outcome {
+    Now(Result<usize, ReplicaError>),
+    AfterSync(Deferred),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +86,7 @@ impl ReplicaServer {
             replica: Mutex::new(replica),
             newest_epoch: AtomicU64::new(epoch),
             token,
+            syncs: Mutex::new(SyncQueue::default()),
         })
     }
 
@@ -83,8 +122,7 @@ impl ReplicaServer {
     }
 
     async fn connection(self: Arc<Self>, stream: Stream) -> Result<(), ConnError> {
-        let (r, w) = stream.into_split();
-        let mut r = BufReader::with_capacity(BUFFER, r);
+        let (mut r, w) = stream.into_split();
         let mut w = BufWriter::with_capacity(BUFFER, w);
         let hello = tokio::time::timeout(HELLO_TIMEOUT, Hello::decode(&mut r))
             .await
@@ -98,60 +136,80 @@ impl ReplicaServer {
         }
         tracing::info!(volume = %hello.volume, epoch = %hello.epoch, "accepted engine");
         let epoch = hello.epoch;
-        let mut payload = Vec::new();
+        // Requests are parsed from `input` where they were read (a payload is written to
+        // the layer from there, never copied); replies go out once per batch of requests.
+        let mut input = BytesMut::with_capacity(BUFFER);
         let mut out = Vec::new();
+        let mut deferred: FuturesUnordered<Deferred> = FuturesUnordered::new();
+        // Bytes written since the oldest fsync still awaited was queued; past
+        // SYNC_WINDOW the connection stops taking requests until it is done, so the
+        // writes it overlaps never grow the next fsync without bound.
+        let mut written_during_sync = 0u64;
         loop {
-            let mut hb = [0u8; REQUEST_HEADER_LEN];
-            match r.read_exact(&mut hb).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-            let h = RequestHeader::decode(&hb)?;
-            let len = h.payload_len as usize;
-            // A payload already in the read buffer is used where it lies (no copy); a
-            // larger one is read into the connection's payload buffer.
-            let buffered = r.buffer().len() >= len;
-            if !buffered {
-                r.read_exact(grow(&mut payload, len)).await?;
-            }
-            let body = if buffered {
-                &r.buffer()[..len]
-            } else {
-                &payload[..len]
-            };
-            let newest = Epoch(self.newest_epoch.load(Ordering::Acquire));
-            if newest > epoch {
-                let reply = ReplyHeader {
-                    status: Status::StaleEpoch,
-                    id: h.id,
-                    payload_len: 0,
-                };
-                w.write_all(&reply.encode()).await?;
-                w.flush().await?;
-                return Err(ConnError::Superseded(epoch, newest));
-            }
-            let (status, out_len) = match self.execute(&h, body, &mut out).await {
-                Ok(n) => (Status::Ok, n),
-                Err(e) => {
-                    if e.status() == Status::Io {
-                        tracing::error!(op = ?h.op, offset = h.offset, error = %e, "replica I/O failed");
-                    }
-                    (e.status(), 0)
+            let mut replied = false;
+            loop {
+                let throttled = !deferred.is_empty() && written_during_sync > SYNC_WINDOW;
+                if throttled || input.len() < REQUEST_HEADER_LEN {
+                    break;
                 }
-            };
-            let reply = ReplyHeader {
-                status,
-                id: h.id,
-                payload_len: out_len as u32,
-            };
-            if buffered {
-                Pin::new(&mut r).consume(len);
+                let mut hb = [0u8; REQUEST_HEADER_LEN];
+                hb.copy_from_slice(&input[..REQUEST_HEADER_LEN]);
+                let h = RequestHeader::decode(&hb)?;
+                let frame = REQUEST_HEADER_LEN + h.payload_len as usize;
+                if input.len() < frame {
+                    input.reserve(frame - input.len());
+                    break;
+                }
+                let newest = Epoch(self.newest_epoch.load(Ordering::Acquire));
+                if newest > epoch {
+                    reply(&mut w, Status::StaleEpoch, h.id, &[]).await?;
+                    w.flush().await?;
+                    return Err(ConnError::Superseded(epoch, newest));
+                }
+                let body = &input[REQUEST_HEADER_LEN..frame];
+                match self.execute(&h, body, &mut out) {
+                    Outcome::Now(result) => {
+                        let (status, len) = outcome(&h, result);
+                        reply(&mut w, status, h.id, &out[..len]).await?;
+                        replied = true;
+                    }
+                    Outcome::AfterSync(d) => deferred.push(d),
+                }
+                if !deferred.is_empty() && matches!(h.op, Op::Write | Op::WriteZeroes) {
+                    written_during_sync += h.length.max(h.payload_len) as u64;
+                }
+                input.advance(frame);
             }
-            w.write_all(&reply.encode()).await?;
-            w.write_all(&out[..out_len]).await?;
-            if r.buffer().is_empty() {
+            if replied {
                 w.flush().await?;
+            }
+            if input.capacity() - input.len() < 4096 {
+                input.reserve(BUFFER);
+            }
+            tokio::select! {
+                biased;
+                Some((id, result)) = deferred.next(), if !deferred.is_empty() => {
+                    let status = match result {
+                        Ok(()) => Status::Ok,
+                        Err(e) => {
+                            tracing::error!(error = %e, "replica fsync failed");
+                            e.status()
+                        }
+                    };
+                    reply(&mut w, status, id, &[]).await?;
+                    w.flush().await?;
+                    if deferred.is_empty() {
+                        written_during_sync = 0;
+                    }
+                }
+                read = r.read_buf(&mut input), if deferred.is_empty() || written_during_sync <= SYNC_WINDOW => {
+                    if read? == 0 {
+                        if input.is_empty() {
+                            return Ok(());
+                        }
+                        return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
             }
         }
     }
@@ -192,8 +250,24 @@ impl ReplicaServer {
         }
     }
 
-    /// Runs one request; the reply payload is the first returned-length bytes of `out`.
-    async fn execute(
+    /// Runs one request. A reply now carries the first returned-length bytes of `out`; a
+    /// flush, or a FUA write once written, replies after its fsync.
+    fn execute(self: &Arc<Self>, h: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
+        let fua = h.flags & FLAG_FUA != 0;
+        let written = match h.op {
+            Op::Write => self.store().write(h.offset, payload),
+            Op::Trim | Op::WriteZeroes => self.store().zero(h.offset, h.length as u64),
+            Op::Flush => Ok(()),
+            _ => return Outcome::Now(self.execute_other(h, payload, out)),
+        };
+        match written {
+            Ok(()) if fua || h.op == Op::Flush => Outcome::AfterSync(self.sync(h.id)),
+            Ok(()) => Outcome::Now(Ok(0)),
+            Err(e) => Outcome::Now(Err(e)),
+        }
+    }
+
+    fn execute_other(
         &self,
         h: &RequestHeader,
         payload: &[u8],
@@ -212,41 +286,15 @@ impl ReplicaServer {
             return Ok(buf.len());
         }
         out.clear();
-        self.execute_other(h, payload, out).await?;
-        Ok(out.len())
-    }
-
-    async fn execute_other(
-        &self,
-        h: &RequestHeader,
-        payload: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), ReplicaError> {
         match h.op {
-            Op::Read => Ok(()),
-            Op::Write => {
-                self.store().write(h.offset, payload)?;
-                if h.flags & FLAG_FUA != 0 {
-                    self.flush().await?;
-                }
-                Ok(())
-            }
-            Op::Trim | Op::WriteZeroes => {
-                self.store().zero(h.offset, h.length as u64)?;
-                if h.flags & FLAG_FUA != 0 {
-                    self.flush().await?;
-                }
-                Ok(())
-            }
-            Op::Flush => self.flush().await,
-            Op::Ping => Ok(()),
-            Op::Info => json(out, &self.store().info()),
-            Op::SnapshotList => json(out, &self.store().snapshots()),
-            Op::SnapshotCreate => self.store().snapshot_create(&text(payload)?),
-            Op::SnapshotDelete => self.store().snapshot_delete(&text(payload)?),
-            Op::SnapshotRevert => self.store().snapshot_revert(&text(payload)?),
-            Op::Expand => self.store().expand(h.offset),
-            Op::SetRevision => self.store().set_revision(h.offset),
+            Op::Read | Op::Write | Op::Trim | Op::WriteZeroes | Op::Flush | Op::Ping => {}
+            Op::Info => json(out, &self.store().info())?,
+            Op::SnapshotList => json(out, &self.store().snapshots())?,
+            Op::SnapshotCreate => self.store().snapshot_create(&text(payload)?)?,
+            Op::SnapshotDelete => self.store().snapshot_delete(&text(payload)?)?,
+            Op::SnapshotRevert => self.store().snapshot_revert(&text(payload)?)?,
+            Op::Expand => self.store().expand(h.offset)?,
+            Op::SetRevision => self.store().set_revision(h.offset)?,
             Op::ChunkHashes => {
                 if payload.len() != 4 || h.length as usize * 32 > MAX_PAYLOAD as usize {
                     return Err(ReplicaError::Unaligned(0));
@@ -256,24 +304,109 @@ impl ReplicaServer {
                     .store()
                     .chunk_hashes(h.offset, h.length as u64, chunk)?;
                 out.extend_from_slice(&hashes);
-                Ok(())
+            }
+        }
+        Ok(out.len())
+    }
+
+    /// Queues an fsync of the head as it is now (every write executed so far is in it)
+    /// and returns the reply to send once it is durable. The fsync runs outside the store
+    /// lock and the connection, so reads and writes go on meanwhile.
+    fn sync(self: &Arc<Self>, id: u64) -> Deferred {
+        let (file, revision) = self.store().flush_target();
+        let (done, rx) = oneshot::channel();
+        let start = {
+            let mut q = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
+            q.waiting.push(SyncWaiter {
+                file,
+                revision,
+                done,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || me.run_syncs());
+        }
+        let dir = self.store().dir().to_owned();
+        Box::pin(async move {
+            let result = match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(reason)) => Err(reason),
+                Err(_) => Err("the fsync task stopped".to_owned()),
+            };
+            let result = result.map_err(|reason| ReplicaError::Io {
+                path: dir,
+                source: std::io::Error::other(reason),
+            });
+            (id, result)
+        })
+    }
+
+    /// Serves the sync queue until it is empty: each round takes every flush waiting,
+    /// fsyncs each head they name once, records the newest revision, and answers them.
+    fn run_syncs(&self) {
+        loop {
+            let batch = {
+                let mut q = self.syncs.lock().unwrap_or_else(|p| p.into_inner());
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            let mut synced: Vec<(Arc<File>, Result<(), String>)> = Vec::new();
+            for w in &batch {
+                if !synced.iter().any(|(f, _)| Arc::ptr_eq(f, &w.file)) {
+                    let r = w.file.sync_data().map_err(|e| e.to_string());
+                    synced.push((w.file.clone(), r));
+                }
+            }
+            let revision = batch.iter().map(|w| w.revision).max().unwrap_or(0);
+            let recorded = self
+                .store()
+                .persist_revision(revision)
+                .map_err(|e| e.to_string());
+            for w in batch {
+                let result = synced
+                    .iter()
+                    .find(|(f, _)| Arc::ptr_eq(f, &w.file))
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or(Ok(()))
+                    .and(recorded.clone());
+                let _ = w.done.send(result);
             }
         }
     }
+}
 
-    /// Fsyncs the head outside the store lock, so reads and writes go on meanwhile.
-    async fn flush(&self) -> Result<(), ReplicaError> {
-        let (file, revision) = self.store().flush_target();
-        let dir = self.store().dir().to_owned();
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(|e| ReplicaError::Io {
-                path: dir.clone(),
-                source: std::io::Error::other(e),
-            })?
-            .map_err(|source| ReplicaError::Io { path: dir, source })?;
-        self.store().persist_revision(revision)
+/// The status and reply payload length of a request executed now.
+fn outcome(h: &RequestHeader, result: Result<usize, ReplicaError>) -> (Status, usize) {
+    match result {
+        Ok(len) => (Status::Ok, len),
+        Err(e) => {
+            if e.status() == Status::Io {
+                tracing::error!(op = ?h.op, offset = h.offset, error = %e, "replica I/O failed");
+            }
+            (e.status(), 0)
+        }
     }
+}
+
+/// Queues one reply frame on `w`.
+async fn reply<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    status: Status,
+    id: u64,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let header = ReplyHeader {
+        status,
+        id,
+        payload_len: payload.len() as u32,
+    };
+    w.write_all(&header.encode()).await?;
+    w.write_all(payload).await
 }
 
 /// The first `n` bytes of `buf`, growing it (zeroed, never shrinking) when it is shorter;
@@ -295,4 +428,53 @@ fn json<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), Replica
         path: ".".into(),
         source: std::io::Error::other(e),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::address::Address;
+    use crate::engine::link::ReplicaLink;
+
+    /// Flushes and FUA writes pipelined among plain writes are all answered, and every
+    /// write reads back: a flush holds up neither the requests behind it nor their replies.
+    #[tokio::test]
+    async fn pipelined_flushes_and_fua_writes_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(&dir.path().join("r"), Some(1 << 20)).unwrap();
+        let addr = Address::Unix(dir.path().join("r.sock"));
+        let listener = Listener::bind(&addr).await.unwrap();
+        tokio::spawn(ReplicaServer::new(replica, None).serve(listener));
+        let link = ReplicaLink::connect(&addr, "v", Epoch(1), "")
+            .await
+            .unwrap();
+        let calls = (0..64u64).map(|i| {
+            let link = &link;
+            async move {
+                let (op, flags, offset, payload) = match i % 4 {
+                    0 => (Op::Flush, 0, 0, Bytes::new()),
+                    1 => (
+                        Op::Write,
+                        FLAG_FUA,
+                        i * 4096,
+                        Bytes::from(vec![i as u8; 4096]),
+                    ),
+                    _ => (Op::Write, 0, i * 4096, Bytes::from(vec![i as u8; 4096])),
+                };
+                let len = payload.len() as u32;
+                link.call(op, flags, offset, len, payload)
+                    .await
+                    .unwrap()
+                    .status
+            }
+        });
+        let statuses = futures::future::join_all(calls).await;
+        assert!(statuses.iter().all(|s| *s == Status::Ok), "{statuses:?}");
+        for i in (0..64u64).filter(|i| i % 4 != 0) {
+            let read = link.call(Op::Read, 0, i * 4096, 4096, Bytes::new());
+            assert_eq!(read.await.unwrap().payload, vec![i as u8; 4096]);
+        }
+    }
 }
