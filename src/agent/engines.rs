@@ -66,7 +66,8 @@ impl Agent {
                             tracing::warn!(volume = %volume.name, "reporting the engine: {err}");
                         }
                     }
-                    self.watch_engine(volume, replicas).await;
+                    self.watch_engine(volume, replicas, view.scrub_interval_secs)
+                        .await;
                 }
                 VolumeState::Detaching => {
                     if let Some(mut proc) = self.engines.remove(&volume.name) {
@@ -167,7 +168,7 @@ impl Agent {
 
     /// Reads the engine's replica list: reports replicas it dropped, adds write-only
     /// replicas for rebuild, and reports finished rebuilds.
-    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica]) {
+    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica], scrub_every: u64) {
         let Some(proc) = self.engines.get(&volume.name) else {
             return;
         };
@@ -283,7 +284,39 @@ impl Agent {
         if volume.state == VolumeState::Attached {
             grow_engine(volume, &mut client).await;
             self.carry_out_snapshots(volume, &mut client).await;
+            self.scrub_when_due(volume, &client, scrub_every);
         }
+    }
+
+    /// Starts a scrub of the volume when `scrubInterval` seconds passed since the last one
+    /// this agent started (0: never). It runs in the background; replicas it fails show up
+    /// in the engine's list and are reported and rebuilt like any failed replica.
+    fn scrub_when_due(&self, volume: &Volume, client: &EngineClient, every: u64) {
+        if every == 0 {
+            return;
+        }
+        let mut last = self.scrubbed.lock().unwrap_or_else(|e| e.into_inner());
+        let due = last
+            .get(&volume.name)
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(every));
+        if !due {
+            return;
+        }
+        last.insert(volume.name.clone(), Instant::now());
+        let (mut client, name) = (client.clone(), volume.name.clone());
+        tokio::spawn(async move {
+            match client.scrub(shorthorn_dataplane::proto::Empty {}).await {
+                Ok(report) => {
+                    let r = report.into_inner();
+                    if r.mismatched_chunks.is_empty() {
+                        tracing::info!(volume = %name, chunks = r.chunks_compared, "scrub: replicas agree");
+                    } else {
+                        tracing::warn!(volume = %name, chunks = r.chunks_compared, mismatched = ?r.mismatched_chunks, failed = ?r.failed, undecided = ?r.undecided_chunks, "scrub: replicas differ");
+                    }
+                }
+                Err(status) => tracing::warn!(volume = %name, "scrub: {}", status.message()),
+            }
+        });
     }
 
     fn engine_dir(&self, volume: &str) -> PathBuf {

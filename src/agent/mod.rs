@@ -72,6 +72,8 @@ pub struct Agent {
     attach_seen: BTreeMap<String, Instant>,
     /// Orphaned replica directories already reported.
     orphans_reported: std::collections::BTreeSet<String>,
+    /// When this agent last started a scrub of each volume attached here.
+    scrubbed: std::sync::Mutex<BTreeMap<String, Instant>>,
     last_stale_check: Instant,
     last_heartbeat: Instant,
     /// Since when this manager has been the Raft leader, as far as this agent saw.
@@ -87,6 +89,7 @@ impl Agent {
             engines: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
             orphans_reported: Default::default(),
+            scrubbed: Default::default(),
             last_stale_check: Instant::now(),
             last_heartbeat: Instant::now() - HEARTBEAT,
             leader_since: None,
@@ -249,6 +252,8 @@ struct NodeView {
     orphan_auto_deletion: bool,
     /// The `nodeDownTimeout` setting.
     node_down_timeout_secs: u64,
+    /// The `scrubInterval` setting.
+    scrub_interval_secs: u64,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
 }
@@ -293,6 +298,7 @@ impl NodeView {
             stale_due,
             orphan_auto_deletion: state.settings.orphan_auto_deletion,
             node_down_timeout_secs: state.settings.node_down_timeout,
+            scrub_interval_secs: state.settings.scrub_interval,
         }
     }
 }

@@ -217,6 +217,9 @@ settings! {
     /// Seconds without a heartbeat (sent every 2 s) after which the log marks a node down:
     /// its replicas fail and volumes attached there can be attached elsewhere.
     node_down_timeout: u64 = 10, "nodeDownTimeout", range(4, 3_600);
+    /// Seconds between scrubs of an attached volume (its replicas compared chunk by chunk; a
+    /// replica the majority contradicts is failed and rebuilt); 0 disables.
+    scrub_interval: u64 = 0, "scrubInterval", range(0, 31_536_000);
     /// Delete replica directories on a node that the log no longer places there (replaced
     /// while the node was down). Off: they are kept and reported in the node agent's log.
     orphan_auto_deletion: bool = false, "orphanAutoDeletion", any;
