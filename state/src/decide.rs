@@ -371,6 +371,7 @@ fn mark_dead_nodes(
     at: Timestamp,
 ) -> Result<Vec<Event>, Rejection> {
     let mut events = Vec::new();
+    let mut let_go: BTreeSet<&str> = BTreeSet::new();
     for node in state.nodes.values() {
         if !node.ready || node.last_heartbeat.plus_seconds(timeout_secs) > at {
             continue;
@@ -379,7 +380,20 @@ fn mark_dead_nodes(
             id: node.id.clone(),
         });
         for replica in state.replicas.values() {
-            if replica.node == node.id && replica.mode != ReplicaMode::Error {
+            if replica.node != node.id {
+                continue;
+            }
+            let deleting = state
+                .volumes
+                .get(&replica.volume)
+                .is_some_and(|v| v.state == VolumeState::Deleting);
+            if deleting {
+                // As in delete_volume: a deleted volume does not wait for a dead node.
+                events.push(Event::ReplicaRemoved {
+                    id: replica.id.clone(),
+                });
+                let_go.insert(&replica.id);
+            } else if replica.mode != ReplicaMode::Error {
                 events.push(Event::ReplicaFailed {
                     id: replica.id.clone(),
                     reason: format!("node \"{}\" is down (missed heartbeats)", node.id),
@@ -397,6 +411,19 @@ fn mark_dead_nodes(
                     name: volume.name.clone(),
                 });
             }
+        }
+    }
+    for volume in state.volumes.values() {
+        if volume.state == VolumeState::Deleting
+            && !volume.replicas.is_empty()
+            && volume
+                .replicas
+                .iter()
+                .all(|id| let_go.contains(id.as_str()))
+        {
+            events.push(Event::VolumeDeleted {
+                name: volume.name.clone(),
+            });
         }
     }
     Ok(events)
@@ -581,7 +608,19 @@ fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
     let mut events = vec![Event::VolumeDeleting {
         name: name.to_string(),
     }];
-    if volume.replicas.is_empty() {
+    // Replicas on nodes that are down are let go at once: no agent is there to remove
+    // them, and the volume must not wait for the node. A node that returns reports their
+    // directories as orphans.
+    let mut left = volume.replicas.len();
+    for replica in state.replicas_of(volume) {
+        if !state.nodes.get(&replica.node).is_some_and(|n| n.ready) {
+            events.push(Event::ReplicaRemoved {
+                id: replica.id.clone(),
+            });
+            left -= 1;
+        }
+    }
+    if left == 0 {
         events.push(Event::VolumeDeleted {
             name: name.to_string(),
         });
@@ -1479,5 +1518,77 @@ mod tests {
         );
         c.ok(Request::Heartbeat { node: "n1".into() });
         assert!(c.state.nodes["n1"].ready);
+    }
+
+    #[test]
+    fn a_deleted_volume_does_not_wait_for_dead_nodes() {
+        let mut c = Cluster::new();
+        for n in ["n1", "n2", "n3"] {
+            c.node(n, "", 100);
+        }
+        c.volume("a", 1, 3);
+        c.volume("b", 1, 1);
+        let dead = c.nodes_of("b")[0].clone();
+        c.clock += 61_000;
+        for n in ["n1", "n2", "n3"] {
+            if n != dead {
+                c.ok(Request::Heartbeat { node: n.into() });
+            }
+        }
+        c.ok(Request::MarkDeadNodes { timeout_secs: 60 });
+        assert!(!c.state.nodes[&dead].ready);
+
+        // Deleted while a replica's node is down: that replica is let go at once, the
+        // others wait for their agents.
+        let events = c.ok(Request::DeleteVolume { name: "a".into() });
+        let on_dead = c
+            .replicas("a")
+            .into_iter()
+            .filter(|r| r.node == dead)
+            .count();
+        assert_eq!(on_dead, 0, "{events:?}");
+        assert_eq!(c.replicas("a").len(), 2);
+        for replica in c.replicas("a") {
+            c.ok(Request::RemoveReplica { id: replica.id });
+        }
+        assert!(
+            !c.state.volumes.contains_key("a"),
+            "deleted with its last replica"
+        );
+
+        // Its only replica on the dead node: deleted at once.
+        c.ok(Request::DeleteVolume { name: "b".into() });
+        assert!(!c.state.volumes.contains_key("b"));
+        let disk = &c.state.nodes[&dead].disks["d1"];
+        assert_eq!(
+            (disk.scheduled, disk.replica_count),
+            (0, 0),
+            "disk accounting freed"
+        );
+    }
+
+    #[test]
+    fn a_node_dying_while_its_volume_is_deleted_lets_the_replica_go() {
+        let mut c = Cluster::new();
+        for n in ["n1", "n2"] {
+            c.node(n, "", 100);
+        }
+        c.volume("db", 1, 2);
+        c.ok(Request::DeleteVolume { name: "db".into() });
+        let on_n1 = c
+            .replicas("db")
+            .into_iter()
+            .find(|r| r.node == "n1")
+            .expect("on n1");
+        c.ok(Request::RemoveReplica { id: on_n1.id });
+        assert!(c.state.volumes.contains_key("db"), "waits for n2's agent");
+        c.clock += 61_000;
+        c.ok(Request::Heartbeat { node: "n1".into() });
+        let events = c.ok(Request::MarkDeadNodes { timeout_secs: 60 });
+        assert!(
+            events.contains(&Event::VolumeDeleted { name: "db".into() }),
+            "{events:?}"
+        );
+        assert!(!c.state.volumes.contains_key("db"));
     }
 }
