@@ -19,6 +19,8 @@ mod qemu_img_round_trip;
 mod qemu_io_odd_offsets;
 #[path = "dataplane/rebuild.rs"]
 mod rebuild;
+#[path = "dataplane/rebuild_history.rs"]
+mod rebuild_history;
 #[path = "dataplane/replica_restart.rs"]
 mod replica_restart;
 #[path = "dataplane/replica_timeout.rs"]

@@ -45,6 +45,8 @@ pub enum Op {
     ChunkHashes = 12,
     Expand = 13,
     SetRevision = 14,
+    /// Read as of a snapshot (payload: its name): for rebuilding the layer chain.
+    ReadSnapshot = 15,
 }
 
 impl Op {
@@ -64,6 +66,7 @@ impl Op {
             12 => Op::ChunkHashes,
             13 => Op::Expand,
             14 => Op::SetRevision,
+            15 => Op::ReadSnapshot,
             _ => return None,
         })
     }

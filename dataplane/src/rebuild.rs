@@ -34,18 +34,56 @@ impl Engine {
                 "replica {address} is already in the set"
             )));
         }
-        let link = self.connect(&address).await?;
+        {
+            let mut joining = self.joining.lock().unwrap_or_else(|e| e.into_inner());
+            if joining.contains(&address) {
+                return Err(EngineError::Busy(format!(
+                    "replica {address} is being given its snapshot layers"
+                )));
+            }
+            joining.push(address.clone());
+        }
+        let link = match self.connect(&address).await {
+            Ok(link) => link,
+            Err(e) => {
+                self.done_joining(&address);
+                return Err(e);
+            }
+        };
         // A failed entry for the same address is replaced.
         let _ = self.remove_replica(&address);
         let slot = self.new_slot(address.clone(), link, ReplicaMode::Wo);
         slot.rebuild
             .total_bytes
             .store(self.size(), Ordering::Release);
-        self.push_replica(slot.clone());
-        tracing::info!(event = "replica_mode", replica = %address, mode = "WO", "replica added, rebuilding");
+        // Without snapshot layers to give it, it joins at once (WO: it takes every new
+        // write); else first the layers it lacks, while it takes no writes, then it joins.
+        let lacks_layers = match self.missing_layers(&slot).await {
+            Ok(missing) => !missing.is_empty(),
+            Err(e) => {
+                self.done_joining(&address);
+                return Err(e);
+            }
+        };
+        if !lacks_layers {
+            self.push_replica(slot.clone());
+            self.done_joining(&address);
+            tracing::info!(event = "replica_mode", replica = %address, mode = "WO", "replica added, rebuilding");
+        }
         let engine = self.clone();
         let target = slot.clone();
         tokio::spawn(async move {
+            if lacks_layers {
+                let history = engine.copy_history(&target).await;
+                if let Err(e) = history {
+                    engine.done_joining(&target.address);
+                    engine.fail(&target, &format!("copying snapshot layers failed: {e}"));
+                    return;
+                }
+                engine.push_replica(target.clone());
+                engine.done_joining(&target.address);
+                tracing::info!(event = "replica_mode", replica = %target.address, mode = "WO", "replica added with its snapshot layers, rebuilding");
+            }
             match engine.rebuild(&target).await {
                 Ok(()) => {
                     tracing::info!(
@@ -61,6 +99,121 @@ impl Engine {
             }
         });
         Ok(slot)
+    }
+
+    fn done_joining(&self, address: &Address) {
+        self.joining
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|a| a != address);
+    }
+
+    /// Gives `target` the snapshots of an RW replica it lacks, oldest first: for each, its
+    /// data becomes that snapshot's view (chunks compared by blake3, differing ones
+    /// copied) and it takes the snapshot. Only when its own chain is a prefix of the
+    /// source's; otherwise it keeps its chain and gets the data alone.
+    /// The snapshots an RW replica has and `target` lacks, oldest first; none when
+    /// `target`'s chain is not a prefix of the source's (it then gets the data alone).
+    async fn missing_layers(&self, target: &ReplicaSlot) -> Result<Vec<String>, EngineError> {
+        let source = self
+            .rw_replicas()
+            .into_iter()
+            .next()
+            .ok_or(EngineError::NoHealthyReplica)?;
+        let names = |reply: crate::engine::link::Reply| -> Result<Vec<String>, EngineError> {
+            let list: Vec<crate::replica::SnapshotInfo> = serde_json::from_slice(&reply.payload)
+                .map_err(|e| EngineError::Invalid(format!("snapshot list: {e}")))?;
+            Ok(list.into_iter().map(|s| s.name).collect())
+        };
+        let list = |slot| self.call_or_fail(slot, Op::SnapshotList, 0, 0, 0, Bytes::new());
+        let have = names(list(&source).await?)?;
+        let own = names(list(target).await?)?;
+        if !have.starts_with(&own) {
+            tracing::warn!(replica = %target.address, ?own, ?have, "its snapshots are not a prefix of the volume's: it gets the data without the missing layers");
+            return Ok(Vec::new());
+        }
+        Ok(have[own.len()..].to_vec())
+    }
+
+    async fn copy_history(&self, target: &ReplicaSlot) -> Result<(), EngineError> {
+        let source = self
+            .rw_replicas()
+            .into_iter()
+            .next()
+            .ok_or(EngineError::NoHealthyReplica)?;
+        for name in &self.missing_layers(target).await? {
+            let mut offset = 0;
+            while offset < self.size() {
+                let size = self.size();
+                let count = (size - offset).div_ceil(CHUNK).min(BATCH);
+                let chunk = (CHUNK as u32).to_be_bytes();
+                let mut at_snapshot = chunk.to_vec();
+                at_snapshot.extend_from_slice(name.as_bytes());
+                let (src, dst) = futures::join!(
+                    self.call_or_fail(
+                        &source,
+                        Op::ChunkHashes,
+                        0,
+                        offset,
+                        count as u32,
+                        Bytes::from(at_snapshot)
+                    ),
+                    self.call_or_fail(
+                        target,
+                        Op::ChunkHashes,
+                        0,
+                        offset,
+                        count as u32,
+                        Bytes::copy_from_slice(&chunk)
+                    ),
+                );
+                let (src, dst) = (src?, dst?);
+                for i in 0..count as usize {
+                    if src.payload.get(i * 32..i * 32 + 32) == dst.payload.get(i * 32..i * 32 + 32)
+                    {
+                        continue;
+                    }
+                    let start = offset + i as u64 * CHUNK;
+                    let len = CHUNK.min(size - start) as u32;
+                    let data = self
+                        .call_or_fail(
+                            &source,
+                            Op::ReadSnapshot,
+                            0,
+                            start,
+                            len,
+                            Bytes::copy_from_slice(name.as_bytes()),
+                        )
+                        .await?;
+                    if data.payload.iter().all(|&b| b == 0) {
+                        self.call_or_fail(target, Op::WriteZeroes, 0, start, len, Bytes::new())
+                            .await?;
+                    } else {
+                        self.call_or_fail(
+                            target,
+                            Op::Write,
+                            0,
+                            start,
+                            len,
+                            Bytes::from(data.payload),
+                        )
+                        .await?;
+                    }
+                }
+                offset = (offset + count * CHUNK).min(size);
+            }
+            self.call_or_fail(
+                target,
+                Op::SnapshotCreate,
+                0,
+                0,
+                0,
+                Bytes::copy_from_slice(name.as_bytes()),
+            )
+            .await?;
+            tracing::info!(replica = %target.address, snapshot = %name, "snapshot layer rebuilt");
+        }
+        Ok(())
     }
 
     async fn rebuild(&self, target: &ReplicaSlot) -> Result<(), EngineError> {

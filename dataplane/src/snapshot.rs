@@ -20,7 +20,8 @@ impl Engine {
             )));
         }
         let _hold = self.gate.write().await;
-        if self.replicas().iter().any(|s| s.mode() == ReplicaMode::Wo) {
+        let joining = !self.joining.lock().map(|j| j.is_empty()).unwrap_or(true);
+        if joining || self.replicas().iter().any(|s| s.mode() == ReplicaMode::Wo) {
             return Err(EngineError::Busy(
                 "a replica is being rebuilt; try again when it is RW".into(),
             ));

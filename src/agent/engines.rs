@@ -267,6 +267,10 @@ impl Agent {
                     };
                     match client.add_replica(add).await {
                         Ok(_) => tracing::info!(replica = %replica.id, "rebuild started"),
+                        // Still being given its snapshot layers by the engine.
+                        Err(err) if err.code() == tonic::Code::FailedPrecondition => {
+                            tracing::debug!(replica = %replica.id, "adding the replica for rebuild: {}", err.message())
+                        }
                         Err(err) => {
                             tracing::warn!(replica = %replica.id, "adding the replica for rebuild: {err}")
                         }

@@ -137,6 +137,8 @@ pub struct Engine {
     /// Frontend clients connected now; revert needs none.
     pub clients: AtomicUsize,
     started: Instant,
+    /// Replicas being given the snapshot layers they lack before they join the set.
+    pub(crate) joining: Mutex<Vec<Address>>,
 }
 
 impl Engine {
@@ -227,6 +229,7 @@ impl Engine {
             stats: Stats::default(),
             clients: AtomicUsize::new(0),
             started: Instant::now(),
+            joining: Mutex::new(Vec::new()),
         });
         engine.drop_stale_replicas().await;
         tokio::spawn(track_rates(Arc::downgrade(&engine)));

@@ -361,6 +361,62 @@ impl Replica {
         Ok(())
     }
 
+    /// Reads as [`Self::read`] does, but as of snapshot `name`: only it and the snapshots
+    /// before it count (for rebuilding another replica's layer chain).
+    pub fn read_at_snapshot(
+        &self,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), ReplicaError> {
+        let layers = &self.snapshots[..=self.snapshot_index(name)?];
+        self.check_range(offset, buf.len() as u64)?;
+        let end = offset + buf.len() as u64;
+        let source = |block: u64| layers.iter().rposition(|l| l.blocks.get(block));
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BLOCK_SIZE;
+            let src = source(block);
+            let mut next = block + 1;
+            while next * BLOCK_SIZE < end && source(next) == src {
+                next += 1;
+            }
+            let run_end = (next * BLOCK_SIZE).min(end);
+            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            match src {
+                Some(i) => layers[i].read_at(slice, pos)?,
+                None => slice.fill(0),
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+
+    /// [`Self::chunk_hashes`] as of snapshot `name`.
+    pub fn chunk_hashes_at_snapshot(
+        &self,
+        name: &str,
+        offset: u64,
+        count: u64,
+        chunk: u64,
+    ) -> Result<Vec<u8>, ReplicaError> {
+        if chunk == 0 || !chunk.is_multiple_of(BLOCK_SIZE) || chunk > STEP * 16 {
+            return Err(ReplicaError::Unaligned(chunk));
+        }
+        let mut out = Vec::with_capacity(count as usize * 32);
+        let mut buf = vec![0u8; chunk as usize];
+        for i in 0..count {
+            let start = offset + i * chunk;
+            if start >= self.meta.size {
+                break;
+            }
+            let len = chunk.min(self.meta.size - start) as usize;
+            self.read_at_snapshot(name, start, &mut buf[..len])?;
+            out.extend_from_slice(blake3::hash(&buf[..len]).as_bytes());
+        }
+        Ok(out)
+    }
+
     /// Writes `data` at `offset` into the head. A partial block that only a lower layer
     /// holds is first copied up, so the head always holds whole, correct blocks.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ReplicaError> {

@@ -273,7 +273,7 @@ impl ReplicaServer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<usize, ReplicaError> {
-        if h.op == Op::Read {
+        if h.op == Op::Read || h.op == Op::ReadSnapshot {
             if h.length > MAX_PAYLOAD {
                 return Err(ReplicaError::OutOfRange {
                     offset: h.offset,
@@ -282,12 +282,23 @@ impl ReplicaServer {
                 });
             }
             let buf = grow(out, h.length as usize);
-            self.store().read(h.offset, buf)?;
+            if h.op == Op::Read {
+                self.store().read(h.offset, buf)?;
+            } else {
+                self.store()
+                    .read_at_snapshot(&text(payload)?, h.offset, buf)?;
+            }
             return Ok(buf.len());
         }
         out.clear();
         match h.op {
-            Op::Read | Op::Write | Op::Trim | Op::WriteZeroes | Op::Flush | Op::Ping => {}
+            Op::Read
+            | Op::ReadSnapshot
+            | Op::Write
+            | Op::Trim
+            | Op::WriteZeroes
+            | Op::Flush
+            | Op::Ping => {}
             Op::Info => json(out, &self.store().info())?,
             Op::SnapshotList => json(out, &self.store().snapshots())?,
             Op::SnapshotCreate => self.store().snapshot_create(&text(payload)?)?,
@@ -296,13 +307,22 @@ impl ReplicaServer {
             Op::Expand => self.store().expand(h.offset)?,
             Op::SetRevision => self.store().set_revision(h.offset)?,
             Op::ChunkHashes => {
-                if payload.len() != 4 || h.length as usize * 32 > MAX_PAYLOAD as usize {
+                if payload.len() < 4 || h.length as usize * 32 > MAX_PAYLOAD as usize {
                     return Err(ReplicaError::Unaligned(0));
                 }
                 let chunk = crate::protocol::be32(payload) as u64;
-                let hashes = self
-                    .store()
-                    .chunk_hashes(h.offset, h.length as u64, chunk)?;
+                // A snapshot name after the chunk size: hashes as of that snapshot.
+                let hashes = match &payload[4..] {
+                    [] => self
+                        .store()
+                        .chunk_hashes(h.offset, h.length as u64, chunk)?,
+                    name => self.store().chunk_hashes_at_snapshot(
+                        &text(name)?,
+                        h.offset,
+                        h.length as u64,
+                        chunk,
+                    )?,
+                };
                 out.extend_from_slice(&hashes);
             }
         }
