@@ -58,14 +58,14 @@ impl Engine {
             .store(self.size(), Ordering::Release);
         // Without snapshot layers to give it, it joins at once (WO: it takes every new
         // write); else first the layers it lacks, while it takes no writes, then it joins.
-        let lacks_layers = match self.missing_layers(&slot).await {
-            Ok(missing) => !missing.is_empty(),
+        let missing = match self.missing_layers(&slot).await {
+            Ok(missing) => missing,
             Err(e) => {
                 self.done_joining(&address);
                 return Err(e);
             }
         };
-        if !lacks_layers {
+        if missing.is_empty() {
             self.push_replica(slot.clone());
             self.done_joining(&address);
             tracing::info!(event = "replica_mode", replica = %address, mode = "WO", "replica added, rebuilding");
@@ -73,8 +73,8 @@ impl Engine {
         let engine = self.clone();
         let target = slot.clone();
         tokio::spawn(async move {
-            if lacks_layers {
-                let history = engine.copy_history(&target).await;
+            if !missing.is_empty() {
+                let history = engine.copy_history(&target, &missing).await;
                 if let Err(e) = history {
                     engine.done_joining(&target.address);
                     engine.fail(&target, &format!("copying snapshot layers failed: {e}"));
@@ -108,10 +108,6 @@ impl Engine {
             .retain(|a| a != address);
     }
 
-    /// Gives `target` the snapshots of an RW replica it lacks, oldest first: for each, its
-    /// data becomes that snapshot's view (chunks compared by blake3, differing ones
-    /// copied) and it takes the snapshot. Only when its own chain is a prefix of the
-    /// source's; otherwise it keeps its chain and gets the data alone.
     /// The snapshots an RW replica has and `target` lacks, oldest first; none when
     /// `target`'s chain is not a prefix of the source's (it then gets the data alone).
     async fn missing_layers(&self, target: &ReplicaSlot) -> Result<Vec<String>, EngineError> {
@@ -135,72 +131,32 @@ impl Engine {
         Ok(have[own.len()..].to_vec())
     }
 
-    async fn copy_history(&self, target: &ReplicaSlot) -> Result<(), EngineError> {
+    /// Gives `target` the `missing` snapshots of an RW replica, oldest first: for each, its
+    /// data becomes that snapshot's view and it takes the snapshot.
+    async fn copy_history(
+        &self,
+        target: &ReplicaSlot,
+        missing: &[String],
+    ) -> Result<(), EngineError> {
         let source = self
             .rw_replicas()
             .into_iter()
             .next()
             .ok_or(EngineError::NoHealthyReplica)?;
-        for name in &self.missing_layers(target).await? {
+        for name in missing {
             let mut offset = 0;
             while offset < self.size() {
-                let size = self.size();
-                let count = (size - offset).div_ceil(CHUNK).min(BATCH);
-                let chunk = (CHUNK as u32).to_be_bytes();
-                let mut at_snapshot = chunk.to_vec();
-                at_snapshot.extend_from_slice(name.as_bytes());
-                let (src, dst) = futures::join!(
-                    self.call_or_fail(
-                        &source,
-                        Op::ChunkHashes,
-                        0,
-                        offset,
-                        count as u32,
-                        Bytes::from(at_snapshot)
-                    ),
-                    self.call_or_fail(
-                        target,
-                        Op::ChunkHashes,
-                        0,
-                        offset,
-                        count as u32,
-                        Bytes::copy_from_slice(&chunk)
-                    ),
-                );
-                let (src, dst) = (src?, dst?);
-                for i in 0..count as usize {
-                    if src.payload.get(i * 32..i * 32 + 32) == dst.payload.get(i * 32..i * 32 + 32)
-                    {
-                        continue;
-                    }
-                    let start = offset + i as u64 * CHUNK;
-                    let len = CHUNK.min(size - start) as u32;
-                    let data = self
-                        .call_or_fail(
-                            &source,
-                            Op::ReadSnapshot,
-                            0,
-                            start,
-                            len,
-                            Bytes::copy_from_slice(name.as_bytes()),
-                        )
-                        .await?;
-                    if data.payload.iter().all(|&b| b == 0) {
-                        self.call_or_fail(target, Op::WriteZeroes, 0, start, len, Bytes::new())
-                            .await?;
-                    } else {
-                        self.call_or_fail(
-                            target,
-                            Op::Write,
-                            0,
-                            start,
-                            len,
-                            Bytes::from(data.payload),
-                        )
-                        .await?;
-                    }
+                let count = (self.size() - offset).div_ceil(CHUNK).min(BATCH);
+                if !self
+                    .copy_differing(&source, target, offset, count, Some(name))
+                    .await?
+                {
+                    return Err(EngineError::Replica {
+                        address: source.address.to_string(),
+                        reason: format!("failed while giving snapshot {name:?} to a replica"),
+                    });
                 }
-                offset = (offset + count * CHUNK).min(size);
+                offset = (offset + count * CHUNK).min(self.size());
             }
             self.call_or_fail(
                 target,
@@ -216,6 +172,74 @@ impl Engine {
         Ok(())
     }
 
+    /// Compares `count` chunks from `offset` between `source` (as of snapshot `at`, or as
+    /// it is now) and `target` by blake3, and copies the ones that differ, counting them in
+    /// the target's rebuild progress. `Ok(false)` when the source failed before the
+    /// comparison (it is dropped; the caller may retry from another one).
+    async fn copy_differing(
+        &self,
+        source: &ReplicaSlot,
+        target: &ReplicaSlot,
+        offset: u64,
+        count: u64,
+        at: Option<&str>,
+    ) -> Result<bool, EngineError> {
+        let size = self.size();
+        let chunk = (CHUNK as u32).to_be_bytes();
+        let mut at_chunk = chunk.to_vec();
+        at_chunk.extend_from_slice(at.unwrap_or_default().as_bytes());
+        let (src, dst) = futures::join!(
+            self.call_or_fail(
+                source,
+                Op::ChunkHashes,
+                0,
+                offset,
+                count as u32,
+                Bytes::from(at_chunk)
+            ),
+            self.call_or_fail(
+                target,
+                Op::ChunkHashes,
+                0,
+                offset,
+                count as u32,
+                Bytes::copy_from_slice(&chunk)
+            ),
+        );
+        let dst = dst?;
+        let Ok(src) = src else {
+            return Ok(false);
+        };
+        let (read, name) = match at {
+            Some(name) => (Op::ReadSnapshot, Bytes::copy_from_slice(name.as_bytes())),
+            None => (Op::Read, Bytes::new()),
+        };
+        let progress = &target.rebuild;
+        for i in 0..count as usize {
+            let start = offset + i as u64 * CHUNK;
+            let len = CHUNK.min(size - start) as u32;
+            progress.chunks_compared.fetch_add(1, Ordering::Relaxed);
+            if src.payload.get(i * 32..i * 32 + 32) == dst.payload.get(i * 32..i * 32 + 32) {
+                continue;
+            }
+            let data = self
+                .call_or_fail(source, read, 0, start, len, name.clone())
+                .await?;
+            if data.payload.iter().all(|&b| b == 0) {
+                self.call_or_fail(target, Op::WriteZeroes, 0, start, len, Bytes::new())
+                    .await?;
+            } else {
+                self.call_or_fail(target, Op::Write, 0, start, len, Bytes::from(data.payload))
+                    .await?;
+            }
+            progress.chunks_copied.fetch_add(1, Ordering::Relaxed);
+            progress
+                .copied_bytes
+                .fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
     async fn rebuild(&self, target: &ReplicaSlot) -> Result<(), EngineError> {
         let mut offset = 0;
         while offset < self.size() {
@@ -223,56 +247,18 @@ impl Engine {
                 return Err(EngineError::Busy("replica left WO mode".into()));
             }
             let _hold = self.gate.write().await;
-            let size = self.size();
-            let count = (size - offset).div_ceil(CHUNK).min(BATCH);
+            let count = (self.size() - offset).div_ceil(CHUNK).min(BATCH);
             let Some(source) = self.rw_replicas().into_iter().next() else {
                 return Err(EngineError::NoHealthyReplica);
             };
-            let chunk = Bytes::copy_from_slice(&(CHUNK as u32).to_be_bytes());
-            let (src, dst) = futures::join!(
-                self.call_or_fail(
-                    &source,
-                    Op::ChunkHashes,
-                    0,
-                    offset,
-                    count as u32,
-                    chunk.clone()
-                ),
-                self.call_or_fail(target, Op::ChunkHashes, 0, offset, count as u32, chunk),
-            );
-            let dst = dst?;
-            let Ok(src) = src else {
-                // The source failed and is dropped; retry this batch from another one.
-                continue;
-            };
-            for i in 0..count as usize {
-                let start = offset + i as u64 * CHUNK;
-                let len = CHUNK.min(size - start) as u32;
-                target
-                    .rebuild
-                    .chunks_compared
-                    .fetch_add(1, Ordering::Relaxed);
-                if src.payload.get(i * 32..i * 32 + 32) == dst.payload.get(i * 32..i * 32 + 32) {
-                    continue;
-                }
-                let data = self
-                    .call_or_fail(&source, Op::Read, 0, start, len, Bytes::new())
-                    .await?;
-                if data.payload.iter().all(|&b| b == 0) {
-                    self.call_or_fail(target, Op::WriteZeroes, 0, start, len, Bytes::new())
-                        .await?;
-                } else {
-                    self.call_or_fail(target, Op::Write, 0, start, len, Bytes::from(data.payload))
-                        .await?;
-                }
-                target.rebuild.chunks_copied.fetch_add(1, Ordering::Relaxed);
-                target
-                    .rebuild
-                    .copied_bytes
-                    .fetch_add(len as u64, Ordering::Relaxed);
+            // A source that failed is dropped; this batch is retried from another one.
+            if self
+                .copy_differing(&source, target, offset, count, None)
+                .await?
+            {
+                offset = (offset + count * CHUNK).min(self.size());
+                target.rebuild.done_bytes.store(offset, Ordering::Release);
             }
-            offset = (offset + count * CHUNK).min(size);
-            target.rebuild.done_bytes.store(offset, Ordering::Release);
         }
         // With frontend I/O held, the target takes the source's revision counter and turns
         // RW, so both count the same writes from here on.

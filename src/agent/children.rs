@@ -31,6 +31,8 @@ pub(super) struct Record {
 pub(super) struct Proc {
     pub(super) record: Record,
     pub(super) child: Option<Child>,
+    /// Engine only: its control connection, made once and kept for the child's life.
+    pub(super) control: tokio::sync::OnceCell<shorthorn_dataplane::control::ControlClient>,
 }
 
 impl Proc {
@@ -75,6 +77,7 @@ impl Agent {
                 let proc = Proc {
                     record,
                     child: None,
+                    control: Default::default(),
                 };
                 if kind == "replica" {
                     self.replicas.insert(name, proc);

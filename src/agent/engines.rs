@@ -163,6 +163,7 @@ impl Agent {
         Ok(Proc {
             record,
             child: Some(child),
+            control: Default::default(),
         })
     }
 
@@ -172,21 +173,24 @@ impl Agent {
         let Some(proc) = self.engines.get(&volume.name) else {
             return;
         };
-        let Ok(address) = proc
-            .record
-            .control
-            .parse::<shorthorn_dataplane::address::Address>()
-        else {
+        let connect = async {
+            let address = proc
+                .record
+                .control
+                .parse::<shorthorn_dataplane::address::Address>()
+                .map_err(|e| e.to_string())?;
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                shorthorn_dataplane::control::connect(&address),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+        };
+        let Ok(client) = proc.control.get_or_try_init(|| connect).await else {
             return;
         };
-        let Ok(Ok(mut client)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            shorthorn_dataplane::control::connect(&address),
-        )
-        .await
-        else {
-            return;
-        };
+        let mut client = client.clone();
         let Ok(Ok(list)) = tokio::time::timeout(
             Duration::from_secs(2),
             client.list_replicas(shorthorn_dataplane::proto::Empty {}),

@@ -152,6 +152,7 @@ impl Agent {
         Ok(Proc {
             record,
             child: Some(child),
+            control: Default::default(),
         })
     }
 

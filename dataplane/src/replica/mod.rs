@@ -142,6 +142,68 @@ pub struct Replica {
     revision_file: File,
 }
 
+/// A chain of layers as a reader sees it: `lower` oldest first, then `head` (none for a
+/// snapshot's view). Each block comes from the newest layer holding it.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    lower: &'a [Layer],
+    head: Option<&'a Layer>,
+}
+
+impl View<'_> {
+    fn source_of(&self, block: u64) -> Option<&Layer> {
+        match self.head {
+            Some(head) if head.blocks.get(block) => Some(head),
+            _ => self.lower.iter().rev().find(|l| l.blocks.get(block)),
+        }
+    }
+
+    /// Whether any layer holds a block of `[start, end)`.
+    fn any(&self, start: u64, end: u64) -> bool {
+        self.head.is_some_and(|h| h.blocks.any(start, end))
+            || self.lower.iter().any(|l| l.blocks.any(start, end))
+    }
+
+    /// Reads `buf.len()` bytes at `offset` (already range-checked); blocks no layer holds
+    /// read as zeros.
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReplicaError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let end = offset + buf.len() as u64;
+        if let Some(head) = self.head
+            && !self
+                .lower
+                .iter()
+                .any(|l| l.blocks.any(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)))
+        {
+            return Ok(head.read_at(buf, offset)?);
+        }
+        let same = |a: Option<&Layer>, b: Option<&Layer>| match (a, b) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BLOCK_SIZE;
+            let src = self.source_of(block);
+            let mut next = block + 1;
+            while next * BLOCK_SIZE < end && same(self.source_of(next), src) {
+                next += 1;
+            }
+            let run_end = (next * BLOCK_SIZE).min(end);
+            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+            match src {
+                Some(layer) => layer.read_at(slice, pos)?,
+                None => slice.fill(0),
+            }
+            pos = run_end;
+        }
+        Ok(())
+    }
+}
+
 impl Replica {
     /// Opens the replica in `dir`, creating an empty one of `size` bytes if the directory
     /// holds none. Every layer is checked; the first bad one is named in the error.
@@ -311,16 +373,20 @@ impl Replica {
         }
     }
 
-    /// Index into the chain (snapshots then head) of the newest layer holding `block`.
-    fn source_of(&self, block: u64) -> Option<usize> {
-        if self.head.blocks.get(block) {
-            return Some(self.snapshots.len());
+    /// What a reader sees now: every snapshot and the head.
+    fn view(&self) -> View<'_> {
+        View {
+            lower: &self.snapshots,
+            head: Some(&self.head),
         }
-        self.snapshots.iter().rposition(|l| l.blocks.get(block))
     }
 
-    fn layer(&self, index: usize) -> &Layer {
-        self.snapshots.get(index).unwrap_or(&self.head)
+    /// What a reader saw when snapshot `name` was taken: it and the snapshots before it.
+    fn view_at(&self, name: &str) -> Result<View<'_>, ReplicaError> {
+        Ok(View {
+            lower: &self.snapshots[..=self.snapshot_index(name)?],
+            head: None,
+        })
     }
 
     fn lower_has(&self, block: u64) -> bool {
@@ -335,30 +401,7 @@ impl Replica {
     /// blocks no layer holds read as zeros.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReplicaError> {
         self.check_range(offset, buf.len() as u64)?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let end = offset + buf.len() as u64;
-        if !self.lower_any(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)) {
-            return Ok(self.head.read_at(buf, offset)?);
-        }
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / BLOCK_SIZE;
-            let src = self.source_of(block);
-            let mut next = block + 1;
-            while next * BLOCK_SIZE < end && self.source_of(next) == src {
-                next += 1;
-            }
-            let run_end = (next * BLOCK_SIZE).min(end);
-            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
-            match src {
-                Some(i) => self.layer(i).read_at(slice, pos)?,
-                None => slice.fill(0),
-            }
-            pos = run_end;
-        }
-        Ok(())
+        self.view().read(offset, buf)
     }
 
     /// Reads as [`Self::read`] does, but as of snapshot `name`: only it and the snapshots
@@ -369,52 +412,8 @@ impl Replica {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<(), ReplicaError> {
-        let layers = &self.snapshots[..=self.snapshot_index(name)?];
         self.check_range(offset, buf.len() as u64)?;
-        let end = offset + buf.len() as u64;
-        let source = |block: u64| layers.iter().rposition(|l| l.blocks.get(block));
-        let mut pos = offset;
-        while pos < end {
-            let block = pos / BLOCK_SIZE;
-            let src = source(block);
-            let mut next = block + 1;
-            while next * BLOCK_SIZE < end && source(next) == src {
-                next += 1;
-            }
-            let run_end = (next * BLOCK_SIZE).min(end);
-            let slice = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
-            match src {
-                Some(i) => layers[i].read_at(slice, pos)?,
-                None => slice.fill(0),
-            }
-            pos = run_end;
-        }
-        Ok(())
-    }
-
-    /// [`Self::chunk_hashes`] as of snapshot `name`.
-    pub fn chunk_hashes_at_snapshot(
-        &self,
-        name: &str,
-        offset: u64,
-        count: u64,
-        chunk: u64,
-    ) -> Result<Vec<u8>, ReplicaError> {
-        if chunk == 0 || !chunk.is_multiple_of(BLOCK_SIZE) || chunk > STEP * 16 {
-            return Err(ReplicaError::Unaligned(chunk));
-        }
-        let mut out = Vec::with_capacity(count as usize * 32);
-        let mut buf = vec![0u8; chunk as usize];
-        for i in 0..count {
-            let start = offset + i * chunk;
-            if start >= self.meta.size {
-                break;
-            }
-            let len = chunk.min(self.meta.size - start) as usize;
-            self.read_at_snapshot(name, start, &mut buf[..len])?;
-            out.extend_from_slice(blake3::hash(&buf[..len]).as_bytes());
-        }
-        Ok(out)
+        self.view_at(name)?.read(offset, buf)
     }
 
     /// Writes `data` at `offset` into the head. A partial block that only a lower layer
@@ -677,12 +676,13 @@ impl Replica {
     }
 
     /// blake3 of `count` chunks of `chunk` bytes from `offset` (the last may be short at
-    /// the volume end), as the engine sees the data.
+    /// the volume end), as the engine sees the data now, or as of snapshot `at`.
     pub fn chunk_hashes(
         &self,
         offset: u64,
         count: u64,
         chunk: u64,
+        at: Option<&str>,
     ) -> Result<Vec<u8>, ReplicaError> {
         if chunk == 0 || !chunk.is_multiple_of(BLOCK_SIZE) || chunk > STEP * 16 {
             return Err(ReplicaError::Unaligned(chunk));
@@ -694,6 +694,10 @@ impl Replica {
                 size: self.meta.size,
             });
         }
+        let view = match at {
+            Some(name) => self.view_at(name)?,
+            None => self.view(),
+        };
         let mut out = Vec::with_capacity(count as usize * 32);
         let mut buf = vec![0u8; chunk as usize];
         let mut zero_hash: Option<(usize, blake3::Hash)> = None;
@@ -707,7 +711,7 @@ impl Replica {
                 start / BLOCK_SIZE,
                 (start + len as u64).div_ceil(BLOCK_SIZE),
             );
-            let hash = if !self.head.blocks.any(sb, eb) && !self.lower_any(sb, eb) {
+            let hash = if !view.any(sb, eb) {
                 match zero_hash {
                     Some((l, h)) if l == len => h,
                     _ => {
@@ -717,7 +721,7 @@ impl Replica {
                     }
                 }
             } else {
-                self.read(start, &mut buf[..len])?;
+                view.read(start, &mut buf[..len])?;
                 blake3::hash(&buf[..len])
             };
             out.extend_from_slice(hash.as_bytes());

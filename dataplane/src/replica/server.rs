@@ -312,17 +312,13 @@ impl ReplicaServer {
                 }
                 let chunk = crate::protocol::be32(payload) as u64;
                 // A snapshot name after the chunk size: hashes as of that snapshot.
-                let hashes = match &payload[4..] {
-                    [] => self
-                        .store()
-                        .chunk_hashes(h.offset, h.length as u64, chunk)?,
-                    name => self.store().chunk_hashes_at_snapshot(
-                        &text(name)?,
-                        h.offset,
-                        h.length as u64,
-                        chunk,
-                    )?,
+                let at = match &payload[4..] {
+                    [] => None,
+                    name => Some(text(name)?),
                 };
+                let hashes =
+                    self.store()
+                        .chunk_hashes(h.offset, h.length as u64, chunk, at.as_deref())?;
                 out.extend_from_slice(&hashes);
             }
         }
