@@ -12,6 +12,8 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Request, Response, Status};
 
 use crate::address::{Address, Listener};
+use crate::backup::job::{BackupParams, JobState, Jobs};
+use crate::backup::{BackupError, Credentials, Store};
 use crate::engine::{Engine, EngineError, ReplicaMode};
 use crate::proto;
 use crate::proto::engine_control_client::EngineControlClient;
@@ -22,7 +24,10 @@ pub type ControlClient = EngineControlClient<Channel>;
 
 /// Serves the control API on `listener` until it fails.
 pub async fn serve(engine: Arc<Engine>, listener: Listener) -> Result<(), tonic::transport::Error> {
-    let service = EngineControlServer::new(ControlService { engine });
+    let service = EngineControlServer::new(ControlService {
+        engine,
+        jobs: Arc::new(Jobs::default()),
+    });
     let router = Server::builder().add_service(service);
     match listener {
         Listener::Unix(l, _) => router.serve_with_incoming(UnixListenerStream::new(l)).await,
@@ -57,6 +62,34 @@ pub async fn connect(addr: &Address) -> Result<ControlClient, tonic::transport::
 
 struct ControlService {
     engine: Arc<Engine>,
+    jobs: Arc<Jobs>,
+}
+
+fn backup_status(e: BackupError) -> Status {
+    let msg = e.to_string();
+    match e {
+        BackupError::BadTarget { .. }
+        | BackupError::BadCredentials(_)
+        | BackupError::Invalid(_)
+        | BackupError::Unsupported(_) => Status::invalid_argument(msg),
+        BackupError::BackupNotFound { .. } => Status::not_found(msg),
+        BackupError::Busy(_) => Status::already_exists(msg),
+        BackupError::Engine(e) => status(e),
+        _ => Status::unavailable(msg),
+    }
+}
+
+fn open_store(
+    url: &str,
+    credentials: &std::collections::HashMap<String, String>,
+) -> Result<Store, Status> {
+    let creds = Credentials::from_map(credentials.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(backup_status)?;
+    Store::open_url(url, &creds).map_err(backup_status)
+}
+
+fn concurrency(c: u32) -> usize {
+    if c == 0 { 8 } else { c.min(256) as usize }
 }
 
 fn status(e: EngineError) -> Status {
@@ -204,6 +237,70 @@ impl EngineControl for ControlService {
             mismatched_chunks: report.mismatched_chunks,
             failed: report.failed,
             undecided_chunks: report.undecided_chunks,
+        }))
+    }
+
+    async fn start_backup(
+        &self,
+        r: Request<proto::StartBackupRequest>,
+    ) -> Result<Response<proto::JobName>, Status> {
+        let r = r.into_inner();
+        let store = open_store(&r.target_url, &r.credentials)?;
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        let mut params = BackupParams::new(&r.name, &r.snapshot);
+        params.base_snapshot = opt(r.base_snapshot);
+        params.base_backup = opt(r.base_backup);
+        params.labels = r.labels.into_iter().collect();
+        params.concurrency = concurrency(r.concurrency);
+        self.jobs
+            .start_backup(self.engine.clone(), store, params)
+            .map_err(backup_status)?;
+        Ok(Response::new(proto::JobName { name: r.name }))
+    }
+
+    async fn start_restore(
+        &self,
+        r: Request<proto::StartRestoreRequest>,
+    ) -> Result<Response<proto::JobName>, Status> {
+        let r = r.into_inner();
+        let store = open_store(&r.target_url, &r.credentials)?;
+        let name = self
+            .jobs
+            .start_restore(
+                self.engine.clone(),
+                store,
+                r.backup_volume,
+                r.backup_name,
+                concurrency(r.concurrency),
+            )
+            .map_err(backup_status)?;
+        Ok(Response::new(proto::JobName { name }))
+    }
+
+    async fn job_status(
+        &self,
+        r: Request<proto::JobName>,
+    ) -> Result<Response<proto::JobStatusReply>, Status> {
+        let name = r.into_inner().name;
+        let Some(p) = self.jobs.get(&name) else {
+            return Err(Status::not_found(format!("no job {name:?} on this engine")));
+        };
+        let (state, error, manifest_url) = p.state();
+        let state = match state {
+            JobState::Running => proto::JobState::Running,
+            JobState::Completed => proto::JobState::Completed,
+            JobState::Error => proto::JobState::Error,
+        };
+        Ok(Response::new(proto::JobStatusReply {
+            name,
+            state: state as i32,
+            done_bytes: p.done_bytes.load(Ordering::Relaxed),
+            total_bytes: p.total_bytes.load(Ordering::Relaxed),
+            uploaded_bytes: p.uploaded_bytes.load(Ordering::Relaxed),
+            blocks: p.blocks.load(Ordering::Relaxed),
+            error,
+            manifest_url,
+            kind: p.kind.to_owned(),
         }))
     }
 

@@ -7,6 +7,7 @@
 //! epoch as arguments.
 
 pub mod address;
+pub mod backup;
 pub mod control;
 pub mod engine;
 pub mod layer;

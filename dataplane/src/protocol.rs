@@ -47,6 +47,8 @@ pub enum Op {
     SetRevision = 14,
     /// Read as of a snapshot (payload: its name): for rebuilding the layer chain.
     ReadSnapshot = 15,
+    /// Chunks changed between two snapshots (payload: chunk size, from, to).
+    ChangedChunks = 16,
 }
 
 impl Op {
@@ -67,6 +69,7 @@ impl Op {
             13 => Op::Expand,
             14 => Op::SetRevision,
             15 => Op::ReadSnapshot,
+            16 => Op::ChangedChunks,
             _ => return None,
         })
     }

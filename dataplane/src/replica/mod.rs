@@ -729,6 +729,37 @@ impl Replica {
         Ok(out)
     }
 
+    /// A bitmap (one bit per `chunk` bytes of the volume, least significant bit first) of
+    /// the chunks any snapshot layer newer than `from` up to and including `to` holds a
+    /// block of: what changed between the two snapshots. With no `from`, every layer up to
+    /// `to` counts (every chunk ever written). For incremental backups.
+    pub fn changed_chunks(
+        &self,
+        chunk: u64,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<Vec<u8>, ReplicaError> {
+        if chunk == 0 || !chunk.is_multiple_of(BLOCK_SIZE) {
+            return Err(ReplicaError::Unaligned(chunk));
+        }
+        let hi = self.snapshot_index(to)?;
+        let lo = match from {
+            Some(name) => self.snapshot_index(name)? + 1,
+            None => 0,
+        };
+        let layers = self.snapshots.get(lo..=hi).unwrap_or(&[]);
+        let count = self.meta.size.div_ceil(chunk);
+        let mut out = vec![0u8; count.div_ceil(8) as usize];
+        let per = chunk / BLOCK_SIZE;
+        for i in 0..count {
+            let (sb, eb) = (i * per, (i * per + per).min(self.meta.size / BLOCK_SIZE));
+            if layers.iter().any(|l| l.blocks.any(sb, eb)) {
+                out[(i / 8) as usize] |= 1 << (i % 8);
+            }
+        }
+        Ok(out)
+    }
+
     /// Grows the volume to `size` bytes; the new range reads as zeros.
     pub fn expand(&mut self, size: u64) -> Result<(), ReplicaError> {
         if !size.is_multiple_of(BLOCK_SIZE) {

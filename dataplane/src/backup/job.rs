@@ -1,0 +1,473 @@
+//! Backup and restore jobs, run inside the engine of an attached volume (it holds the
+//! connections to every replica). A backup reads one RW replica as of a snapshot, only the
+//! blocks changed since its base snapshot, uploads only blocks the target lacks, and
+//! writes the manifest last. A restore writes through the engine to every replica, checks
+//! every block's blake3, and flushes at the end. Both run `concurrency` blocks at a time,
+//! so memory stays at about `concurrency` x block size.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::store::{DEFAULT_BLOCK_SIZE, Manifest, Store, encode_block};
+use super::{BackupError, now_unix_ms, valid_component};
+use crate::engine::{Engine, EngineError};
+use crate::protocol::Op;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Completed,
+    Error,
+}
+
+/// A job's progress, shared with whoever polls it.
+#[derive(Debug)]
+pub struct Progress {
+    pub kind: &'static str,
+    pub done_bytes: AtomicU64,
+    pub total_bytes: AtomicU64,
+    pub uploaded_bytes: AtomicU64,
+    pub blocks: AtomicU64,
+    state: Mutex<(JobState, String, String)>,
+}
+
+impl Progress {
+    pub fn new(kind: &'static str) -> Progress {
+        Progress {
+            kind,
+            done_bytes: AtomicU64::new(0),
+            total_bytes: AtomicU64::new(0),
+            uploaded_bytes: AtomicU64::new(0),
+            blocks: AtomicU64::new(0),
+            state: Mutex::new((JobState::Running, String::new(), String::new())),
+        }
+    }
+
+    /// (state, error text, manifest url).
+    pub fn state(&self) -> (JobState, String, String) {
+        self.state
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or((JobState::Error, "state poisoned".into(), String::new()))
+    }
+
+    fn finish(&self, state: JobState, error: String, url: String) {
+        if let Ok(mut s) = self.state.lock() {
+            *s = (state, error, url);
+        }
+    }
+}
+
+/// What to back up.
+#[derive(Debug, Clone)]
+pub struct BackupParams {
+    pub name: String,
+    pub snapshot: String,
+    /// The snapshot of the base backup, when not the one its manifest names.
+    pub base_snapshot: Option<String>,
+    /// The volume's last completed backup, to back up incrementally from.
+    pub base_backup: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub concurrency: usize,
+    pub block_size: u64,
+}
+
+impl BackupParams {
+    pub fn new(name: &str, snapshot: &str) -> BackupParams {
+        BackupParams {
+            name: name.into(),
+            snapshot: snapshot.into(),
+            base_snapshot: None,
+            base_backup: None,
+            labels: BTreeMap::new(),
+            concurrency: 8,
+            block_size: DEFAULT_BLOCK_SIZE,
+        }
+    }
+}
+
+/// Store operations retried with backoff (1, 2, 4, 8 s) while the target is unreachable
+/// or fails; object_store retries each request itself first.
+async fn retrying<T, F, Fut>(what: &str, mut f: F) -> Result<T, BackupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BackupError>>,
+{
+    let mut wait = Duration::from_secs(1);
+    let mut attempt = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e @ (BackupError::Unreachable { .. } | BackupError::Store { .. })) if attempt < 4 => {
+                tracing::warn!(what, error = %e, retry_in = ?wait, "backup store operation failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads `len` bytes at `offset` as of `snapshot` from one RW replica, the next one when
+/// it fails.
+async fn read_snapshot(
+    engine: &Engine,
+    snapshot: &str,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, EngineError> {
+    let mut last = EngineError::NoHealthyReplica;
+    for slot in engine.rw_replicas() {
+        match engine
+            .call_or_fail(
+                &slot,
+                Op::ReadSnapshot,
+                0,
+                offset,
+                len,
+                Bytes::copy_from_slice(snapshot.as_bytes()),
+            )
+            .await
+        {
+            Ok(r) if r.payload.len() == len as usize => return Ok(r.payload),
+            Ok(r) => {
+                last = EngineError::Replica {
+                    address: slot.address.to_string(),
+                    reason: format!("read {} bytes, not {len}", r.payload.len()),
+                }
+            }
+            Err(e @ EngineError::SnapshotNotFound(_)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The bitmap of `block_size` chunks changed in the layers after `from` up to `to` (all
+/// layers up to `to` without `from`), from one RW replica.
+async fn changed_chunks(
+    engine: &Engine,
+    block_size: u64,
+    from: Option<&str>,
+    to: &str,
+) -> Result<Vec<u8>, EngineError> {
+    let mut payload = (block_size as u32).to_be_bytes().to_vec();
+    payload.extend_from_slice(from.unwrap_or_default().as_bytes());
+    payload.push(0);
+    payload.extend_from_slice(to.as_bytes());
+    let mut last = EngineError::NoHealthyReplica;
+    for slot in engine.rw_replicas() {
+        match engine
+            .call_or_fail(&slot, Op::ChangedChunks, 0, 0, 0, Bytes::from(payload.clone()))
+            .await
+        {
+            Ok(r) => return Ok(r.payload),
+            Err(e @ EngineError::SnapshotNotFound(_)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Backs snapshot `p.snapshot` of the engine's volume up to `store`. The manifest is the
+/// last thing written: a backup that fails (or whose engine is killed) leaves none.
+pub async fn run_backup(
+    engine: &Engine,
+    store: &Store,
+    p: &BackupParams,
+    progress: &Progress,
+) -> Result<Manifest, BackupError> {
+    let volume = engine.volume.as_str().to_owned();
+    if !valid_component(&p.name) {
+        return Err(BackupError::Invalid(format!(
+            "backup name {:?} must be 1-255 bytes of [A-Za-z0-9._-]",
+            p.name
+        )));
+    }
+    let bs = p.block_size;
+    if bs == 0 || !bs.is_multiple_of(crate::volume::BLOCK_SIZE) || bs > 32 << 20 {
+        return Err(BackupError::Invalid(format!(
+            "block size {bs} must be a multiple of 4096 up to 32 MiB"
+        )));
+    }
+    let snapshots = engine.snapshot_list().await?;
+    let Some(snap_idx) = snapshots.iter().position(|s| s.name == p.snapshot) else {
+        return Err(EngineError::SnapshotNotFound(p.snapshot.clone()).into());
+    };
+    match store.get_manifest(&volume, &p.name).await {
+        Ok(_) => {
+            return Err(BackupError::Invalid(format!(
+                "backup {:?} of volume {volume:?} already exists",
+                p.name
+            )));
+        }
+        Err(BackupError::BackupNotFound { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    // The base: its blocks stand for every chunk not changed since its snapshot.
+    let base = match &p.base_backup {
+        Some(b) => match store.get_manifest(&volume, b).await {
+            Ok(m) if m.block_size == bs => Some(m),
+            Ok(_) => None,
+            Err(BackupError::BackupNotFound { .. }) => None,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let base_snapshot = p
+        .base_snapshot
+        .clone()
+        .or_else(|| base.as_ref().map(|m| m.snapshot.clone()));
+    let usable_base = match (&base, &base_snapshot) {
+        (Some(m), Some(bsnap)) => snapshots
+            .iter()
+            .position(|s| &s.name == bsnap)
+            .filter(|&i| i < snap_idx)
+            .map(|_| (m, bsnap.as_str())),
+        _ => None,
+    };
+    let size = engine.size();
+    let nblocks = size.div_ceil(bs);
+    let bits = changed_chunks(engine, bs, usable_base.map(|(_, s)| s), &p.snapshot).await?;
+    let changed = |i: u64| bits.get((i / 8) as usize).is_some_and(|b| b & (1 << (i % 8)) != 0);
+    let from_base: HashMap<u64, &String> = usable_base
+        .map(|(m, _)| m.blocks.iter().map(|(o, h)| (*o, h)).collect())
+        .unwrap_or_default();
+    let todo: Vec<u64> = (0..nblocks).filter(|&i| changed(i)).collect();
+    progress
+        .total_bytes
+        .store(todo.len() as u64 * bs, Ordering::Relaxed);
+    tracing::info!(volume, backup = %p.name, snapshot = %p.snapshot, base = ?usable_base.map(|(m, _)| &m.name), changed = todo.len(), of = nblocks, "backup started");
+
+    retrying("mark in progress", || store.mark_in_progress(&volume, &p.name)).await?;
+    let result = async {
+        store.wait_for_gc(Duration::from_secs(600)).await?;
+        let snapshot = p.snapshot.as_str();
+        let uploaded: Vec<(u64, Option<String>)> = futures::stream::iter(todo)
+            .map(|i| async move {
+                let offset = i * bs;
+                let len = bs.min(size - offset) as u32;
+                let data = read_snapshot(engine, snapshot, offset, len).await?;
+                progress.done_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                if data.iter().all(|&b| b == 0) {
+                    return Ok::<_, BackupError>((offset, None));
+                }
+                let hash = blake3::hash(&data).to_hex().to_string();
+                if !retrying("check a block", || store.has_block(&hash)).await? {
+                    let encoded = tokio::task::spawn_blocking(move || encode_block(&data))
+                        .await
+                        .map_err(|e| BackupError::Invalid(format!("compression task: {e}")))?;
+                    let encoded = Bytes::from(encoded);
+                    let n = encoded.len() as u64;
+                    retrying("upload a block", || store.put_block(&hash, encoded.clone()))
+                        .await?;
+                    progress.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+                progress.blocks.fetch_add(1, Ordering::Relaxed);
+                Ok((offset, Some(hash)))
+            })
+            .buffer_unordered(p.concurrency.max(1))
+            .try_collect()
+            .await?;
+        let mut blocks: BTreeMap<u64, String> = (0..nblocks)
+            .filter(|&i| !changed(i))
+            .filter_map(|i| from_base.get(&(i * bs)).map(|h| (i * bs, (*h).clone())))
+            .collect();
+        for (offset, hash) in uploaded {
+            match hash {
+                Some(h) => blocks.insert(offset, h),
+                None => blocks.remove(&offset),
+            };
+        }
+        let manifest = Manifest {
+            format: 1,
+            name: p.name.clone(),
+            volume: volume.clone(),
+            snapshot: p.snapshot.clone(),
+            size,
+            block_size: bs,
+            created_unix_ms: now_unix_ms(),
+            labels: p.labels.clone(),
+            base_backup: usable_base.map(|(m, _)| m.name.clone()),
+            uploaded_bytes: progress.uploaded_bytes.load(Ordering::Relaxed),
+            blocks: blocks.into_iter().collect(),
+        };
+        crash_point("backup-before-manifest");
+        retrying("write the manifest", || store.put_manifest(&manifest)).await?;
+        Ok(manifest)
+    }
+    .await;
+    if let Err(e) = store.clear_in_progress(&volume, &p.name).await {
+        tracing::warn!(volume, backup = %p.name, error = %e, "in-progress marker not removed; it expires");
+    }
+    if let Ok(m) = &result {
+        tracing::info!(event = "backup_completed", volume, backup = %m.name, blocks = m.blocks.len(), uploaded_bytes = m.uploaded_bytes, "backup completed");
+    }
+    result
+}
+
+/// Test hook: `SHORTHORN_CRASH_AT=<point>` aborts the process there (a SIGKILL stand-in at
+/// a chosen instant).
+fn crash_point(point: &str) {
+    if std::env::var("SHORTHORN_CRASH_AT").is_ok_and(|p| p == point) {
+        std::process::abort();
+    }
+}
+
+/// Restores backup `m` into the engine's volume: every block is checked against its
+/// blake3; a missing or bad one fails the restore naming offset, hash and backup. Blocks
+/// not in the manifest are trimmed (they read as zeros). Flushes at the end.
+pub async fn run_restore(
+    engine: &Engine,
+    store: &Store,
+    m: &Manifest,
+    concurrency: usize,
+    progress: &Progress,
+) -> Result<(), BackupError> {
+    if engine.size() < m.size {
+        return Err(BackupError::Invalid(format!(
+            "the volume ({} bytes) is smaller than the backup ({} bytes)",
+            engine.size(),
+            m.size
+        )));
+    }
+    let bs = m.block_size;
+    if bs == 0 || bs > 64 << 20 {
+        return Err(BackupError::Invalid(format!("manifest block size {bs}")));
+    }
+    progress.total_bytes.store(m.size, Ordering::Relaxed);
+    let hashes: HashMap<u64, &String> = m.blocks.iter().map(|(o, h)| (*o, h)).collect();
+    let backup = store.backup_url(&m.volume, &m.name);
+    let backup = &backup;
+    let hashes = &hashes;
+    futures::stream::iter(0..m.size.div_ceil(bs))
+        .map(|i| async move {
+            let offset = i * bs;
+            let len = bs.min(m.size - offset) as u32;
+            match hashes.get(&offset) {
+                Some(hash) => {
+                    let data = retrying("read a block", || store.get_block(hash))
+                        .await?
+                        .map_err(|reason| BackupError::BadBlock {
+                            backup: backup.clone(),
+                            offset,
+                            hash: (*hash).clone(),
+                            reason,
+                        })?;
+                    if data.len() != len as usize {
+                        return Err(BackupError::BadBlock {
+                            backup: backup.clone(),
+                            offset,
+                            hash: (*hash).clone(),
+                            reason: format!("{} bytes, expected {len}", data.len()),
+                        });
+                    }
+                    progress
+                        .uploaded_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    engine.write(offset, Bytes::from(data), false).await?;
+                    progress.blocks.fetch_add(1, Ordering::Relaxed);
+                }
+                None => engine.zero(offset, len, true, false).await?,
+            }
+            progress.done_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            Ok(())
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<()>()
+        .await?;
+    engine.flush().await?;
+    tracing::info!(event = "restore_completed", volume = %engine.volume, backup = %backup, "restore completed");
+    Ok(())
+}
+
+/// The jobs an engine runs, by name.
+#[derive(Default)]
+pub struct Jobs {
+    map: Mutex<HashMap<String, Arc<Progress>>>,
+}
+
+impl Jobs {
+    /// Registers a job; refused while one of that name is running.
+    pub fn register(&self, name: &str, kind: &'static str) -> Result<Arc<Progress>, BackupError> {
+        let mut map = self
+            .map
+            .lock()
+            .map_err(|_| BackupError::Busy("job table poisoned".into()))?;
+        if let Some(p) = map.get(name)
+            && p.state().0 == JobState::Running
+        {
+            return Err(BackupError::Busy(format!("job {name:?} is already running")));
+        }
+        let p = Arc::new(Progress::new(kind));
+        map.insert(name.to_owned(), p.clone());
+        Ok(p)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Progress>> {
+        self.map.lock().ok().and_then(|m| m.get(name).cloned())
+    }
+
+    /// Starts a backup in the background.
+    pub fn start_backup(
+        &self,
+        engine: Arc<Engine>,
+        store: Store,
+        params: BackupParams,
+    ) -> Result<(), BackupError> {
+        let progress = self.register(&params.name, "backup")?;
+        tokio::spawn(async move {
+            match run_backup(&engine, &store, &params, &progress).await {
+                Ok(m) => progress.finish(
+                    JobState::Completed,
+                    String::new(),
+                    store.backup_url(&m.volume, &m.name),
+                ),
+                Err(e) => {
+                    tracing::warn!(event = "backup_failed", backup = %params.name, error = %e, "backup failed");
+                    progress.finish(JobState::Error, e.to_string(), String::new())
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts a restore of `volume/name` in the background; the job is named
+    /// `restore-<volume>-<name>`.
+    pub fn start_restore(
+        &self,
+        engine: Arc<Engine>,
+        store: Store,
+        volume: String,
+        name: String,
+        concurrency: usize,
+    ) -> Result<String, BackupError> {
+        let job = format!("restore-{volume}-{name}");
+        let progress = self.register(&job, "restore")?;
+        tokio::spawn(async move {
+            let r = async {
+                let m = store.get_manifest(&volume, &name).await?;
+                run_restore(&engine, &store, &m, concurrency, &progress).await
+            }
+            .await;
+            match r {
+                Ok(()) => progress.finish(
+                    JobState::Completed,
+                    String::new(),
+                    store.backup_url(&volume, &name),
+                ),
+                Err(e) => {
+                    tracing::warn!(event = "restore_failed", backup = %name, error = %e, "restore failed");
+                    progress.finish(JobState::Error, e.to_string(), String::new())
+                }
+            }
+        });
+        Ok(job)
+    }
+}
