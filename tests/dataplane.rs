@@ -5,6 +5,10 @@
 #[path = "dataplane/testkit.rs"]
 mod testkit;
 
+#[path = "dataplane/backup.rs"]
+mod backup;
+#[path = "dataplane/backup_kit.rs"]
+mod backup_kit;
 #[path = "dataplane/disk_full.rs"]
 mod disk_full;
 #[path = "dataplane/fio_replica_killed.rs"]

@@ -354,6 +354,42 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Starts a backup job on the engine (`StartBackup`).
+    pub fn start_backup(&mut self, req: proto::StartBackupRequest) -> Result<String, String> {
+        let r = self.rt.block_on(self.client.start_backup(req));
+        r.map(|r| r.into_inner().name)
+            .map_err(|e| e.message().to_owned())
+    }
+
+    /// Starts a restore job on the engine (`StartRestore`).
+    pub fn start_restore(&mut self, req: proto::StartRestoreRequest) -> Result<String, String> {
+        let r = self.rt.block_on(self.client.start_restore(req));
+        r.map(|r| r.into_inner().name)
+            .map_err(|e| e.message().to_owned())
+    }
+
+    pub fn job(&mut self, name: &str) -> Result<proto::JobStatusReply, String> {
+        let r = self
+            .rt
+            .block_on(self.client.job_status(proto::JobName { name: name.into() }));
+        r.map(|r| r.into_inner())
+            .map_err(|e| e.message().to_owned())
+    }
+
+    /// Waits until job `name` is no longer running and returns its last status.
+    pub fn wait_job(&mut self, name: &str, secs: u64) -> proto::JobStatusReply {
+        let mut last = None;
+        eventually(secs, &format!("job {name} to finish"), || {
+            let j = self.job(name).expect("job status");
+            let done = j.state != proto::JobState::Running as i32;
+            last = Some(j);
+            done
+        });
+        last.expect("job status")
+    }
+}
+
 /// qemu-io with the given commands against `uri`; returns all its output, asserting it
 /// exited 0 and no pattern check failed.
 pub fn qemu_io(uri: &str, commands: &[&str]) -> String {

@@ -50,10 +50,11 @@ impl Progress {
 
     /// (state, error text, manifest url).
     pub fn state(&self) -> (JobState, String, String) {
-        self.state
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or((JobState::Error, "state poisoned".into(), String::new()))
+        self.state.lock().map(|s| s.clone()).unwrap_or((
+            JobState::Error,
+            "state poisoned".into(),
+            String::new(),
+        ))
     }
 
     fn finish(&self, state: JobState, error: String, url: String) {
@@ -103,7 +104,9 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e @ (BackupError::Unreachable { .. } | BackupError::Store { .. })) if attempt < 4 => {
+            Err(e @ (BackupError::Unreachable { .. } | BackupError::Store { .. }))
+                if attempt < 4 =>
+            {
                 tracing::warn!(what, error = %e, retry_in = ?wait, "backup store operation failed; retrying");
                 tokio::time::sleep(wait).await;
                 wait *= 2;
@@ -164,7 +167,14 @@ async fn changed_chunks(
     let mut last = EngineError::NoHealthyReplica;
     for slot in engine.rw_replicas() {
         match engine
-            .call_or_fail(&slot, Op::ChangedChunks, 0, 0, 0, Bytes::from(payload.clone()))
+            .call_or_fail(
+                &slot,
+                Op::ChangedChunks,
+                0,
+                0,
+                0,
+                Bytes::from(payload.clone()),
+            )
             .await
         {
             Ok(r) => return Ok(r.payload),
@@ -235,7 +245,10 @@ pub async fn run_backup(
     let size = engine.size();
     let nblocks = size.div_ceil(bs);
     let bits = changed_chunks(engine, bs, usable_base.map(|(_, s)| s), &p.snapshot).await?;
-    let changed = |i: u64| bits.get((i / 8) as usize).is_some_and(|b| b & (1 << (i % 8)) != 0);
+    let changed = |i: u64| {
+        bits.get((i / 8) as usize)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    };
     let from_base: HashMap<u64, &String> = usable_base
         .map(|(m, _)| m.blocks.iter().map(|(o, h)| (*o, h)).collect())
         .unwrap_or_default();
@@ -245,7 +258,10 @@ pub async fn run_backup(
         .store(todo.len() as u64 * bs, Ordering::Relaxed);
     tracing::info!(volume, backup = %p.name, snapshot = %p.snapshot, base = ?usable_base.map(|(m, _)| &m.name), changed = todo.len(), of = nblocks, "backup started");
 
-    retrying("mark in progress", || store.mark_in_progress(&volume, &p.name)).await?;
+    retrying("mark in progress", || {
+        store.mark_in_progress(&volume, &p.name)
+    })
+    .await?;
     let result = async {
         store.wait_for_gc(Duration::from_secs(600)).await?;
         let snapshot = p.snapshot.as_str();
@@ -265,8 +281,7 @@ pub async fn run_backup(
                         .map_err(|e| BackupError::Invalid(format!("compression task: {e}")))?;
                     let encoded = Bytes::from(encoded);
                     let n = encoded.len() as u64;
-                    retrying("upload a block", || store.put_block(&hash, encoded.clone()))
-                        .await?;
+                    retrying("upload a block", || store.put_block(&hash, encoded.clone())).await?;
                     progress.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
                 }
                 progress.blocks.fetch_add(1, Ordering::Relaxed);
@@ -403,7 +418,9 @@ impl Jobs {
         if let Some(p) = map.get(name)
             && p.state().0 == JobState::Running
         {
-            return Err(BackupError::Busy(format!("job {name:?} is already running")));
+            return Err(BackupError::Busy(format!(
+                "job {name:?} is already running"
+            )));
         }
         let p = Arc::new(Progress::new(kind));
         map.insert(name.to_owned(), p.clone());

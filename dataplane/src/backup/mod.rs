@@ -34,7 +34,9 @@ pub enum BackupError {
     Unsupported(String),
     #[error("backup target {target} is unreachable: {reason}")]
     Unreachable { target: String, reason: String },
-    #[error("backup target {target} refused the credentials (wrong access key or secret?): {reason}")]
+    #[error(
+        "backup target {target} refused the credentials (wrong access key or secret?): {reason}"
+    )]
     AccessDenied { target: String, reason: String },
     #[error("backup target {target}: the bucket does not exist: {reason}")]
     NoSuchBucket { target: String, reason: String },
@@ -102,7 +104,10 @@ mod tests {
     fn backup_urls_split() {
         let (t, v, n) =
             super::parse_backup_url("s3://b@us-east-1/p?backup=backup-1&volume=vol1").unwrap();
-        assert_eq!((t.as_str(), v.as_str(), n.as_str()), ("s3://b@us-east-1/p", "vol1", "backup-1"));
+        assert_eq!(
+            (t.as_str(), v.as_str(), n.as_str()),
+            ("s3://b@us-east-1/p", "vol1", "backup-1")
+        );
         assert!(super::parse_backup_url("s3://b@r/p?backup=x").is_err());
         assert!(super::parse_backup_url("s3://b@r/p").is_err());
     }

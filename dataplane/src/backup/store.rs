@@ -167,10 +167,12 @@ impl Store {
                     target: url.clone(),
                     reason: format!("cannot create {path}: {e}"),
                 })?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
-                    .map_err(|e| BackupError::Unreachable {
-                        target: url.clone(),
-                        reason: chain(&e),
+                let fs =
+                    object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| {
+                        BackupError::Unreachable {
+                            target: url.clone(),
+                            reason: chain(&e),
+                        }
                     })?;
                 (Arc::new(fs), String::new())
             }
@@ -194,9 +196,10 @@ impl Store {
                     b = b.with_endpoint(endpoint.trim_end_matches('/'));
                 }
                 if let Some(pem) = &credentials.cert {
-                    let cert = object_store::Certificate::from_pem(pem.as_bytes()).map_err(
-                        |e| BackupError::BadCredentials(format!("AWS_CERT: {}", chain(&e))),
-                    )?;
+                    let cert =
+                        object_store::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+                            BackupError::BadCredentials(format!("AWS_CERT: {}", chain(&e)))
+                        })?;
                     options = options.with_root_certificate(cert);
                 }
                 match (&credentials.access_key_id, &credentials.secret_access_key) {
@@ -210,13 +213,13 @@ impl Store {
                         ));
                     }
                 }
-                let s3 = b
-                    .with_client_options(options)
-                    .build()
-                    .map_err(|e| BackupError::BadTarget {
-                        url: url.clone(),
-                        reason: chain(&e),
-                    })?;
+                let s3 =
+                    b.with_client_options(options)
+                        .build()
+                        .map_err(|e| BackupError::BadTarget {
+                            url: url.clone(),
+                            reason: chain(&e),
+                        })?;
                 (Arc::new(s3), prefix.clone())
             }
             BackupTarget::Nfs { .. } => {
@@ -350,11 +353,7 @@ impl Store {
     /// Proves the target reachable, writable and the credentials valid: puts, reads back
     /// and deletes one small probe object (never lists anything). The error says why not.
     pub async fn check(&self) -> Result<(), BackupError> {
-        let probe = self.path(&format!(
-            "probe/{}-{}",
-            now_unix_ms(),
-            std::process::id()
-        ));
+        let probe = self.path(&format!("probe/{}-{}", now_unix_ms(), std::process::id()));
         let body = Bytes::from(format!("shorthorn probe {}", now_unix_ms()));
         self.put(&probe, body.clone()).await?;
         let back = self.get(&probe).await?;
@@ -776,7 +775,11 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert!(decode_block(&bad, &h).is_err());
-        assert!(decode_block(&enc, &hr).unwrap_err().contains("not its name"));
+        assert!(
+            decode_block(&enc, &hr)
+                .unwrap_err()
+                .contains("not its name")
+        );
     }
 
     #[tokio::test]
@@ -806,7 +809,9 @@ mod tests {
             uploaded_bytes: 0,
             blocks,
         };
-        s.put_manifest(&m("b1", vec![(0, ha.clone())])).await.unwrap();
+        s.put_manifest(&m("b1", vec![(0, ha.clone())]))
+            .await
+            .unwrap();
         s.put_manifest(&m("b2", vec![(0, ha.clone()), (4096, hb.clone())]))
             .await
             .unwrap();

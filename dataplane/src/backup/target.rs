@@ -88,7 +88,11 @@ impl BackupTarget {
             }
             let path = rest.trim_end_matches('/');
             return Ok(BackupTarget::File {
-                path: if path.is_empty() { "/".into() } else { path.into() },
+                path: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.into()
+                },
             });
         }
         Err(malformed(
@@ -129,7 +133,10 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "***"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "***"),
+            )
             .field("endpoint", &self.endpoint)
             .field("cert", &self.cert.as_ref().map(|_| "<pem>"))
             .field("virtual_hosted_style", &self.virtual_hosted_style)

@@ -326,18 +326,15 @@ impl ReplicaServer {
                 // (`from` empty: every layer up to `to`).
                 let names = payload.get(4..).ok_or(ReplicaError::Unaligned(0))?;
                 let chunk = crate::protocol::be32(payload) as u64;
-                let sep = names
-                    .iter()
-                    .position(|&b| b == 0)
-                    .ok_or_else(|| ReplicaError::BadSnapshotName(text(names).unwrap_or_default()))?;
+                let sep = names.iter().position(|&b| b == 0).ok_or_else(|| {
+                    ReplicaError::BadSnapshotName(text(names).unwrap_or_default())
+                })?;
                 let from = match &names[..sep] {
                     [] => None,
                     name => Some(text(name)?),
                 };
                 let to = text(&names[sep + 1..])?;
-                let bits = self
-                    .store()
-                    .changed_chunks(chunk, from.as_deref(), &to)?;
+                let bits = self.store().changed_chunks(chunk, from.as_deref(), &to)?;
                 out.extend_from_slice(&bits);
             }
         }

@@ -1,0 +1,326 @@
+//! Helpers for the backup scenarios: a volume (2 real replica processes and a real engine)
+//! written and read through NBD by qemu-img, backup and restore jobs driven over the
+//! engine's control API, the store opened in-process to inspect or damage the target, and
+//! real S3 servers (s3s-fs, versitygw) started as child processes on free loopback ports.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shorthorn_dataplane::backup::{Credentials, Store};
+use shorthorn_dataplane::proto;
+
+use crate::testkit::{Cluster, Control, Daemon, run_ok, sha256};
+
+/// A volume of `size` bytes on two replicas with its engine at epoch 1.
+pub struct Vol {
+    pub c: Cluster,
+    pub _replicas: Vec<Daemon>,
+    pub engine: Daemon,
+    pub ctl: Control,
+    pub epoch: u64,
+}
+
+impl Vol {
+    pub fn new(name: &str, size: u64) -> Vol {
+        let mut c = Cluster::new(size);
+        c.volume = name.into();
+        let replicas = vec![c.replica(0), c.replica(1)];
+        let engine = c.engine(1, &[0, 1]);
+        let ctl = Control::connect(&c, 1);
+        Vol {
+            c,
+            _replicas: replicas,
+            engine,
+            ctl,
+            epoch: 1,
+        }
+    }
+
+    /// SIGKILLs the engine and starts a new one at the next epoch.
+    pub fn restart_engine(&mut self) {
+        self.engine.kill();
+        self.epoch += 1;
+        self.engine = self.c.engine(self.epoch, &[0, 1]);
+        self.ctl = Control::connect(&self.c, self.epoch);
+    }
+
+    /// Writes the raw image `src` (the volume's size) over the whole volume.
+    pub fn write_image(&self, src: &Path) {
+        run_ok(
+            Command::new("qemu-img")
+                .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+                .arg(src)
+                .arg(self.c.nbd_uri(self.epoch)),
+        );
+    }
+
+    /// Reads the whole volume into a file and returns its sha256.
+    pub fn image_sha(&self, name: &str) -> String {
+        let out = self.c.path(name);
+        let _ = std::fs::remove_file(&out);
+        run_ok(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "raw"])
+                .arg(self.c.nbd_uri(self.epoch))
+                .arg(&out),
+        );
+        let sha = sha256(&out);
+        let _ = std::fs::remove_file(&out);
+        sha
+    }
+
+    pub fn backup_request(
+        &self,
+        t: &Target,
+        name: &str,
+        snapshot: &str,
+        base: Option<&str>,
+    ) -> proto::StartBackupRequest {
+        proto::StartBackupRequest {
+            name: name.into(),
+            snapshot: snapshot.into(),
+            base_snapshot: String::new(),
+            base_backup: base.unwrap_or_default().into(),
+            target_url: t.url.clone(),
+            credentials: t.creds.clone(),
+            labels: HashMap::from([("test".to_owned(), "yes".to_owned())]),
+            concurrency: 4,
+        }
+    }
+
+    /// Runs a backup to completion and returns its final status (asserting success).
+    pub fn backup(
+        &mut self,
+        t: &Target,
+        name: &str,
+        snapshot: &str,
+        base: Option<&str>,
+    ) -> proto::JobStatusReply {
+        let req = self.backup_request(t, name, snapshot, base);
+        let job = self.ctl.start_backup(req).expect("start backup");
+        let s = self.ctl.wait_job(&job, 300);
+        assert_eq!(
+            s.state,
+            proto::JobState::Completed as i32,
+            "backup {name} failed: {}",
+            s.error
+        );
+        s
+    }
+
+    /// Runs a restore of `volume/name` into this volume; returns the final status.
+    pub fn restore(&mut self, t: &Target, volume: &str, name: &str) -> proto::JobStatusReply {
+        let job = self
+            .ctl
+            .start_restore(proto::StartRestoreRequest {
+                target_url: t.url.clone(),
+                credentials: t.creds.clone(),
+                backup_volume: volume.into(),
+                backup_name: name.into(),
+                concurrency: 4,
+            })
+            .expect("start restore");
+        self.ctl.wait_job(&job, 300)
+    }
+}
+
+/// A backup target as the engine is given it.
+pub struct Target {
+    pub url: String,
+    pub creds: HashMap<String, String>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Target {
+    pub fn new(url: String, creds: HashMap<String, String>) -> Target {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Target { url, creds, rt }
+    }
+
+    pub fn file(dir: &Path) -> Target {
+        Target::new(format!("file://{}", dir.display()), HashMap::new())
+    }
+
+    pub fn credentials(&self) -> Credentials {
+        Credentials::from_map(self.creds.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .expect("credentials")
+    }
+
+    /// The store, opened in this process (as the manager opens it).
+    pub fn store(&self) -> Store {
+        let _g = self.rt.enter();
+        Store::open_url(&self.url, &self.credentials()).expect("open store")
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
+/// A raw image of `size` bytes: `random` bytes of random data from `seed` at offset 0, a
+/// pattern block in the middle, zeros elsewhere.
+pub fn image(path: &Path, size: usize, random: usize, seed: u64) {
+    crate::testkit::random_file(path, random, seed);
+    let mut data = std::fs::read(path).expect("read");
+    data.resize(size, 0);
+    let mid = size / 2;
+    data[mid..mid + 3 * 4096].fill(0x5a);
+    std::fs::write(path, data).expect("write image");
+}
+
+/// Picks a free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A real S3 server started by a test; killed (by pid) on drop.
+pub struct S3Server {
+    child: Option<Child>,
+    pub endpoint: String,
+    pub port: u16,
+    cmd: (PathBuf, Vec<String>),
+    pub log: PathBuf,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+const ACCESS: &str = "shorthorn-test-ak";
+const SECRET: &str = "shorthorn-test-secret-key-0123456789";
+
+/// Which server, found through scripts/build-tools' environment or its cache path.
+pub fn s3_binary(kind: &str) -> PathBuf {
+    let (var, default) = match kind {
+        "s3s-fs" => (
+            "SHORTHORN_S3S_FS",
+            "/var/tmp/shorthorn-tools/s3s-fs-0.14.1/bin/s3s-fs",
+        ),
+        _ => (
+            "SHORTHORN_VERSITYGW",
+            "/var/tmp/shorthorn-tools/versitygw-1.8.0/versitygw",
+        ),
+    };
+    let p = std::env::var(var)
+        .map(PathBuf::from)
+        .unwrap_or(default.into());
+    assert!(
+        p.exists(),
+        "{kind} is not installed at {}: run scripts/build-tools",
+        p.display()
+    );
+    p
+}
+
+impl S3Server {
+    /// Starts `kind` ("s3s-fs" or "versitygw") over `dir` with bucket `bucket`.
+    pub fn start(kind: &str, dir: &Path, bucket: &str) -> S3Server {
+        let bin = s3_binary(kind);
+        let port = free_port();
+        let data = dir.join(format!("{kind}-data"));
+        std::fs::create_dir_all(data.join(bucket)).expect("bucket dir");
+        let args: Vec<String> = match kind {
+            "s3s-fs" => vec![
+                "--host".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--access-key".into(),
+                ACCESS.into(),
+                "--secret-key".into(),
+                SECRET.into(),
+                data.display().to_string(),
+            ],
+            _ => vec![
+                "--access".into(),
+                ACCESS.into(),
+                "--secret".into(),
+                SECRET.into(),
+                "--port".into(),
+                format!("127.0.0.1:{port}"),
+                "posix".into(),
+                data.display().to_string(),
+            ],
+        };
+        let mut s = S3Server {
+            child: None,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            cmd: (bin, args),
+            log: dir.join(format!("{kind}.log")),
+            access_key: ACCESS.into(),
+            secret_key: SECRET.into(),
+        };
+        s.resume();
+        s
+    }
+
+    /// (Re)starts the server process on the same port and data.
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(&self.cmd.0)
+            .args(&self.cmd.1)
+            .env("ROOT_ACCESS_KEY", ACCESS)
+            .env("ROOT_SECRET_KEY", SECRET)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn S3 server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!(
+                    "S3 server exited {st}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "S3 server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the server.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn target(&self, bucket: &str) -> Target {
+        self.target_with(bucket, &self.access_key, &self.secret_key)
+    }
+
+    pub fn target_with(&self, bucket: &str, ak: &str, sk: &str) -> Target {
+        Target::new(
+            format!("s3://{bucket}@us-east-1/backupstore"),
+            HashMap::from([
+                ("AWS_ACCESS_KEY_ID".to_owned(), ak.to_owned()),
+                ("AWS_SECRET_ACCESS_KEY".to_owned(), sk.to_owned()),
+                ("AWS_ENDPOINTS".to_owned(), self.endpoint.clone()),
+            ]),
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
