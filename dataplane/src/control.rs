@@ -301,6 +301,7 @@ impl EngineControl for ControlService {
             error,
             manifest_url,
             kind: p.kind.to_owned(),
+            requests: p.requests(),
         }))
     }
 

@@ -33,6 +33,8 @@ pub struct Progress {
     pub total_bytes: AtomicU64,
     pub uploaded_bytes: AtomicU64,
     pub blocks: AtomicU64,
+    /// The job's store's request counters.
+    pub counters: Mutex<Option<Arc<super::store::Counters>>>,
     state: Mutex<(JobState, String, String)>,
 }
 
@@ -44,8 +46,18 @@ impl Progress {
             total_bytes: AtomicU64::new(0),
             uploaded_bytes: AtomicU64::new(0),
             blocks: AtomicU64::new(0),
+            counters: Mutex::new(None),
             state: Mutex::new((JobState::Running, String::new(), String::new())),
         }
+    }
+
+    /// Requests made to the target so far.
+    pub fn requests(&self) -> u64 {
+        self.counters
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.requests.load(Ordering::Relaxed)))
+            .unwrap_or(0)
     }
 
     /// (state, error text, manifest url).
@@ -439,6 +451,10 @@ impl Jobs {
         params: BackupParams,
     ) -> Result<(), BackupError> {
         let progress = self.register(&params.name, "backup")?;
+        let store = store.with_own_counters();
+        if let Ok(mut c) = progress.counters.lock() {
+            *c = Some(store.counters.clone());
+        }
         tokio::spawn(async move {
             match run_backup(&engine, &store, &params, &progress).await {
                 Ok(m) => progress.finish(
@@ -467,6 +483,10 @@ impl Jobs {
     ) -> Result<String, BackupError> {
         let job = format!("restore-{volume}-{name}");
         let progress = self.register(&job, "restore")?;
+        let store = store.with_own_counters();
+        if let Ok(mut c) = progress.counters.lock() {
+            *c = Some(store.counters.clone());
+        }
         tokio::spawn(async move {
             let r = async {
                 let m = store.get_manifest(&volume, &name).await?;

@@ -241,6 +241,14 @@ impl Store {
         })
     }
 
+    /// The same target with request counters of its own (one job's).
+    pub fn with_own_counters(&self) -> Store {
+        Store {
+            counters: Arc::new(Counters::default()),
+            ..self.clone()
+        }
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
