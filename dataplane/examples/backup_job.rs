@@ -20,7 +20,11 @@ fn creds(path: &str) -> Result<HashMap<String, String>, Box<dyn std::error::Erro
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize| args.get(i).cloned().ok_or("missing argument; see the source");
+    let arg = |i: usize| {
+        args.get(i)
+            .cloned()
+            .ok_or("missing argument; see the source")
+    };
     let mut c = control::connect(&Address::Unix(arg(0)?.into())).await?;
     let started = Instant::now();
     let job = match arg(1)?.as_str() {

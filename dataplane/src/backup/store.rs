@@ -478,6 +478,11 @@ impl Store {
 
     /// The backups of `volume`, oldest first, from its index (one request).
     pub async fn list_backups(&self, volume: &str) -> Result<Vec<BackupSummary>, BackupError> {
+        if !super::valid_component(volume) {
+            return Err(BackupError::Invalid(format!(
+                "backup volume name {volume:?} must be 1-255 bytes of [A-Za-z0-9._-]"
+            )));
+        }
         Ok(self.read_index(volume).await?.backups)
     }
 
