@@ -104,6 +104,8 @@ impl BackupParams {
     }
 }
 
+const MARKER_REFRESH: Duration = Duration::from_secs(600);
+
 /// Store operations retried with backoff (1, 2, 4, 8 s) while the target is unreachable
 /// or fails; object_store retries each request itself first.
 async fn retrying<T, F, Fut>(what: &str, mut f: F) -> Result<T, BackupError>
@@ -274,6 +276,19 @@ pub async fn run_backup(
         store.mark_in_progress(&volume, &p.name)
     })
     .await?;
+    // The marker is rewritten every 10 minutes while the backup runs, so it never looks
+    // abandoned (MARKER_EXPIRY) to a collector.
+    let refresh = tokio::spawn({
+        let (store, volume, name) = (store.clone(), volume.clone(), p.name.clone());
+        async move {
+            loop {
+                tokio::time::sleep(MARKER_REFRESH).await;
+                if let Err(e) = store.mark_in_progress(&volume, &name).await {
+                    tracing::warn!(volume, backup = %name, error = %e, "in-progress marker not refreshed");
+                }
+            }
+        }
+    });
     let result = async {
         store.wait_for_gc(Duration::from_secs(600)).await?;
         let snapshot = p.snapshot.as_str();
@@ -330,6 +345,8 @@ pub async fn run_backup(
         Ok(manifest)
     }
     .await;
+    refresh.abort();
+    let _ = refresh.await;
     if let Err(e) = store.clear_in_progress(&volume, &p.name).await {
         tracing::warn!(volume, backup = %p.name, error = %e, "in-progress marker not removed; it expires");
     }
