@@ -219,6 +219,45 @@ pub enum Request {
         id: String,
         revision: u64,
     },
+    /// Backs up a snapshot of an attached volume to the backup target; with no snapshot
+    /// named, a new one (named like the backup) is taken first.
+    CreateBackup {
+        name: String,
+        volume: String,
+        #[serde(default)]
+        snapshot: Option<String>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
+    /// The engine accepted the backup job.
+    ReportBackupStarted {
+        name: String,
+    },
+    /// Progress of a backup in progress (the agent sends it at most about once a second).
+    #[serde(rename_all = "camelCase")]
+    ReportBackupProgress {
+        name: String,
+        progress: u8,
+        blocks: u64,
+        uploaded_bytes: u64,
+    },
+    /// The backup's manifest is on the target.
+    #[serde(rename_all = "camelCase")]
+    ReportBackupCompleted {
+        name: String,
+        url: String,
+        size: Bytes,
+        blocks: u64,
+        uploaded_bytes: u64,
+    },
+    ReportBackupFailed {
+        name: String,
+        reason: String,
+    },
+    /// Forgets a backup that is not in progress (the API removed it from the target first).
+    DeleteBackup {
+        name: String,
+    },
 }
 
 /// A node as its agent registers it.

@@ -12,7 +12,7 @@ use crate::{
     ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec, VolumeState,
     evolve,
 };
-use crate::{salvage, snapshots};
+use crate::{backups, salvage, snapshots};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
@@ -281,6 +281,28 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         Request::ReportReplicaRevision { id, revision } => {
             salvage::report_revision(state, id, *revision)
         }
+        Request::CreateBackup {
+            name,
+            volume,
+            snapshot,
+            labels,
+        } => backups::create(state, name, volume, snapshot.as_deref(), labels, at),
+        Request::ReportBackupStarted { name } => backups::started(state, name),
+        Request::ReportBackupProgress {
+            name,
+            progress,
+            blocks,
+            uploaded_bytes,
+        } => backups::progressed(state, name, *progress, *blocks, *uploaded_bytes),
+        Request::ReportBackupCompleted {
+            name,
+            url,
+            size,
+            blocks,
+            uploaded_bytes,
+        } => backups::completed(state, name, url, *size, *blocks, *uploaded_bytes),
+        Request::ReportBackupFailed { name, reason } => backups::failed(state, name, reason),
+        Request::DeleteBackup { name } => backups::delete(state, name),
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bytes, DataLocality, Disk, Epoch, Node, Replica, Snapshot, Timestamp, Volume};
+use crate::{Backup, Bytes, DataLocality, Disk, Epoch, Node, Replica, Snapshot, Timestamp, Volume};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -180,6 +180,40 @@ pub enum Event {
         volume: String,
         epoch: Option<Epoch>,
     },
+    /// A backup was asked for (in progress).
+    BackupCreated {
+        backup: Backup,
+    },
+    BackupStarted {
+        name: String,
+        volume: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    BackupProgressed {
+        name: String,
+        volume: String,
+        progress: u8,
+        blocks: u64,
+        uploaded_bytes: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    BackupCompleted {
+        name: String,
+        volume: String,
+        url: String,
+        size: Bytes,
+        blocks: u64,
+        uploaded_bytes: u64,
+    },
+    BackupFailed {
+        name: String,
+        volume: String,
+        reason: String,
+    },
+    BackupDeleted {
+        name: String,
+        volume: String,
+    },
 }
 
 impl Event {
@@ -204,7 +238,13 @@ impl Event {
             | Event::RevertRequested { volume, .. }
             | Event::SnapshotReverted { volume, .. }
             | Event::RevertFailed { volume, .. }
-            | Event::ReplicaSalvaged { volume, .. } => Some(volume),
+            | Event::ReplicaSalvaged { volume, .. }
+            | Event::BackupStarted { volume, .. }
+            | Event::BackupProgressed { volume, .. }
+            | Event::BackupCompleted { volume, .. }
+            | Event::BackupFailed { volume, .. }
+            | Event::BackupDeleted { volume, .. } => Some(volume),
+            Event::BackupCreated { backup } => Some(&backup.volume),
             Event::SnapshotCreated { snapshot } => Some(&snapshot.volume),
             _ => None,
         }

@@ -2,7 +2,8 @@
 //! never fails; an event naming something that is gone changes nothing.
 
 use crate::{
-    Attachment, Event, ReplicaMode, Robustness, SnapshotState, State, Volume, VolumeState,
+    Attachment, BackupState, Event, ReplicaMode, Robustness, SnapshotState, State, Volume,
+    VolumeState,
 };
 
 /// Applies `event` to `state`, keeping the derived fields (disk usage, robustness, the set
@@ -153,6 +154,16 @@ pub fn evolve(state: &mut State, event: &Event) {
                     .retain(|_, s| s.state != SnapshotState::Pending);
                 volume.revert_to = None;
             }
+            // The engine ran the backup job: without it the job is gone.
+            for backup in state.backups.values_mut() {
+                if &backup.volume == name && backup.state == BackupState::InProgress {
+                    backup.state = BackupState::Error;
+                    backup.error = Some(
+                        "the volume's engine stopped before the backup completed; back it up again"
+                            .to_string(),
+                    );
+                }
+            }
         }
         Event::VolumeDeleting { name } => {
             set_volume_state(state, name, VolumeState::Deleting);
@@ -291,6 +302,53 @@ pub fn evolve(state: &mut State, event: &Event) {
             if let Some(volume) = state.volumes.get_mut(volume) {
                 volume.revert_to = None;
             }
+        }
+        Event::BackupCreated { backup } => {
+            state.backups.insert(backup.name.clone(), backup.clone());
+        }
+        Event::BackupStarted { name, .. } => {
+            if let Some(backup) = state.backups.get_mut(name) {
+                backup.started = true;
+            }
+        }
+        Event::BackupProgressed {
+            name,
+            progress,
+            blocks,
+            uploaded_bytes,
+            ..
+        } => {
+            if let Some(backup) = state.backups.get_mut(name) {
+                backup.progress = *progress;
+                backup.blocks = *blocks;
+                backup.uploaded_bytes = *uploaded_bytes;
+            }
+        }
+        Event::BackupCompleted {
+            name,
+            url,
+            size,
+            blocks,
+            uploaded_bytes,
+            ..
+        } => {
+            if let Some(backup) = state.backups.get_mut(name) {
+                backup.state = BackupState::Completed;
+                backup.progress = 100;
+                backup.url = url.clone();
+                backup.size = *size;
+                backup.blocks = *blocks;
+                backup.uploaded_bytes = *uploaded_bytes;
+            }
+        }
+        Event::BackupFailed { name, reason, .. } => {
+            if let Some(backup) = state.backups.get_mut(name) {
+                backup.state = BackupState::Error;
+                backup.error = Some(reason.clone());
+            }
+        }
+        Event::BackupDeleted { name, .. } => {
+            state.backups.remove(name);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! The two functions that matter are [`decide`] (may a command happen, and what events
 //! follow) and [`evolve`] (apply one event). [`apply`] chains them.
 
+mod backups;
 mod codec;
 mod command;
 mod decide;
@@ -32,8 +33,8 @@ pub use idempotency::{
     RecentRequests, check_request_id,
 };
 pub use model::{
-    Attachment, Bytes, DataLocality, Disk, Epoch, Node, Replica, ReplicaMode, Robustness, Snapshot,
-    SnapshotState, State, Timestamp, Volume, VolumeState,
+    Attachment, Backup, BackupState, Bytes, DataLocality, Disk, Epoch, Node, Replica, ReplicaMode,
+    Robustness, Snapshot, SnapshotState, State, Timestamp, Volume, VolumeState, backup_url,
 };
 pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
 pub use rejection::{Rejection, RejectionKind};

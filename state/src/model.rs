@@ -85,6 +85,9 @@ pub struct State {
     /// Request ids applied recently, kept by [`crate::apply`] (not by events).
     #[serde(default)]
     pub requests: crate::RecentRequests,
+    /// Backups this cluster made or is making, by name.
+    #[serde(default)]
+    pub backups: BTreeMap<String, Backup>,
 }
 
 /// A storage node: where replicas live and engines run.
@@ -458,4 +461,72 @@ impl State {
             .iter()
             .filter_map(|id| self.replicas.get(id))
     }
+}
+
+/// Where a backup is.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum BackupState {
+    /// Asked for; the engine of the attached volume uploads it (`progress` percent).
+    InProgress,
+    /// Its manifest is on the target: it can be restored.
+    Completed,
+    /// It failed (`error` says why); no manifest was written.
+    Error,
+}
+
+/// A backup of one snapshot of a volume to the backup target.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Backup {
+    pub name: String,
+    pub volume: String,
+    pub snapshot: String,
+    /// The backup target (the `backupTarget` setting) when the backup was asked for.
+    pub target: String,
+    /// The volume's last completed backup on the same target: only blocks changed since
+    /// are read.
+    pub base: Option<String>,
+    pub state: BackupState,
+    /// Percent done while in progress.
+    pub progress: u8,
+    pub error: Option<String>,
+    /// `<target>?backup=<name>&volume=<volume>`.
+    pub url: String,
+    /// Volume size backed up, in bytes.
+    pub size: Bytes,
+    /// Non-zero blocks read.
+    pub blocks: u64,
+    /// Compressed bytes uploaded (blocks the target lacked).
+    pub uploaded_bytes: u64,
+    /// The engine accepted the job (a job the engine no longer knows then failed).
+    pub started: bool,
+    pub created_at: Timestamp,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The backup URL of `name` of `volume` on `target`, as Longhorn spells it.
+pub fn backup_url(target: &str, volume: &str, name: &str) -> String {
+    format!("{target}?backup={name}&volume={volume}")
 }

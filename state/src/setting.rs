@@ -206,12 +206,16 @@ settings! {
     /// replacement is scheduled anyway, when that is sooner than its volume's
     /// staleReplicaTimeout: a volume is not left degraded for days by a dead node.
     replica_replenishment_wait_interval: u64 = 600, "replicaReplenishmentWaitInterval", range(0, 604_800);
-    /// Where backups go: s3://bucket@region/path or nfs://server:/path; empty for none.
+    /// Where backups go: s3://bucket@region/path, nfs://server:/path or file:///path; empty for none.
     backup_target: String = String::new(), "backupTarget", backup_target;
     /// Name of the Secret holding the backup target's credentials.
     backup_target_credential_secret: String = String::new(), "backupTargetCredentialSecret", any;
     /// Seconds between polls of the backup target (DR volumes, backup listing); 0 disables.
     backupstore_poll_interval: u64 = 300, "backupstorePollInterval", range(0, 86_400);
+    /// Blocks a backup job uploads at once.
+    backup_concurrent_limit: u64 = 8, "backupConcurrentLimit", range(1, 64);
+    /// Blocks a restore job downloads at once.
+    restore_concurrent_limit: u64 = 8, "restoreConcurrentLimit", range(1, 64);
     /// When every replica failed, bring the volume back from the replica with the newest data.
     auto_salvage: bool = true, "autoSalvage", any;
     /// Seconds without a heartbeat (sent every 2 s) after which the log marks a node down:
