@@ -66,8 +66,7 @@ impl Agent {
                             tracing::warn!(volume = %volume.name, "reporting the engine: {err}");
                         }
                     }
-                    self.watch_engine(volume, replicas, view.scrub_interval_secs)
-                        .await;
+                    self.watch_engine(volume, replicas, view).await;
                 }
                 VolumeState::Detaching => {
                     if let Some(mut proc) = self.engines.remove(&volume.name) {
@@ -169,7 +168,8 @@ impl Agent {
 
     /// Reads the engine's replica list: reports replicas it dropped, adds write-only
     /// replicas for rebuild, and reports finished rebuilds.
-    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica], scrub_every: u64) {
+    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica], view: &NodeView) {
+        let scrub_every = view.scrub_interval_secs;
         let Some(proc) = self.engines.get(&volume.name) else {
             return;
         };
@@ -292,6 +292,8 @@ impl Agent {
         if volume.state == VolumeState::Attached {
             grow_engine(volume, &mut client).await;
             self.carry_out_snapshots(volume, &mut client).await;
+            self.carry_out_backups(volume, &view.backups, view.backup_concurrency, &mut client)
+                .await;
             self.scrub_when_due(volume, &client, scrub_every);
         }
     }

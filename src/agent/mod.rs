@@ -13,6 +13,7 @@
 //! `replicas` and `engines` converge each kind with the log, and `snapshots` carries out
 //! snapshot operations on an engine.
 
+mod backups;
 mod children;
 mod engines;
 mod replicas;
@@ -74,6 +75,8 @@ pub struct Agent {
     orphans_reported: std::collections::BTreeSet<String>,
     /// When this agent last started a scrub of each volume attached here.
     scrubbed: std::sync::Mutex<BTreeMap<String, Instant>>,
+    /// When this agent last reported each backup's progress.
+    progress_reported: std::sync::Mutex<BTreeMap<String, Instant>>,
     last_stale_check: Instant,
     last_heartbeat: Instant,
     /// Since when this manager has been the Raft leader, as far as this agent saw.
@@ -90,6 +93,7 @@ impl Agent {
             attach_seen: BTreeMap::new(),
             orphans_reported: Default::default(),
             scrubbed: Default::default(),
+            progress_reported: Default::default(),
             last_stale_check: Instant::now(),
             last_heartbeat: Instant::now() - HEARTBEAT,
             leader_since: None,
@@ -254,6 +258,10 @@ struct NodeView {
     node_down_timeout_secs: u64,
     /// The `scrubInterval` setting.
     scrub_interval_secs: u64,
+    /// Backups in progress of volumes attached here.
+    backups: Vec<shorthorn_state::Backup>,
+    /// The `backupConcurrentLimit` setting.
+    backup_concurrency: u64,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
 }
@@ -291,7 +299,22 @@ impl NodeView {
             .values()
             .map(|n| (n.ready, n.last_heartbeat))
             .collect();
+        let backups = state
+            .backups
+            .values()
+            .filter(|b| b.state == shorthorn_state::BackupState::InProgress)
+            .filter(|b| {
+                state
+                    .volumes
+                    .get(&b.volume)
+                    .and_then(|v| v.attachment.as_ref())
+                    .is_some_and(|a| a.node == node)
+            })
+            .cloned()
+            .collect();
         NodeView {
+            backups,
+            backup_concurrency: state.settings.backup_concurrent_limit,
             heartbeats,
             replicas,
             attached,
