@@ -6,9 +6,9 @@
 //! retried on another manager safely: the cluster applies it at most once and answers the
 //! retry with the first outcome.
 
-use std::cell::Cell;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -45,7 +45,7 @@ pub struct Client {
     token: String,
     /// Random, for this invocation; write number `n` is sent under the key `{key}-{n}`.
     key: String,
-    writes: Cell<u32>,
+    writes: AtomicU32,
 }
 
 /// The manager URLs and the bearer token: flags beat environment beat the dev cluster.
@@ -101,7 +101,7 @@ impl Client {
             apis,
             token,
             key: random_key()?,
-            writes: Cell::new(0),
+            writes: AtomicU32::new(0),
         })
     }
 
@@ -128,8 +128,7 @@ impl Client {
     fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let write = method != "GET";
         let key = write.then(|| {
-            let n = self.writes.get();
-            self.writes.set(n + 1);
+            let n = self.writes.fetch_add(1, Ordering::Relaxed);
             format!("{}-{n}", self.key)
         });
         let deadline = Instant::now() + if write { WRITE_DEADLINE } else { READ_DEADLINE };

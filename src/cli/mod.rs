@@ -2,6 +2,7 @@
 //! Subcommands that are not built yet say so and exit non-zero; none of them panics.
 
 mod client;
+mod csi;
 mod dev;
 mod engine;
 mod manager;
@@ -54,8 +55,8 @@ pub enum Command {
     Setting(SettingArgs),
     /// Follow the cluster's event stream: one line per event of the log.
     Watch(watch::WatchArgs),
-    /// Run the CSI driver (controller and node services) [not built yet].
-    Csi(NotBuilt),
+    /// Run the CSI driver (controller and node services) on a unix socket.
+    Csi(csi::CsiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,7 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Setting(args) => volume::setting(args.command, &args.target),
         Command::Backup(_) => not_built("backup"),
         Command::Watch(args) => watch::watch(args),
-        Command::Csi(_) => not_built("csi"),
+        Command::Csi(args) => csi::run(args),
     }
 }
 

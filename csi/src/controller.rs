@@ -1,0 +1,982 @@
+//! The Controller service: volumes and snapshots as the managers' API has them. The CSI
+//! volume id is the Shorthorn volume name; a snapshot id is `snap:<volume>/<snapshot>`.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::{Value, json};
+use shorthorn_state::{Node, Snapshot, Volume, VolumeState};
+use tonic::{Request, Response, Status};
+
+use crate::api::{self, segment};
+use crate::proto::{self, controller_service_capability as ccap, volume_capability};
+use crate::{Driver, TOPOLOGY_NODE, TOPOLOGY_ZONE};
+
+/// Sizes are whole multiples of this.
+pub const ALIGN: u64 = 2 * 1024 * 1024;
+/// The size of a volume whose request gives none.
+pub const DEFAULT_SIZE: u64 = 1024 * 1024 * 1024;
+/// How long publish and unpublish wait for the engine to start or stop.
+const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub struct Controller {
+    driver: Driver,
+}
+
+impl Controller {
+    pub fn new(driver: Driver) -> Self {
+        Controller { driver }
+    }
+
+    async fn volume(&self, name: &str) -> Result<Option<Volume>, Status> {
+        match api::call::<Volume>(
+            &self.driver.api,
+            "GET",
+            format!("/v1/volumes/{}", segment(name)),
+            None,
+        )
+        .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.to_status(&format!("reading volume {name}"))),
+        }
+    }
+
+    /// Waits up to [`STATE_WAIT`] for a volume to reach `state`; Unavailable after that,
+    /// so the caller retries (the request stays in the log and completes meanwhile).
+    async fn wait_state(&self, name: &str, state: VolumeState) -> Result<Volume, Status> {
+        let deadline = tokio::time::Instant::now() + STATE_WAIT;
+        loop {
+            let Some(v) = self.volume(name).await? else {
+                return Err(Status::not_found(format!("volume \"{name}\" is gone")));
+            };
+            if v.state == state {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "volume \"{name}\" is {:?}, not yet {state:?}; retry",
+                    v.state
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn nodes(&self) -> Result<Vec<Node>, Status> {
+        api::call(&self.driver.api, "GET", "/v1/nodes".into(), None)
+            .await
+            .map_err(|e| e.to_status("listing the nodes"))
+    }
+}
+
+/// The StorageClass parameters CreateVolume understands, parsed.
+#[derive(Debug, Default, PartialEq)]
+pub struct Parameters {
+    pub number_of_replicas: Option<u8>,
+    pub stale_replica_timeout: Option<u64>,
+    pub from_backup: Option<String>,
+    pub fs_type: Option<String>,
+    pub data_locality: Option<String>,
+    pub mkfs_params: Option<String>,
+    pub disk_selector: BTreeSet<String>,
+    pub node_selector: BTreeSet<String>,
+    pub recurring_job_selector: Option<String>,
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message)
+}
+
+fn tags(value: &str) -> BTreeSet<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parses StorageClass parameters; an unknown key is an error (a typo would otherwise be
+/// silently ignored). Keys the external-provisioner adds (`csi.storage.k8s.io/…`) are skipped.
+pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, Status> {
+    let mut p = Parameters::default();
+    for (key, value) in params {
+        match key.as_str() {
+            "numberOfReplicas" => {
+                let n: u8 = value.trim().parse().map_err(|_| {
+                    invalid(format!(
+                        "numberOfReplicas \"{value}\" is not a number between 1 and 20"
+                    ))
+                })?;
+                if !(1..=20).contains(&n) {
+                    return Err(invalid(format!(
+                        "numberOfReplicas {n} is out of range: it must be between 1 and 20"
+                    )));
+                }
+                p.number_of_replicas = Some(n);
+            }
+            "staleReplicaTimeout" => {
+                let minutes: u64 = value.trim().parse().map_err(|_| {
+                    invalid(format!(
+                        "staleReplicaTimeout \"{value}\" is not a whole number of minutes"
+                    ))
+                })?;
+                p.stale_replica_timeout = Some(minutes);
+            }
+            "fromBackup" => {
+                if !value.trim().is_empty() {
+                    p.from_backup = Some(value.trim().to_string());
+                }
+            }
+            "fsType" => match value.trim() {
+                "" => {}
+                "ext4" | "xfs" => p.fs_type = Some(value.trim().to_string()),
+                other => {
+                    return Err(invalid(format!(
+                        "fsType \"{other}\" is not supported: use ext4 or xfs"
+                    )));
+                }
+            },
+            "dataLocality" => match value.trim() {
+                "disabled" | "best-effort" => p.data_locality = Some(value.trim().to_string()),
+                other => {
+                    return Err(invalid(format!(
+                        "dataLocality \"{other}\" is not supported: use disabled or best-effort"
+                    )));
+                }
+            },
+            "mkfsParams" => p.mkfs_params = Some(value.clone()),
+            "diskSelector" => p.disk_selector = tags(value),
+            "nodeSelector" => p.node_selector = tags(value),
+            "recurringJobSelector" => {
+                if !value.trim().is_empty() && value.trim() != "[]" {
+                    p.recurring_job_selector = Some(value.clone());
+                }
+            }
+            k if k.starts_with("csi.storage.k8s.io/") => {}
+            other => {
+                return Err(invalid(format!(
+                    "unknown StorageClass parameter \"{other}\": known are numberOfReplicas, \
+                     staleReplicaTimeout, fromBackup, fsType, dataLocality, mkfsParams, \
+                     diskSelector, nodeSelector, recurringJobSelector"
+                )));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// The size to create for a capacity range: the required bytes (or the default when none,
+/// or the limit when that is smaller), rounded up to 2 MiB; OutOfRange when the rounding
+/// passes the limit.
+pub fn size_for(range: Option<&proto::CapacityRange>) -> Result<u64, Status> {
+    let (required, limit) = match range {
+        Some(r) => (r.required_bytes, r.limit_bytes),
+        None => (0, 0),
+    };
+    if required < 0 || limit < 0 {
+        return Err(Status::out_of_range("capacity bytes must not be negative"));
+    }
+    let (required, limit) = (required as u64, limit as u64);
+    if limit != 0 && required > limit {
+        return Err(Status::out_of_range(format!(
+            "required bytes {required} exceed the limit {limit}"
+        )));
+    }
+    let wanted = match (required, limit) {
+        (0, 0) => DEFAULT_SIZE,
+        (0, l) => DEFAULT_SIZE.min(l / ALIGN * ALIGN).max(ALIGN),
+        (r, _) => r,
+    };
+    let size = wanted.div_ceil(ALIGN) * ALIGN;
+    if limit != 0 && size > limit {
+        return Err(Status::out_of_range(format!(
+            "volumes are sized in steps of 2 MiB: {size} bytes would pass the limit of {limit}"
+        )));
+    }
+    Ok(size)
+}
+
+/// Checks the capabilities: single-node access, mount (ext4/xfs) or block.
+pub fn check_capabilities(caps: &[proto::VolumeCapability]) -> Result<(), String> {
+    use volume_capability::access_mode::Mode;
+    if caps.is_empty() {
+        return Err("volume capabilities are required".into());
+    }
+    for cap in caps {
+        let mode = cap
+            .access_mode
+            .as_ref()
+            .map(|m| m.mode)
+            .ok_or("every volume capability needs an access mode")?;
+        match Mode::try_from(mode) {
+            Ok(
+                Mode::SingleNodeWriter
+                | Mode::SingleNodeReaderOnly
+                | Mode::SingleNodeSingleWriter
+                | Mode::SingleNodeMultiWriter,
+            ) => {}
+            _ => {
+                return Err(format!(
+                    "access mode {} is not supported: a Shorthorn volume is attached to one \
+                     node at a time (ReadWriteOnce)",
+                    Mode::try_from(mode)
+                        .map(|m| m.as_str_name())
+                        .unwrap_or("unknown")
+                ));
+            }
+        }
+        match &cap.access_type {
+            Some(volume_capability::AccessType::Block(_)) => {}
+            Some(volume_capability::AccessType::Mount(m)) => {
+                if !matches!(m.fs_type.as_str(), "" | "ext4" | "xfs") {
+                    return Err(format!(
+                        "filesystem \"{}\" is not supported: use ext4 or xfs",
+                        m.fs_type
+                    ));
+                }
+            }
+            None => {
+                return Err("every volume capability needs an access type (mount or block)".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn topology_of(node: &Node) -> proto::Topology {
+    let mut segments = HashMap::new();
+    segments.insert(TOPOLOGY_NODE.to_string(), node.id.clone());
+    if !node.zone.is_empty() {
+        segments.insert(TOPOLOGY_ZONE.to_string(), node.zone.clone());
+    }
+    proto::Topology { segments }
+}
+
+fn matches(topology: &proto::Topology, node: &Node) -> bool {
+    let ours = topology_of(node).segments;
+    topology
+        .segments
+        .iter()
+        .all(|(k, v)| ours.get(k).is_some_and(|o| o == v))
+}
+
+fn csi_volume(v: &Volume, context: HashMap<String, String>, nodes: &[Node]) -> proto::Volume {
+    proto::Volume {
+        capacity_bytes: v.size as i64,
+        volume_id: v.name.clone(),
+        volume_context: context,
+        content_source: None,
+        accessible_topology: nodes.iter().filter(|n| n.ready).map(topology_of).collect(),
+    }
+}
+
+fn snapshot_id(volume: &str, name: &str) -> String {
+    format!("snap:{volume}/{name}")
+}
+
+/// `(volume, snapshot)` of a snapshot id; None when it is not one of ours.
+pub fn parse_snapshot_id(id: &str) -> Option<(&str, &str)> {
+    let rest = id.strip_prefix("snap:")?;
+    let (v, s) = rest.split_once('/')?;
+    (!v.is_empty() && !s.is_empty()).then_some((v, s))
+}
+
+fn csi_snapshot(s: &Snapshot) -> proto::Snapshot {
+    use shorthorn_state::SnapshotState;
+    let ms = s.created_at.0;
+    proto::Snapshot {
+        size_bytes: s.size as i64,
+        snapshot_id: snapshot_id(&s.volume, &s.name),
+        source_volume_id: s.volume.clone(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: (ms / 1000) as i64,
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        }),
+        ready_to_use: s.state == SnapshotState::Ready,
+        group_snapshot_id: String::new(),
+    }
+}
+
+/// A snapshot name as Shorthorn takes it: CSI names (`snapshot-<uuid>`) already are.
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(invalid(format!("the {what} name is required")));
+    }
+    if !shorthorn_state::is_dns1123_label(name) {
+        return Err(invalid(format!(
+            "the {what} name \"{name}\" must be a DNS label: lower-case letters, digits and '-', \
+             at most 63 characters"
+        )));
+    }
+    Ok(())
+}
+
+fn page<T>(items: Vec<T>, max: i32, token: &str) -> Result<(Vec<T>, String), Status> {
+    let start: usize = if token.is_empty() {
+        0
+    } else {
+        token.parse().map_err(|_| {
+            Status::aborted(format!(
+                "starting token \"{token}\" is not one this driver gave"
+            ))
+        })?
+    };
+    if start > items.len() {
+        return Err(Status::aborted(format!(
+            "starting token \"{token}\" is past the end of the list"
+        )));
+    }
+    if max < 0 {
+        return Err(invalid("max_entries must not be negative"));
+    }
+    let take = if max == 0 { usize::MAX } else { max as usize };
+    let total = items.len();
+    let chunk: Vec<T> = items.into_iter().skip(start).take(take).collect();
+    let end = start + chunk.len();
+    let next = if end < total {
+        end.to_string()
+    } else {
+        String::new()
+    };
+    Ok((chunk, next))
+}
+
+#[tonic::async_trait]
+impl proto::controller_server::Controller for Controller {
+    async fn create_volume(
+        &self,
+        request: Request<proto::CreateVolumeRequest>,
+    ) -> Result<Response<proto::CreateVolumeResponse>, Status> {
+        let req = request.into_inner();
+        check_name("volume", &req.name)?;
+        check_capabilities(&req.volume_capabilities).map_err(invalid)?;
+        let params = parse_parameters(&req.parameters)?;
+        let size = size_for(req.capacity_range.as_ref())?;
+        if params.from_backup.is_some() {
+            return Err(Status::unimplemented(
+                "fromBackup: restoring a volume from a backup is not built in this version \
+                 (backups land with issue 9); remove the parameter",
+            ));
+        }
+        if params.recurring_job_selector.is_some() {
+            return Err(Status::unimplemented(
+                "recurringJobSelector: recurring jobs are not built in this version; remove \
+                 the parameter",
+            ));
+        }
+        match req
+            .volume_content_source
+            .as_ref()
+            .and_then(|s| s.r#type.as_ref())
+        {
+            None => {}
+            Some(proto::volume_content_source::Type::Snapshot(s)) => {
+                let exists = match parse_snapshot_id(&s.snapshot_id) {
+                    Some((v, name)) => self
+                        .volume(v)
+                        .await?
+                        .is_some_and(|v| v.snapshots.contains_key(name)),
+                    None => false,
+                };
+                if !exists {
+                    return Err(Status::not_found(format!(
+                        "snapshot \"{}\" does not exist",
+                        s.snapshot_id
+                    )));
+                }
+                return Err(Status::unimplemented(
+                    "creating a volume from a snapshot needs a copy of the snapshot's data \
+                     into a new volume, which the data path cannot do yet",
+                ));
+            }
+            Some(proto::volume_content_source::Type::Volume(s)) => {
+                if self.volume(&s.volume_id).await?.is_none() {
+                    return Err(Status::not_found(format!(
+                        "source volume \"{}\" does not exist",
+                        s.volume_id
+                    )));
+                }
+                return Err(Status::unimplemented(
+                    "cloning a volume is not built: the data path cannot copy a volume into a \
+                     new one yet",
+                ));
+            }
+        }
+        let nodes = self.nodes().await?;
+        if let Some(req_topo) = &req.accessibility_requirements
+            && !req_topo.requisite.is_empty()
+            && !nodes
+                .iter()
+                .any(|n| n.ready && req_topo.requisite.iter().any(|t| matches(t, n)))
+        {
+            return Err(Status::resource_exhausted(
+                "no ready node matches the requisite topology of the request",
+            ));
+        }
+        let mut context = HashMap::new();
+        if let Some(fs) = &params.fs_type {
+            context.insert("fsType".to_string(), fs.clone());
+        }
+        if let Some(m) = &params.mkfs_params {
+            context.insert("mkfsParams".to_string(), m.clone());
+        }
+        if let Some(existing) = self.volume(&req.name).await? {
+            if existing.size != size {
+                return Err(Status::already_exists(format!(
+                    "volume \"{}\" exists with {} bytes, not the {size} asked",
+                    req.name, existing.size
+                )));
+            }
+            return Ok(Response::new(proto::CreateVolumeResponse {
+                volume: Some(csi_volume(&existing, context, &nodes)),
+            }));
+        }
+        let mut body = json!({ "name": req.name, "size": size });
+        if let Some(n) = params.number_of_replicas {
+            body["numberOfReplicas"] = json!(n);
+        }
+        if let Some(t) = params.stale_replica_timeout {
+            body["staleReplicaTimeout"] = json!(t);
+        }
+        if let Some(d) = &params.data_locality {
+            body["dataLocality"] = json!(d);
+        }
+        if !params.node_selector.is_empty() {
+            body["nodeSelector"] = json!(params.node_selector);
+        }
+        if !params.disk_selector.is_empty() {
+            body["diskSelector"] = json!(params.disk_selector);
+        }
+        let created =
+            api::call::<Volume>(&self.driver.api, "POST", "/v1/volumes".into(), Some(body)).await;
+        let volume = match created {
+            Ok(v) => v,
+            Err(e) if e.status == Some(409) => match self.volume(&req.name).await? {
+                Some(v) if v.size == size => v,
+                Some(v) => {
+                    return Err(Status::already_exists(format!(
+                        "volume \"{}\" exists with {} bytes, not the {size} asked",
+                        req.name, v.size
+                    )));
+                }
+                None => return Err(e.to_status(&format!("creating volume {}", req.name))),
+            },
+            Err(e) => {
+                let status = e.to_status(&format!("creating volume {}", req.name));
+                let lower = e.message.to_lowercase();
+                if ["capacity", "schedul", "no disk", "space"]
+                    .iter()
+                    .any(|w| lower.contains(w))
+                {
+                    return Err(Status::resource_exhausted(status.message().to_string()));
+                }
+                return Err(status);
+            }
+        };
+        if volume.replicas.is_empty() {
+            // Nothing could be placed: do not leave a volume with no copy behind.
+            let reason = volume
+                .condition
+                .clone()
+                .unwrap_or_else(|| "no disk can hold a replica".into());
+            let _ = api::call::<Value>(
+                &self.driver.api,
+                "DELETE",
+                format!("/v1/volumes/{}", segment(&req.name)),
+                None,
+            )
+            .await;
+            return Err(Status::resource_exhausted(format!(
+                "no placement fits volume \"{}\" of {size} bytes: {reason}",
+                req.name
+            )));
+        }
+        Ok(Response::new(proto::CreateVolumeResponse {
+            volume: Some(csi_volume(&volume, context, &nodes)),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<proto::DeleteVolumeRequest>,
+    ) -> Result<Response<proto::DeleteVolumeResponse>, Status> {
+        let id = request.into_inner().volume_id;
+        if id.is_empty() {
+            return Err(invalid("the volume id is required"));
+        }
+        match api::call::<Value>(
+            &self.driver.api,
+            "DELETE",
+            format!("/v1/volumes/{}", segment(&id)),
+            None,
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.to_status(&format!("deleting volume {id}"))),
+        }
+        Ok(Response::new(proto::DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        request: Request<proto::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<proto::ControllerPublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is required"));
+        }
+        if req.node_id.is_empty() {
+            return Err(invalid("the node id is required"));
+        }
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| invalid("the volume capability is required"))?;
+        check_capabilities(std::slice::from_ref(cap)).map_err(invalid)?;
+        let volume = self.volume(&req.volume_id).await?.ok_or_else(|| {
+            Status::not_found(format!("volume \"{}\" does not exist", req.volume_id))
+        })?;
+        let nodes = self.nodes().await?;
+        if !nodes.iter().any(|n| n.id == req.node_id) {
+            return Err(Status::not_found(format!(
+                "node \"{}\" is not a Shorthorn node",
+                req.node_id
+            )));
+        }
+        if volume.standby {
+            return Err(Status::aborted(format!(
+                "volume \"{}\" is still restoring from a backup; try again once it is done",
+                volume.name
+            )));
+        }
+        if let Some(a) = &volume.attachment {
+            if a.node == req.node_id {
+                return Ok(Response::new(publish_context(&volume)));
+            }
+            return Err(Status::failed_precondition(format!(
+                "volume \"{}\" is attached to node {}; unpublish it there first",
+                volume.name, a.node
+            )));
+        }
+        let attached = api::call::<Volume>(
+            &self.driver.api,
+            "POST",
+            format!("/v1/volumes/{}/attach", segment(&volume.name)),
+            Some(json!({ "node": req.node_id })),
+        )
+        .await
+        .map_err(|e| {
+            e.to_status(&format!(
+                "attaching volume {} to {}",
+                volume.name, req.node_id
+            ))
+        })?;
+        let attached = self
+            .wait_state(&attached.name, VolumeState::Attached)
+            .await?;
+        Ok(Response::new(publish_context(&attached)))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        request: Request<proto::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<proto::ControllerUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is required"));
+        }
+        let Some(volume) = self.volume(&req.volume_id).await? else {
+            // Gone: it is unpublished everywhere.
+            return Ok(Response::new(proto::ControllerUnpublishVolumeResponse {}));
+        };
+        let attached_here = volume
+            .attachment
+            .as_ref()
+            .is_some_and(|a| req.node_id.is_empty() || a.node == req.node_id);
+        if attached_here {
+            api::call::<Value>(
+                &self.driver.api,
+                "POST",
+                format!("/v1/volumes/{}/detach", segment(&volume.name)),
+                Some(json!({})),
+            )
+            .await
+            .map_err(|e| e.to_status(&format!("detaching volume {}", volume.name)))?;
+            self.wait_state(&volume.name, VolumeState::Detached).await?;
+        }
+        Ok(Response::new(proto::ControllerUnpublishVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<proto::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<proto::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is required"));
+        }
+        if req.volume_capabilities.is_empty() {
+            return Err(invalid("volume capabilities are required"));
+        }
+        if self.volume(&req.volume_id).await?.is_none() {
+            return Err(Status::not_found(format!(
+                "volume \"{}\" does not exist",
+                req.volume_id
+            )));
+        }
+        let response = match check_capabilities(&req.volume_capabilities) {
+            Ok(()) => proto::ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(proto::validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: Default::default(),
+                }),
+                message: String::new(),
+            },
+            Err(why) => proto::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: why,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<proto::ListVolumesRequest>,
+    ) -> Result<Response<proto::ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        let mut volumes: Vec<Volume> =
+            api::call(&self.driver.api, "GET", "/v1/volumes".into(), None)
+                .await
+                .map_err(|e| e.to_status("listing volumes"))?;
+        volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        let nodes = self.nodes().await?;
+        let (chunk, next_token) = page(volumes, req.max_entries, &req.starting_token)?;
+        let entries = chunk
+            .iter()
+            .map(|v| proto::list_volumes_response::Entry {
+                volume: Some(csi_volume(v, HashMap::new(), &nodes)),
+                status: Some(proto::list_volumes_response::VolumeStatus {
+                    published_node_ids: v.attachment.iter().map(|a| a.node.clone()).collect(),
+                    volume_condition: v.condition.as_ref().map(|c| proto::VolumeCondition {
+                        abnormal: true,
+                        message: c.clone(),
+                    }),
+                }),
+            })
+            .collect();
+        Ok(Response::new(proto::ListVolumesResponse {
+            entries,
+            next_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<proto::GetCapacityRequest>,
+    ) -> Result<Response<proto::GetCapacityResponse>, Status> {
+        let req = request.into_inner();
+        let nodes = self.nodes().await?;
+        let available: u64 = nodes
+            .iter()
+            .filter(|n| n.ready && n.schedulable)
+            .filter(|n| {
+                req.accessible_topology
+                    .as_ref()
+                    .is_none_or(|t| matches(t, n))
+            })
+            .flat_map(|n| n.disks.values())
+            .filter(|d| d.schedulable)
+            .map(|d| d.available.saturating_sub(d.reserved))
+            .sum();
+        Ok(Response::new(proto::GetCapacityResponse {
+            available_capacity: available.min(i64::MAX as u64) as i64,
+            maximum_volume_size: None,
+            minimum_volume_size: Some(ALIGN as i64),
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<proto::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<proto::ControllerGetCapabilitiesResponse>, Status> {
+        use ccap::rpc::Type;
+        let capabilities = [
+            Type::CreateDeleteVolume,
+            Type::PublishUnpublishVolume,
+            Type::ListVolumes,
+            Type::GetCapacity,
+            Type::CreateDeleteSnapshot,
+            Type::ListSnapshots,
+            Type::ExpandVolume,
+            Type::ListVolumesPublishedNodes,
+            Type::VolumeCondition,
+        ]
+        .into_iter()
+        .map(|t| proto::ControllerServiceCapability {
+            r#type: Some(ccap::Type::Rpc(ccap::Rpc { r#type: t as i32 })),
+        })
+        .collect();
+        Ok(Response::new(proto::ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<proto::CreateSnapshotRequest>,
+    ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
+        let req = request.into_inner();
+        if req.source_volume_id.is_empty() {
+            return Err(invalid("the source volume id is required"));
+        }
+        check_name("snapshot", &req.name)?;
+        for (key, value) in &req.parameters {
+            match (key.as_str(), value.as_str()) {
+                ("type", "snap") | ("type", "") => {}
+                ("type", "bak") => {
+                    return Err(Status::unimplemented(
+                        "type bak: backups are not built in this version (issue 9); use \
+                         type snap",
+                    ));
+                }
+                ("type", other) => {
+                    return Err(invalid(format!(
+                        "snapshot type \"{other}\" is unknown: use snap or bak"
+                    )));
+                }
+                (k, _) if k.starts_with("csi.storage.k8s.io/") => {}
+                (other, _) => {
+                    return Err(invalid(format!(
+                        "unknown VolumeSnapshotClass parameter \"{other}\": the only one is type"
+                    )));
+                }
+            }
+        }
+        // A snapshot name is unique across volumes in CSI.
+        let volumes: Vec<Volume> = api::call(&self.driver.api, "GET", "/v1/volumes".into(), None)
+            .await
+            .map_err(|e| e.to_status("listing volumes"))?;
+        if let Some(other) = volumes
+            .iter()
+            .find(|v| v.name != req.source_volume_id && v.snapshots.contains_key(&req.name))
+        {
+            return Err(Status::already_exists(format!(
+                "snapshot \"{}\" exists already, of volume {}",
+                req.name, other.name
+            )));
+        }
+        let Some(volume) = volumes.iter().find(|v| v.name == req.source_volume_id) else {
+            return Err(Status::not_found(format!(
+                "volume \"{}\" does not exist",
+                req.source_volume_id
+            )));
+        };
+        if let Some(s) = volume.snapshots.get(&req.name) {
+            return Ok(Response::new(proto::CreateSnapshotResponse {
+                snapshot: Some(csi_snapshot(s)),
+            }));
+        }
+        let snapshot = api::call::<Snapshot>(
+            &self.driver.api,
+            "POST",
+            format!("/v1/volumes/{}/snapshots", segment(&volume.name)),
+            Some(json!({ "name": req.name })),
+        )
+        .await
+        .map_err(|e| e.to_status(&format!("taking snapshot {} of {}", req.name, volume.name)))?;
+        Ok(Response::new(proto::CreateSnapshotResponse {
+            snapshot: Some(csi_snapshot(&snapshot)),
+        }))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<proto::DeleteSnapshotRequest>,
+    ) -> Result<Response<proto::DeleteSnapshotResponse>, Status> {
+        let id = request.into_inner().snapshot_id;
+        if id.is_empty() {
+            return Err(invalid("the snapshot id is required"));
+        }
+        // An id that is not ours names nothing, and deleting nothing succeeds.
+        if let Some((volume, name)) = parse_snapshot_id(&id) {
+            match api::call::<Value>(
+                &self.driver.api,
+                "DELETE",
+                format!(
+                    "/v1/volumes/{}/snapshots/{}",
+                    segment(volume),
+                    segment(name)
+                ),
+                None,
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.to_status(&format!("deleting snapshot {id}"))),
+            }
+        }
+        Ok(Response::new(proto::DeleteSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<proto::ListSnapshotsRequest>,
+    ) -> Result<Response<proto::ListSnapshotsResponse>, Status> {
+        let req = request.into_inner();
+        let volumes: Vec<Volume> = api::call(&self.driver.api, "GET", "/v1/volumes".into(), None)
+            .await
+            .map_err(|e| e.to_status("listing volumes"))?;
+        let wanted = (!req.snapshot_id.is_empty()).then(|| parse_snapshot_id(&req.snapshot_id));
+        let mut snapshots: Vec<&Snapshot> = volumes
+            .iter()
+            .filter(|v| req.source_volume_id.is_empty() || v.name == req.source_volume_id)
+            .flat_map(|v| v.snapshots.values())
+            .filter(|s| match &wanted {
+                None => true,
+                Some(None) => false,
+                Some(Some((v, n))) => s.volume == *v && s.name == *n,
+            })
+            .collect();
+        snapshots.sort_by(|a, b| (&a.volume, &a.name).cmp(&(&b.volume, &b.name)));
+        let (chunk, next_token) = page(snapshots, req.max_entries, &req.starting_token)?;
+        Ok(Response::new(proto::ListSnapshotsResponse {
+            entries: chunk
+                .into_iter()
+                .map(|s| proto::list_snapshots_response::Entry {
+                    snapshot: Some(csi_snapshot(s)),
+                })
+                .collect(),
+            next_token,
+        }))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        request: Request<proto::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<proto::ControllerExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is required"));
+        }
+        let range = req
+            .capacity_range
+            .as_ref()
+            .ok_or_else(|| invalid("the capacity range is required"))?;
+        let size = size_for(Some(range))?;
+        let volume = self.volume(&req.volume_id).await?.ok_or_else(|| {
+            Status::not_found(format!("volume \"{}\" does not exist", req.volume_id))
+        })?;
+        let block = matches!(
+            req.volume_capability
+                .as_ref()
+                .and_then(|c| c.access_type.as_ref()),
+            Some(volume_capability::AccessType::Block(_))
+        );
+        let current = if volume.size >= size {
+            volume.size
+        } else {
+            api::call::<Volume>(
+                &self.driver.api,
+                "POST",
+                format!("/v1/volumes/{}/expand", segment(&volume.name)),
+                Some(json!({ "size": size })),
+            )
+            .await
+            .map_err(|e| e.to_status(&format!("expanding volume {}", volume.name)))?
+            .size
+        };
+        Ok(Response::new(proto::ControllerExpandVolumeResponse {
+            capacity_bytes: current as i64,
+            node_expansion_required: !block,
+        }))
+    }
+}
+
+fn publish_context(volume: &Volume) -> proto::ControllerPublishVolumeResponse {
+    let mut publish_context = HashMap::new();
+    if let Some(a) = &volume.attachment {
+        publish_context.insert("node".to_string(), a.node.clone());
+    }
+    proto::ControllerPublishVolumeResponse { publish_context }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn sizes_round_up_to_2_mib() {
+        let r = |req, lim| proto::CapacityRange {
+            required_bytes: req,
+            limit_bytes: lim,
+        };
+        assert_eq!(size_for(None).unwrap(), DEFAULT_SIZE);
+        assert_eq!(size_for(Some(&r(1, 0))).unwrap(), ALIGN);
+        assert_eq!(size_for(Some(&r(ALIGN as i64 + 1, 0))).unwrap(), 2 * ALIGN);
+        assert_eq!(size_for(Some(&r(0, 3 * ALIGN as i64))).unwrap(), 3 * ALIGN);
+        assert_eq!(
+            size_for(Some(&r(ALIGN as i64 + 1, ALIGN as i64 + 2)))
+                .unwrap_err()
+                .code(),
+            Code::OutOfRange
+        );
+        assert_eq!(
+            size_for(Some(&r(10, 5))).unwrap_err().code(),
+            Code::OutOfRange
+        );
+    }
+
+    #[test]
+    fn parameters_parse_and_unknown_keys_are_refused() {
+        let p = |pairs: &[(&str, &str)]| {
+            parse_parameters(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let ok = p(&[
+            ("numberOfReplicas", "3"),
+            ("staleReplicaTimeout", "2880"),
+            ("fsType", "xfs"),
+            ("diskSelector", "ssd, fast"),
+            ("csi.storage.k8s.io/pvc/name", "x"),
+        ])
+        .unwrap();
+        assert_eq!(ok.number_of_replicas, Some(3));
+        assert_eq!(ok.stale_replica_timeout, Some(2880));
+        assert_eq!(ok.fs_type.as_deref(), Some("xfs"));
+        assert_eq!(ok.disk_selector.len(), 2);
+        for bad in [
+            ("numberOfReplicas", "0"),
+            ("numberOfReplicas", "100"),
+            ("fsType", "btrfs"),
+            ("numberOfReplica", "3"),
+            ("dataLocality", "strict"),
+        ] {
+            let err = p(&[bad]).unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_ids_round_trip_and_pages_end() {
+        assert_eq!(parse_snapshot_id(&snapshot_id("v", "s")), Some(("v", "s")));
+        assert_eq!(parse_snapshot_id("v/s"), None);
+        let (a, t) = page(vec![1, 2, 3], 2, "").unwrap();
+        assert_eq!((a, t.as_str()), (vec![1, 2], "2"));
+        let (b, t) = page(vec![1, 2, 3], 2, "2").unwrap();
+        assert_eq!((b, t.as_str()), (vec![3], ""));
+        assert_eq!(page(vec![1], 0, "x").unwrap_err().code(), Code::Aborted);
+    }
+}
