@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Request, Response, Status};
 
 use crate::address::{Address, Listener};
-use crate::backup::job::{BackupParams, JobState, Jobs};
+use crate::backup::job::{BackupParams, DEFAULT_CONCURRENCY, JobState, Jobs};
 use crate::backup::{BackupError, Credentials, Store};
 use crate::engine::{Engine, EngineError, ReplicaMode};
 use crate::proto;
@@ -89,7 +89,11 @@ fn open_store(
 }
 
 fn concurrency(c: u32) -> usize {
-    if c == 0 { 8 } else { c.min(256) as usize }
+    if c == 0 {
+        DEFAULT_CONCURRENCY
+    } else {
+        c.min(256) as usize
+    }
 }
 
 fn status(e: EngineError) -> Status {

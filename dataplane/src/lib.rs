@@ -24,3 +24,15 @@ pub mod volume;
 pub mod proto {
     tonic::include_proto!("shorthorn.engine.v1");
 }
+
+/// Aborts the process at `point` when `SHORTHORN_CRASH_POINT` names it: fault injection
+/// for the crash tests (layer operations in the replica, a backup before its manifest).
+pub(crate) fn crash_point(point: &str) {
+    if std::env::var("SHORTHORN_CRASH_POINT").is_ok_and(|p| p == point) {
+        tracing::error!(
+            point,
+            "crash point reached: aborting (SHORTHORN_CRASH_POINT)"
+        );
+        std::process::abort();
+    }
+}

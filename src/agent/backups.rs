@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use shorthorn_dataplane::backup::Credentials;
 use shorthorn_dataplane::proto::{JobName, JobState, StartBackupRequest};
 use shorthorn_state::{Backup, Request, SnapshotState, Volume};
 use tonic::Code;
@@ -19,14 +20,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// The target's credentials: Longhorn's keys (`AWS_ACCESS_KEY_ID`, ...) from this
 /// manager's environment.
 fn credentials() -> std::collections::HashMap<String, String> {
-    const KEYS: [&str; 5] = [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_ENDPOINTS",
-        "AWS_CERT",
-        "VIRTUAL_HOSTED_STYLE",
-    ];
-    KEYS.iter()
+    Credentials::KEYS
+        .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect()
 }

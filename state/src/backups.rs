@@ -218,16 +218,6 @@ mod tests {
     use crate::testkit::Cluster;
     use crate::{BackupState, Request, SnapshotState};
 
-    fn cluster() -> Cluster {
-        let mut c = Cluster::new();
-        for n in ["n1", "n2", "n3"] {
-            c.node(n, "", 100);
-        }
-        c.volume("db", 1, 3);
-        c.attach("db", "n1");
-        c
-    }
-
     fn create(name: &str, snapshot: Option<&str>) -> Request {
         Request::CreateBackup {
             name: name.into(),
@@ -256,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_backup_needs_a_target_and_an_attached_volume() {
-        let mut c = cluster();
+        let mut c = Cluster::with_attached_db();
         assert!(
             c.rejected(create("b1", None), PreconditionFailed)
                 .contains("no backup target is set")
@@ -287,7 +277,7 @@ mod tests {
 
     #[test]
     fn a_backup_takes_a_snapshot_reports_progress_and_completes_with_its_url() {
-        let mut c = cluster();
+        let mut c = Cluster::with_attached_db();
         target(&mut c, "s3://bucket@us-east-1/store");
         c.ok(create("b1", None));
         assert_eq!(
@@ -346,7 +336,7 @@ mod tests {
 
     #[test]
     fn a_detach_fails_the_backup_in_progress_and_a_retry_is_allowed() {
-        let mut c = cluster();
+        let mut c = Cluster::with_attached_db();
         target(&mut c, "file:///mnt/b");
         c.ok(create("b1", None));
         c.ok(Request::ReportSnapshotTaken {

@@ -189,16 +189,6 @@ mod tests {
     use crate::testkit::Cluster;
     use crate::{Event, Request, SnapshotState};
 
-    fn attached_volume() -> Cluster {
-        let mut c = Cluster::new();
-        for n in ["n1", "n2", "n3"] {
-            c.node(n, "", 100);
-        }
-        c.volume("db", 1, 3);
-        c.attach("db", "n1");
-        c
-    }
-
     fn take(c: &mut Cluster, name: &str) {
         c.ok(Request::CreateSnapshot {
             volume: "db".into(),
@@ -219,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_is_pending_until_the_engine_took_it() {
-        let mut c = attached_volume();
+        let mut c = Cluster::with_attached_db();
         c.ok(Request::CreateSnapshot {
             volume: "db".into(),
             name: "s1".into(),
@@ -266,7 +256,7 @@ mod tests {
 
     #[test]
     fn revert_waits_for_the_engine_and_drops_newer_snapshots() {
-        let mut c = attached_volume();
+        let mut c = Cluster::with_attached_db();
         take(&mut c, "s1");
         take(&mut c, "s2");
         take(&mut c, "s3");
@@ -322,7 +312,7 @@ mod tests {
 
     #[test]
     fn snapshots_and_reverts_need_an_attached_volume() {
-        let mut c = attached_volume();
+        let mut c = Cluster::with_attached_db();
         take(&mut c, "s1");
         c.ok(Request::DetachVolume { name: "db".into() });
         assert_eq!(

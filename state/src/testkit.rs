@@ -77,6 +77,17 @@ impl Cluster {
     }
 
     /// Attaches `volume` on `node` and reports its engine serving.
+    /// Nodes n1, n2 and n3 (100 GiB each) and volume "db" (1 GiB, 3 replicas) attached on n1.
+    pub fn with_attached_db() -> Self {
+        let mut c = Cluster::new();
+        for n in ["n1", "n2", "n3"] {
+            c.node(n, "", 100);
+        }
+        c.volume("db", 1, 3);
+        c.attach("db", "n1");
+        c
+    }
+
     pub fn attach(&mut self, volume: &str, node: &str) {
         self.ok(Request::AttachVolume {
             name: volume.into(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shorthorn_dataplane::backup::{BackupError, BackupTarget, Store};
 use shorthorn_dataplane::proto;
 
-use crate::backup_kit::{S3Server, Target, Vol, image};
+use crate::backup_kit::{S3Server, Target, Vol, backup_under_way, image};
 use crate::testkit::{qemu_io, sha256};
 
 const SIZE: u64 = 48 << 20;
@@ -122,23 +122,7 @@ fn s3_server_restarted_mid_backup() {
     let mut s3 = S3Server::start("s3s-fs", dir.path(), "backupbucket");
     let t = s3.target("backupbucket");
     let size = 128u64 << 20;
-    let mut a = Vol::new("vola", size);
-    let src = a.c.path("src.img");
-    image(&src, size as usize, 120 << 20, 5);
-    a.write_image(&src);
-    a.ctl.snapshot("create", "s1").expect("s1");
-    let mut req = a.backup_request(&t, "b1", "s1", None);
-    req.concurrency = 1;
-    let job = a.ctl.start_backup(req).expect("start");
-    crate::testkit::eventually(60, "the backup to be under way", || {
-        let j = a.ctl.job(&job).expect("status");
-        assert_eq!(
-            j.state,
-            proto::JobState::Running as i32,
-            "finished too early: {j:?}"
-        );
-        j.done_bytes > 0
-    });
+    let (mut a, src, job) = backup_under_way(&t, size, 120 << 20, 5);
     s3.stop();
     std::thread::sleep(Duration::from_secs(3));
     let j = a.ctl.job(&job).expect("status");
@@ -286,23 +270,7 @@ fn engine_killed_mid_backup_leaves_no_backup() {
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let t = Target::file(&dir.path().join("target"));
     let size = 256u64 << 20;
-    let mut a = Vol::new("vola", size);
-    let src = a.c.path("src.img");
-    image(&src, size as usize, 200 << 20, 3);
-    a.write_image(&src);
-    a.ctl.snapshot("create", "s1").expect("s1");
-    let mut req = a.backup_request(&t, "b1", "s1", None);
-    req.concurrency = 1;
-    let job = a.ctl.start_backup(req).expect("start");
-    crate::testkit::eventually(60, "the backup to be under way", || {
-        let j = a.ctl.job(&job).expect("status");
-        assert_eq!(
-            j.state,
-            proto::JobState::Running as i32,
-            "finished too early: {j:?}"
-        );
-        j.done_bytes > 0
-    });
+    let (mut a, src, _job) = backup_under_way(&t, size, 200 << 20, 3);
     a.restart_engine();
     let store = t.store();
     assert!(matches!(

@@ -127,6 +127,30 @@ impl Vol {
     }
 }
 
+/// Volume "vola" of `size` bytes written from an image with `random` bytes of random data
+/// (seed `seed`), snapshot s1, and backup b1 of it started with one block in flight and
+/// seen under way (bytes read, not finished). Returns the volume, the image and the job.
+pub fn backup_under_way(t: &Target, size: u64, random: usize, seed: u64) -> (Vol, PathBuf, String) {
+    let mut a = Vol::new("vola", size);
+    let src = a.c.path("src.img");
+    image(&src, size as usize, random, seed);
+    a.write_image(&src);
+    a.ctl.snapshot("create", "s1").expect("s1");
+    let mut req = a.backup_request(t, "b1", "s1", None);
+    req.concurrency = 1;
+    let job = a.ctl.start_backup(req).expect("start");
+    crate::testkit::eventually(60, "the backup to be under way", || {
+        let j = a.ctl.job(&job).expect("status");
+        assert_eq!(
+            j.state,
+            proto::JobState::Running as i32,
+            "finished too early: {j:?}"
+        );
+        j.done_bytes > 0
+    });
+    (a, src, job)
+}
+
 /// A backup target as the engine is given it.
 pub struct Target {
     pub url: String,

@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::store::{DEFAULT_BLOCK_SIZE, Manifest, Store, encode_block};
 use super::{BackupError, now_unix_ms, valid_component};
+use crate::crash_point;
 use crate::engine::{Engine, EngineError};
 use crate::protocol::Op;
 
@@ -98,11 +99,14 @@ impl BackupParams {
             base_snapshot: None,
             base_backup: None,
             labels: BTreeMap::new(),
-            concurrency: 8,
+            concurrency: DEFAULT_CONCURRENCY,
             block_size: DEFAULT_BLOCK_SIZE,
         }
     }
 }
+
+/// Blocks in flight at once when the caller names no concurrency.
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 const MARKER_REFRESH: Duration = Duration::from_secs(600);
 
@@ -131,28 +135,23 @@ where
     }
 }
 
-/// Reads `len` bytes at `offset` as of `snapshot` from one RW replica, the next one when
-/// it fails.
-async fn read_snapshot(
+/// Sends `op` to one RW replica, the next one when it fails; a reply of `expect_len`
+/// bytes (when given) is the only good one. A snapshot the replica lacks ends the search.
+async fn ask_rw_replica(
     engine: &Engine,
-    snapshot: &str,
+    op: Op,
     offset: u64,
     len: u32,
+    payload: Bytes,
+    expect_len: Option<usize>,
 ) -> Result<Vec<u8>, EngineError> {
     let mut last = EngineError::NoHealthyReplica;
     for slot in engine.rw_replicas() {
         match engine
-            .call_or_fail(
-                &slot,
-                Op::ReadSnapshot,
-                0,
-                offset,
-                len,
-                Bytes::copy_from_slice(snapshot.as_bytes()),
-            )
+            .call_or_fail(&slot, op, 0, offset, len, payload.clone())
             .await
         {
-            Ok(r) if r.payload.len() == len as usize => return Ok(r.payload),
+            Ok(r) if expect_len.is_none_or(|n| r.payload.len() == n) => return Ok(r.payload),
             Ok(r) => {
                 last = EngineError::Replica {
                     address: slot.address.to_string(),
@@ -164,6 +163,25 @@ async fn read_snapshot(
         }
     }
     Err(last)
+}
+
+/// Reads `len` bytes at `offset` as of `snapshot` from one RW replica.
+async fn read_snapshot(
+    engine: &Engine,
+    snapshot: &str,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, EngineError> {
+    let name = Bytes::copy_from_slice(snapshot.as_bytes());
+    ask_rw_replica(
+        engine,
+        Op::ReadSnapshot,
+        offset,
+        len,
+        name,
+        Some(len as usize),
+    )
+    .await
 }
 
 /// The bitmap of `block_size` chunks changed in the layers after `from` up to `to` (all
@@ -178,25 +196,7 @@ async fn changed_chunks(
     payload.extend_from_slice(from.unwrap_or_default().as_bytes());
     payload.push(0);
     payload.extend_from_slice(to.as_bytes());
-    let mut last = EngineError::NoHealthyReplica;
-    for slot in engine.rw_replicas() {
-        match engine
-            .call_or_fail(
-                &slot,
-                Op::ChangedChunks,
-                0,
-                0,
-                0,
-                Bytes::from(payload.clone()),
-            )
-            .await
-        {
-            Ok(r) => return Ok(r.payload),
-            Err(e @ EngineError::SnapshotNotFound(_)) => return Err(e),
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+    ask_rw_replica(engine, Op::ChangedChunks, 0, 0, Bytes::from(payload), None).await
 }
 
 /// Backs snapshot `p.snapshot` of the engine's volume up to `store`. The manifest is the
@@ -356,14 +356,6 @@ pub async fn run_backup(
     result
 }
 
-/// Test hook: `SHORTHORN_CRASH_AT=<point>` aborts the process there (a SIGKILL stand-in at
-/// a chosen instant).
-fn crash_point(point: &str) {
-    if std::env::var("SHORTHORN_CRASH_AT").is_ok_and(|p| p == point) {
-        std::process::abort();
-    }
-}
-
 /// Restores backup `m` into the engine's volume: every block is checked against its
 /// blake3; a missing or bad one fails the restore naming offset, hash and backup. Blocks
 /// not in the manifest are trimmed (they read as zeros). Flushes at the end.
@@ -460,6 +452,38 @@ impl Jobs {
         self.map.lock().ok().and_then(|m| m.get(name).cloned())
     }
 
+    /// Registers job `name` and runs it in the background on `store` with its own request
+    /// counters; its outcome (the backup's url, or the error) becomes the job's state.
+    fn spawn<Fut>(
+        &self,
+        name: &str,
+        kind: &'static str,
+        store: Store,
+        job: impl FnOnce(Store, Arc<Progress>) -> Fut,
+    ) -> Result<(), BackupError>
+    where
+        Fut: std::future::Future<Output = Result<String, BackupError>> + Send + 'static,
+    {
+        let progress = self.register(name, kind)?;
+        let store = store.with_own_counters();
+        if let Ok(mut c) = progress.counters.lock() {
+            *c = Some(store.counters.clone());
+        }
+        let run = job(store, progress.clone());
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            match run.await {
+                Ok(url) => progress.finish(JobState::Completed, String::new(), url),
+                Err(e) => {
+                    let event = format!("{kind}_failed");
+                    tracing::warn!(event, backup = %name, error = %e, "{kind} failed");
+                    progress.finish(JobState::Error, e.to_string(), String::new())
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// Starts a backup in the background.
     pub fn start_backup(
         &self,
@@ -467,25 +491,11 @@ impl Jobs {
         store: Store,
         params: BackupParams,
     ) -> Result<(), BackupError> {
-        let progress = self.register(&params.name, "backup")?;
-        let store = store.with_own_counters();
-        if let Ok(mut c) = progress.counters.lock() {
-            *c = Some(store.counters.clone());
-        }
-        tokio::spawn(async move {
-            match run_backup(&engine, &store, &params, &progress).await {
-                Ok(m) => progress.finish(
-                    JobState::Completed,
-                    String::new(),
-                    store.backup_url(&m.volume, &m.name),
-                ),
-                Err(e) => {
-                    tracing::warn!(event = "backup_failed", backup = %params.name, error = %e, "backup failed");
-                    progress.finish(JobState::Error, e.to_string(), String::new())
-                }
-            }
-        });
-        Ok(())
+        let name = params.name.clone();
+        self.spawn(&name, "backup", store, |store, progress| async move {
+            let m = run_backup(&engine, &store, &params, &progress).await?;
+            Ok(store.backup_url(&m.volume, &m.name))
+        })
     }
 
     /// Starts a restore of `volume/name` in the background; the job is named
@@ -499,29 +509,11 @@ impl Jobs {
         concurrency: usize,
     ) -> Result<String, BackupError> {
         let job = format!("restore-{volume}-{name}");
-        let progress = self.register(&job, "restore")?;
-        let store = store.with_own_counters();
-        if let Ok(mut c) = progress.counters.lock() {
-            *c = Some(store.counters.clone());
-        }
-        tokio::spawn(async move {
-            let r = async {
-                let m = store.get_manifest(&volume, &name).await?;
-                run_restore(&engine, &store, &m, concurrency, &progress).await
-            }
-            .await;
-            match r {
-                Ok(()) => progress.finish(
-                    JobState::Completed,
-                    String::new(),
-                    store.backup_url(&volume, &name),
-                ),
-                Err(e) => {
-                    tracing::warn!(event = "restore_failed", backup = %name, error = %e, "restore failed");
-                    progress.finish(JobState::Error, e.to_string(), String::new())
-                }
-            }
-        });
+        self.spawn(&job, "restore", store, |store, progress| async move {
+            let m = store.get_manifest(&volume, &name).await?;
+            run_restore(&engine, &store, &m, concurrency, &progress).await?;
+            Ok(store.backup_url(&volume, &name))
+        })?;
         Ok(job)
     }
 }

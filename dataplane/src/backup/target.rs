@@ -145,6 +145,15 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// Longhorn's credential keys, the names [`Credentials::from_map`] reads.
+    pub const KEYS: [&'static str; 5] = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINTS",
+        "AWS_CERT",
+        "VIRTUAL_HOSTED_STYLE",
+    ];
+
     /// From a map with Longhorn's keys (a Secret's data, the environment, a gRPC map).
     /// Unknown keys are ignored; empty values count as absent.
     pub fn from_map<'a>(

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crash_point;
 use crate::layer::{
     Layer, LayerError, LayerMeta, meta_path, now_unix_ms, write_atomic,
     write_meta as write_layer_meta,
@@ -842,18 +843,6 @@ fn remove_unreferenced_layers(dir: &Path, meta: &VolumeMeta) {
         if let Err(e) = std::fs::remove_file(entry.path()) {
             tracing::warn!(file = %entry.path().display(), error = %e, "could not remove it");
         }
-    }
-}
-
-/// Aborts the process at `point` when `SHORTHORN_CRASH_POINT` names it: fault injection
-/// for the crash tests of layer operations.
-fn crash_point(point: &str) {
-    if std::env::var("SHORTHORN_CRASH_POINT").is_ok_and(|p| p == point) {
-        tracing::error!(
-            point,
-            "crash point reached: aborting (SHORTHORN_CRASH_POINT)"
-        );
-        std::process::abort();
     }
 }
 
