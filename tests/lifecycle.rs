@@ -194,18 +194,37 @@ fn replica_node_killed_mid_write_is_replaced_and_rebuilt() {
     let work = tempfile::tempdir().expect("tempdir");
     let data = work.path().join("data.img");
     random_file(&data, 32);
+    // The writer goes on until the node is dead and then makes one more full pass, so
+    // writes are in flight across the kill and after it, however fast the machine is.
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let (data, endpoint) = (data.clone(), endpoint.clone());
+        let (data, endpoint, killed) = (data.clone(), endpoint.clone(), killed.clone());
         std::thread::spawn(move || {
-            for _ in 0..6 {
+            while !killed.load(std::sync::atomic::Ordering::SeqCst) {
                 write_image(&data, &endpoint);
             }
+            write_image(&data, &endpoint);
         })
     };
     std::thread::sleep(Duration::from_millis(300));
     cluster.kill_node(victim_n);
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
     writer.join().expect("the writer saw no I/O error");
 
+    // Healthy is not enough: right after the kill the volume may still list the dead
+    // node's replica as RW until the engine or the heartbeat notices.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica_nodes(&cluster)
+        .iter()
+        .any(|(node, mode)| node == &victim || mode != "RW")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replica on {victim} was never replaced: {:?}",
+            replica_nodes(&cluster)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let healthy = cluster.wait_volume("db", "healthy again", |v| {
         v["robustness"] == "healthy" && v["replicas"].as_array().is_some_and(|r| r.len() == 3)
     });
