@@ -37,6 +37,9 @@ pub(crate) fn create(
         return Err(Rejection::already_exists("backup", name));
     }
     let current = live_volume(state, volume)?;
+    if let Some(why) = current.restore_blocks_use() {
+        return Err(Rejection::precondition(why));
+    }
     if current.state != VolumeState::Attached {
         return Err(Rejection::precondition(format!(
             "volume \"{volume}\" is not attached; attach it to back it up (its engine uploads the backup)"

@@ -258,6 +258,20 @@ pub enum Request {
     DeleteBackup {
         name: String,
     },
+    /// Progress of the restore of a volume created from a backup.
+    ReportRestoreProgress {
+        volume: String,
+        progress: u8,
+    },
+    /// The restore wrote and checked every block; the restoring engine is stopped.
+    ReportRestoreCompleted {
+        volume: String,
+    },
+    /// The restore failed (a bad block, the target unreachable...); it is not retried.
+    ReportRestoreFailed {
+        volume: String,
+        reason: String,
+    },
 }
 
 /// A node as its agent registers it.
@@ -311,4 +325,8 @@ pub struct VolumeSpec {
     pub stale_replica_timeout: Option<u64>,
     #[serde(default)]
     pub standby: bool,
+    /// Restore the new volume from this backup (`<target>?backup=<name>&volume=<volume>`);
+    /// the API checks that the backup exists and fits.
+    #[serde(default)]
+    pub from_backup: Option<String>,
 }

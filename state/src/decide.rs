@@ -12,7 +12,7 @@ use crate::{
     ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec, VolumeState,
     evolve,
 };
-use crate::{backups, salvage, snapshots};
+use crate::{backups, restore, salvage, snapshots};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
@@ -303,6 +303,11 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         } => backups::completed(state, name, url, *size, *blocks, *uploaded_bytes),
         Request::ReportBackupFailed { name, reason } => backups::failed(state, name, reason),
         Request::DeleteBackup { name } => backups::delete(state, name),
+        Request::ReportRestoreProgress { volume, progress } => {
+            restore::progressed(state, volume, *progress)
+        }
+        Request::ReportRestoreCompleted { volume } => restore::completed(state, volume),
+        Request::ReportRestoreFailed { volume, reason } => restore::failed(state, volume, reason),
     }
 }
 
@@ -484,6 +489,9 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
     if state.volumes.contains_key(&spec.name) {
         return Err(Rejection::already_exists("volume", &spec.name));
     }
+    if let Some(url) = &spec.from_backup {
+        restore::check_url(url)?;
+    }
     let stale_minutes = spec
         .stale_replica_timeout
         .unwrap_or(state.settings.stale_replica_timeout);
@@ -507,6 +515,7 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         condition: None,
         created_at: at,
         revert_to: None,
+        restore: spec.from_backup.as_deref().map(restore::new),
     };
     let mut events = vec![Event::VolumeCreated {
         volume: volume.clone(),
@@ -522,9 +531,15 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         at,
         &mut events,
     );
-    events.push(Event::VolumeDetached {
-        name: spec.name.clone(),
-    });
+    // A volume restored from a backup goes from creating straight to attaching, for the
+    // engine that restores it.
+    let ready = match volume.restore {
+        Some(_) => restore::attach_new(state, &volume, &events)?,
+        None => Event::VolumeDetached {
+            name: spec.name.clone(),
+        },
+    };
+    events.push(ready);
     Ok(events)
 }
 
@@ -653,6 +668,9 @@ fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
 fn attach_volume(state: &State, name: &str, node: &str) -> Result<Vec<Event>, Rejection> {
     let volume = live_volume(state, name)?;
     let target = state.node(node)?;
+    if let Some(why) = volume.restore_blocks_use() {
+        return Err(Rejection::precondition(why));
+    }
     if let Some(attachment) = &volume.attachment {
         if attachment.node == node && volume.state != VolumeState::Detaching {
             return Ok(vec![]);

@@ -214,6 +214,18 @@ pub enum Event {
         name: String,
         volume: String,
     },
+    RestoreProgressed {
+        name: String,
+        progress: u8,
+    },
+    /// The volume holds the backup's data; it can be attached.
+    RestoreCompleted {
+        name: String,
+    },
+    RestoreFailed {
+        name: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -228,7 +240,10 @@ impl Event {
             | Event::VolumeDetaching { name }
             | Event::VolumeDetached { name }
             | Event::VolumeDeleting { name }
-            | Event::VolumeDeleted { name } => Some(name),
+            | Event::VolumeDeleted { name }
+            | Event::RestoreProgressed { name, .. }
+            | Event::RestoreCompleted { name }
+            | Event::RestoreFailed { name, .. } => Some(name),
             Event::ReplicaScheduled { replica } => Some(&replica.volume),
             Event::SchedulingFailed { volume, .. }
             | Event::SnapshotTaken { volume, .. }

@@ -2,9 +2,13 @@
 //! never fails; an event naming something that is gone changes nothing.
 
 use crate::{
-    Attachment, BackupState, Event, ReplicaMode, Robustness, SnapshotState, State, Volume,
-    VolumeState,
+    Attachment, BackupState, Event, ReplicaMode, Restore, RestoreState, Robustness, SnapshotState,
+    State, Volume, VolumeState,
 };
+
+fn restore_of<'a>(state: &'a mut State, volume: &str) -> Option<&'a mut Restore> {
+    state.volumes.get_mut(volume)?.restore.as_mut()
+}
 
 /// Applies `event` to `state`, keeping the derived fields (disk usage, robustness, the set
 /// of volumes short of replicas) in step.
@@ -153,6 +157,16 @@ pub fn evolve(state: &mut State, event: &Event) {
                     .snapshots
                     .retain(|_, s| s.state != SnapshotState::Pending);
                 volume.revert_to = None;
+                // The restoring engine is gone before the restore completed: what the
+                // volume holds is partial, and nothing presents it as restored.
+                if let Some(restore) = volume.restore.as_mut()
+                    && restore.state == RestoreState::InProgress
+                {
+                    restore.state = RestoreState::Error;
+                    restore.error = Some(
+                        "the restoring engine stopped before the restore completed (detached, or its node went down)".into(),
+                    );
+                }
             }
             // The engine ran the backup job: without it the job is gone.
             for backup in state.backups.values_mut() {
@@ -349,6 +363,23 @@ pub fn evolve(state: &mut State, event: &Event) {
         }
         Event::BackupDeleted { name, .. } => {
             state.backups.remove(name);
+        }
+        Event::RestoreProgressed { name, progress } => {
+            if let Some(restore) = restore_of(state, name) {
+                restore.progress = *progress;
+            }
+        }
+        Event::RestoreCompleted { name } => {
+            if let Some(restore) = restore_of(state, name) {
+                restore.state = RestoreState::Completed;
+                restore.progress = 100;
+            }
+        }
+        Event::RestoreFailed { name, reason } => {
+            if let Some(restore) = restore_of(state, name) {
+                restore.state = RestoreState::Error;
+                restore.error = Some(reason.clone());
+            }
         }
     }
 }

@@ -18,6 +18,7 @@ mod idempotency;
 mod model;
 mod name;
 mod rejection;
+mod restore;
 mod salvage;
 mod scheduler;
 mod setting;
@@ -34,7 +35,8 @@ pub use idempotency::{
 };
 pub use model::{
     Attachment, Backup, BackupState, Bytes, DataLocality, Disk, Epoch, Node, Replica, ReplicaMode,
-    Robustness, Snapshot, SnapshotState, State, Timestamp, Volume, VolumeState, backup_url,
+    Restore, RestoreState, Robustness, Snapshot, SnapshotState, State, Timestamp, Volume,
+    VolumeState, backup_url,
 };
 pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
 pub use rejection::{Rejection, RejectionKind};

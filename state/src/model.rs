@@ -311,6 +311,83 @@ pub struct Volume {
     /// A revert to this snapshot waits for the volume's engine.
     #[serde(default)]
     pub revert_to: Option<String>,
+    /// The backup this volume is restored from, and how far. While the restore is not
+    /// completed the volume is attached only to the engine restoring it (no frontend) and
+    /// a user cannot attach it.
+    #[serde(default)]
+    pub restore: Option<Restore>,
+}
+
+/// Where a volume's restore from a backup is.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum RestoreState {
+    /// The engine is writing the backup's blocks to every replica (`progress` percent).
+    InProgress,
+    /// Every block was written and checked: the volume can be attached.
+    Completed,
+    /// It failed (`error` says why); the volume holds no usable data and is deleted.
+    Error,
+}
+
+/// The restore of a volume from a backup (Longhorn's `fromBackup`).
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Restore {
+    /// The backup's URL: `<target>?backup=<name>&volume=<volume>`.
+    pub url: String,
+    pub state: RestoreState,
+    /// Percent done while in progress.
+    pub progress: u8,
+    pub error: Option<String>,
+}
+
+impl Volume {
+    /// Why a user cannot use this volume yet because of its restore, if so.
+    pub fn restore_blocks_use(&self) -> Option<String> {
+        let restore = self.restore.as_ref()?;
+        match restore.state {
+            RestoreState::Completed => None,
+            RestoreState::InProgress => Some(format!(
+                "volume \"{}\" is being restored from {} ({}%); it can be used once the restore completed",
+                self.name, restore.url, restore.progress
+            )),
+            RestoreState::Error => Some(format!(
+                "the restore of volume \"{}\" from {} failed: {}; delete the volume and restore it again",
+                self.name,
+                restore.url,
+                restore.error.as_deref().unwrap_or("unknown reason")
+            )),
+        }
+    }
+
+    /// Whether an engine is restoring this volume (it serves no frontend meanwhile).
+    pub fn restoring(&self) -> bool {
+        self.restore
+            .as_ref()
+            .is_some_and(|r| r.state == RestoreState::InProgress)
+    }
 }
 
 /// A replica's role in its volume (Longhorn's RW / WO / ERR).
