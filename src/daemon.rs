@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, AgentConfig};
 use crate::api::{Api, router};
+use crate::credentials::CredentialSource;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
@@ -30,6 +31,11 @@ pub struct ServiceArgs {
     /// Address the replica and engine processes of this node listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// File of `KEY=value` lines with the backup target's credentials (Longhorn's keys:
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINTS, AWS_CERT,
+    /// VIRTUAL_HOSTED_STYLE); without it they come from this process's environment.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
 }
 
 /// Starts the REST API and the node agent as asked; returns their tasks.
@@ -43,6 +49,7 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| format!("node-{member}"));
     let mut tasks = Vec::new();
+    let credentials = CredentialSource::new(args.credentials.clone());
     if let Some(listen) = &args.api_listen {
         let token_file = args
             .token_file
@@ -59,7 +66,9 @@ pub async fn start(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("REST API listening on {listen}"))?;
-        let app = router(Api::new(handle.clone(), token, &format!("manager/{name}")));
+        let api = Api::new(handle.clone(), token, &format!("manager/{name}"))
+            .with_credentials(credentials.clone());
+        let app = router(api);
         tracing::info!(%listen, "REST API serving");
         tasks.push(tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
@@ -79,6 +88,7 @@ pub async fn start(
             host: args.host.clone(),
             exe: std::env::current_exe().context("finding the shorthorn executable")?,
             member,
+            credentials,
         };
         let handle = handle.clone();
         tasks.push(tokio::spawn(async move {

@@ -4,6 +4,7 @@
 mod agent;
 mod api;
 mod cli;
+mod credentials;
 mod daemon;
 mod process;
 mod size;

@@ -2,13 +2,14 @@
 //! once its snapshot is taken, polled each tick, their progress (at most once a second),
 //! completion or failure reported to the log. A job the engine no longer knows after it
 //! had started (the engine was restarted) fails the backup with that reason; a new backup
-//! is the retry.
+//! is the retry. Restores of volumes created from a backup are run the same way on the
+//! engine started for them (with no frontend).
 
 use std::time::{Duration, Instant};
 
-use shorthorn_dataplane::backup::Credentials;
-use shorthorn_dataplane::proto::{JobName, JobState, StartBackupRequest};
-use shorthorn_state::{Backup, Request, SnapshotState, Volume};
+use shorthorn_dataplane::backup::{Manifest, Store, parse_backup_url};
+use shorthorn_dataplane::proto::{JobName, JobState, StartBackupRequest, StartRestoreRequest};
+use shorthorn_state::{Backup, BackupState, Request, SnapshotState, Volume};
 use tonic::Code;
 
 use super::Agent;
@@ -16,15 +17,6 @@ use super::engines::EngineClient;
 
 /// Shortest time between two progress reports of one backup.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// The target's credentials: Longhorn's keys (`AWS_ACCESS_KEY_ID`, ...) from this
-/// manager's environment.
-fn credentials() -> std::collections::HashMap<String, String> {
-    Credentials::KEYS
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect()
-}
 
 impl Agent {
     /// Starts, follows and reports the backups in progress of this attached volume.
@@ -69,13 +61,17 @@ impl Agent {
                 if !snapshot_ready {
                     return None;
                 }
+                let credentials = match self.config.credentials.map() {
+                    Ok(credentials) => credentials,
+                    Err(reason) => return Some(Request::ReportBackupFailed { name, reason }),
+                };
                 let start = StartBackupRequest {
                     name: name.clone(),
                     snapshot: backup.snapshot.clone(),
                     base_snapshot: String::new(),
                     base_backup: backup.base.clone().unwrap_or_default(),
                     target_url: backup.target.clone(),
-                    credentials: credentials(),
+                    credentials,
                     labels: backup.labels.clone().into_iter().collect(),
                     concurrency: concurrency.min(u32::MAX as u64) as u32,
                 };
@@ -102,13 +98,24 @@ impl Agent {
             return Some(Request::ReportBackupStarted { name });
         }
         match reply.state() {
-            JobState::Completed => Some(Request::ReportBackupCompleted {
-                name,
-                url: reply.manifest_url,
-                size: reply.total_bytes,
-                blocks: reply.blocks,
-                uploaded_bytes: reply.uploaded_bytes,
-            }),
+            JobState::Completed => {
+                // The job counts the blocks it read (only the changed ones); the backup's
+                // size and blocks are its manifest's.
+                let (size, blocks) = match self.manifest_of(backup).await {
+                    Ok(m) => (m.size, m.blocks.len() as u64),
+                    Err(err) => {
+                        tracing::warn!(backup = %name, "reading the completed backup's manifest: {err}");
+                        (backup.size, reply.blocks)
+                    }
+                };
+                Some(Request::ReportBackupCompleted {
+                    name,
+                    url: reply.manifest_url,
+                    size,
+                    blocks,
+                    uploaded_bytes: reply.uploaded_bytes,
+                })
+            }
             JobState::Error => Some(Request::ReportBackupFailed {
                 name,
                 reason: reply.error,
@@ -134,5 +141,218 @@ impl Agent {
                 })
             }
         }
+    }
+}
+
+impl Agent {
+    /// The manifest of `backup` on its target (one read).
+    async fn manifest_of(&self, backup: &Backup) -> Result<Manifest, String> {
+        let credentials = self.config.credentials.load()?;
+        let store = Store::open_url(&backup.target, &credentials).map_err(|e| e.to_string())?;
+        store
+            .get_manifest(&backup.volume, &backup.name)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs the restore of a volume created from a backup on its engine (started with no
+    /// frontend for it): starts the job when the engine does not know it (a new engine, or
+    /// one started again after this manager restarted: a restore rewrites every block, so
+    /// it simply starts over), reports its progress at most once a second, then its
+    /// completion or its failure with the engine's reason.
+    pub(super) async fn carry_out_restore(
+        &self,
+        volume: &Volume,
+        concurrency: u64,
+        client: &mut EngineClient,
+    ) {
+        let Some(restore) = volume.restore.as_ref() else {
+            return;
+        };
+        if let Some(request) = self
+            .follow_restore(&volume.name, &restore.url, concurrency, client)
+            .await
+            && let Err(err) = self.propose(request).await
+        {
+            tracing::warn!(volume = %volume.name, "reporting the restore: {err}");
+        }
+    }
+
+    async fn follow_restore(
+        &self,
+        volume: &str,
+        url: &str,
+        concurrency: u64,
+        client: &mut EngineClient,
+    ) -> Option<Request> {
+        let failed = |reason: String| {
+            Some(Request::ReportRestoreFailed {
+                volume: volume.to_string(),
+                reason,
+            })
+        };
+        let (target, backup_volume, backup) = match parse_backup_url(url) {
+            Ok(parts) => parts,
+            Err(err) => return failed(err.to_string()),
+        };
+        // The engine's name for the job (see `Jobs::start_restore`).
+        let job = format!("restore-{backup_volume}-{backup}");
+        let reply = match client.job_status(JobName { name: job }).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == Code::NotFound => {
+                let credentials = match self.config.credentials.map() {
+                    Ok(credentials) => credentials,
+                    Err(reason) => return failed(reason),
+                };
+                let start = StartRestoreRequest {
+                    target_url: target,
+                    credentials,
+                    backup_volume,
+                    backup_name: backup,
+                    concurrency: concurrency.min(u32::MAX as u64) as u32,
+                };
+                return match client.start_restore(start).await {
+                    Ok(_) => {
+                        tracing::info!(volume, url, "restore started");
+                        None
+                    }
+                    Err(status) if status.code() == Code::AlreadyExists => None,
+                    Err(status) => failed(status.message().to_string()),
+                };
+            }
+            Err(status) => {
+                tracing::debug!(volume, "restore job status: {}", status.message());
+                return None;
+            }
+        };
+        match reply.state() {
+            JobState::Completed => {
+                tracing::info!(volume, url, "restore completed");
+                Some(Request::ReportRestoreCompleted {
+                    volume: volume.to_string(),
+                })
+            }
+            JobState::Error => failed(reply.error),
+            _ => {
+                let key = format!("restore/{volume}");
+                let mut reported = self.progress_reported.lock().ok()?;
+                if reported
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+                {
+                    return None;
+                }
+                reported.insert(key, Instant::now());
+                let progress = (reply.done_bytes * 100)
+                    .checked_div(reply.total_bytes)
+                    .unwrap_or(0)
+                    .min(99) as u8;
+                Some(Request::ReportRestoreProgress {
+                    volume: volume.to_string(),
+                    progress,
+                })
+            }
+        }
+    }
+}
+
+/// The leader's collection of blocks no manifest names (the one actor BACKUP.md requires):
+/// run in the background after backups were deleted from the log, at most once per
+/// `COLLECT_EVERY`. The store defers it while any backup is in progress on the target.
+#[derive(Default)]
+pub(super) struct Collector {
+    inner: std::sync::Arc<std::sync::Mutex<CollectorState>>,
+}
+
+#[derive(Default)]
+struct CollectorState {
+    /// The completed backups on the target as last seen, and the target.
+    seen: (String, std::collections::BTreeSet<String>),
+    /// Backups were deleted since the last collection.
+    due: bool,
+    last: Option<Instant>,
+    running: bool,
+}
+
+/// Least time between two collections.
+const COLLECT_EVERY: Duration = Duration::from_secs(60);
+/// Blocks younger than this are never collected (clock skew between writers).
+const COLLECT_GRACE: Duration = Duration::from_secs(600);
+
+impl Agent {
+    /// On the leader: starts a collection on the backup target when backups were deleted
+    /// since the last one.
+    pub(super) async fn collect_backups_when_due(&self) {
+        let read = self
+            .log
+            .read(|s| {
+                let target = s.settings.backup_target.clone();
+                let completed: std::collections::BTreeSet<String> = s
+                    .backups
+                    .values()
+                    .filter(|b| b.target == target && b.state == BackupState::Completed)
+                    .map(|b| b.name.clone())
+                    .collect();
+                (target, completed)
+            })
+            .await;
+        let Ok((target, completed)) = read else {
+            return;
+        };
+        let Some(store) = ({
+            let Ok(mut c) = self.backup_gc.inner.lock() else {
+                return;
+            };
+            if c.seen.0 == target && c.seen.1.iter().any(|b| !completed.contains(b)) {
+                c.due = true;
+            }
+            c.seen = (target.clone(), completed);
+            let idle = c.last.is_none_or(|at| at.elapsed() >= COLLECT_EVERY);
+            if target.is_empty() || !c.due || c.running || !idle {
+                return;
+            }
+            let opened = self
+                .config
+                .credentials
+                .load()
+                .map_err(|e| e.to_string())
+                .and_then(|creds| Store::open_url(&target, &creds).map_err(|e| e.to_string()));
+            c.last = Some(Instant::now());
+            match opened {
+                Ok(store) => {
+                    c.running = true;
+                    c.due = false;
+                    Some(store)
+                }
+                Err(err) => {
+                    tracing::warn!(target, "collecting backup blocks: {err}");
+                    None
+                }
+            }
+        }) else {
+            return;
+        };
+        let collector = self.backup_gc.inner.clone();
+        tokio::spawn(async move {
+            let outcome = store.gc(COLLECT_GRACE).await;
+            let Ok(mut c) = collector.lock() else {
+                return;
+            };
+            c.running = false;
+            match outcome {
+                Ok(report) if !report.deferred_by.is_empty() => {
+                    // Backups were running: try again at the next turn.
+                    c.due = true;
+                    tracing::info!(target = %store.url(), deferred_by = ?report.deferred_by, "block collection deferred");
+                }
+                Ok(report) => {
+                    tracing::info!(target = %store.url(), deleted = report.deleted, bytes = report.deleted_bytes, kept_young = report.kept_young, "collected unreferenced backup blocks")
+                }
+                Err(err) => {
+                    c.due = true;
+                    tracing::warn!(target = %store.url(), "collecting backup blocks: {err}");
+                }
+            }
+        });
     }
 }

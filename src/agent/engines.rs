@@ -129,7 +129,16 @@ impl Agent {
         );
         let dir = self.engine_dir(&volume.name);
         fs::create_dir_all(&dir)?;
-        let nbd = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
+        // An engine restoring a volume serves no frontend: nobody reads a half-restored
+        // volume.
+        let nbd = match volume.restoring() {
+            false => Some(format!(
+                "{}:{}",
+                self.config.host,
+                free_port(&self.config.host)?
+            )),
+            true => None,
+        };
         let control = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
         let mut process = Process::new(&self.config.exe);
         process
@@ -141,15 +150,18 @@ impl Agent {
             .arg(volume.size.to_string())
             .arg("--epoch")
             .arg(volume.epoch.0.to_string())
-            .arg("--nbd")
-            .arg(format!("tcp:{nbd}"))
             .arg("--control")
             .arg(format!("tcp:{control}"));
+        if let Some(nbd) = &nbd {
+            process.arg("--nbd").arg(format!("tcp:{nbd}"));
+        }
         for address in &healthy {
             process.arg("--replica").arg(format!("tcp:{address}"));
         }
         let child = spawn_logged(process, &dir.join("engine.log"))?;
-        let endpoint = format!("nbd://{nbd}/{}", volume.name);
+        let endpoint = nbd
+            .as_ref()
+            .map_or_else(String::new, |nbd| format!("nbd://{nbd}/{}", volume.name));
         let record = Record {
             pid: child.id() as i32,
             address: endpoint,
@@ -157,8 +169,11 @@ impl Agent {
             control,
         };
         write_record(&dir, &record)?;
-        wait_listening(&nbd, Duration::from_secs(15));
-        tracing::info!(volume = %volume.name, epoch = volume.epoch.0, nbd = %nbd, "engine started");
+        wait_listening(
+            nbd.as_ref().unwrap_or(&record.control),
+            Duration::from_secs(15),
+        );
+        tracing::info!(volume = %volume.name, epoch = volume.epoch.0, nbd = ?nbd, "engine started");
         Ok(Proc {
             record,
             child: Some(child),
@@ -289,7 +304,10 @@ impl Agent {
                 tracing::warn!(replica = %replica.id, "reporting the replica: {err}");
             }
         }
-        if volume.state == VolumeState::Attached {
+        if volume.state == VolumeState::Attached && volume.restoring() {
+            self.carry_out_restore(volume, view.restore_concurrency, &mut client)
+                .await;
+        } else if volume.state == VolumeState::Attached {
             grow_engine(volume, &mut client).await;
             self.carry_out_snapshots(volume, &mut client).await;
             self.carry_out_backups(volume, &view.backups, view.backup_concurrency, &mut client)

@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub exe: PathBuf,
     /// This manager's Raft member id (the leader runs the cluster-wide timers).
     pub member: u64,
+    /// The backup target's credentials, handed to the engines' backup and restore jobs.
+    pub credentials: crate::credentials::CredentialSource,
 }
 
 /// The log's events, as the agent follows them.
@@ -77,6 +79,8 @@ pub struct Agent {
     scrubbed: std::sync::Mutex<BTreeMap<String, Instant>>,
     /// When this agent last reported each backup's progress.
     progress_reported: std::sync::Mutex<BTreeMap<String, Instant>>,
+    /// The leader's collection of unreferenced backup blocks.
+    backup_gc: backups::Collector,
     last_stale_check: Instant,
     last_heartbeat: Instant,
     /// Since when this manager has been the Raft leader, as far as this agent saw.
@@ -94,6 +98,7 @@ impl Agent {
             orphans_reported: Default::default(),
             scrubbed: Default::default(),
             progress_reported: Default::default(),
+            backup_gc: Default::default(),
             last_stale_check: Instant::now(),
             last_heartbeat: Instant::now() - HEARTBEAT,
             leader_since: None,
@@ -241,6 +246,9 @@ impl Agent {
             self.last_stale_check = Instant::now();
             self.propose(Request::ReplaceStaleReplicas).await?;
         }
+        if leader {
+            self.collect_backups_when_due().await;
+        }
         Ok(())
     }
 }
@@ -262,6 +270,8 @@ struct NodeView {
     backups: Vec<shorthorn_state::Backup>,
     /// The `backupConcurrentLimit` setting.
     backup_concurrency: u64,
+    /// The `restoreConcurrentLimit` setting.
+    restore_concurrency: u64,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
 }
@@ -315,6 +325,7 @@ impl NodeView {
         NodeView {
             backups,
             backup_concurrency: state.settings.backup_concurrent_limit,
+            restore_concurrency: state.settings.restore_concurrent_limit,
             heartbeats,
             replicas,
             attached,

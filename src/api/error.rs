@@ -20,6 +20,13 @@ pub enum ApiError {
     /// The engine (through its node agent) could not do what the log asked.
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Precondition(String),
+    /// The backup target failed (unreachable, refused, answered with an error).
+    #[error("{0}")]
+    Target(String),
 }
 
 impl ApiError {
@@ -29,6 +36,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "notFound"),
             ApiError::Failed(_) => (StatusCode::CONFLICT, "failed"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Precondition(_) => (StatusCode::PRECONDITION_FAILED, "preconditionFailed"),
+            ApiError::Target(_) => (StatusCode::BAD_GATEWAY, "backupTargetFailed"),
             ApiError::Log(err) => match err {
                 LogError::Rejected { kind, .. } => match kind {
                     RejectionKind::InvalidArgument => (StatusCode::BAD_REQUEST, "invalidArgument"),

@@ -1,5 +1,6 @@
-//! The REST API of a manager (axum, JSON): volumes, nodes, replicas, settings, the event
-//! stream, health checks and the OpenAPI document.
+//! The REST API of a manager (axum, JSON): volumes, nodes, replicas, settings, backups and
+//! the backup volumes on the target, the event stream, health checks and the OpenAPI
+//! document.
 //!
 //! Every write becomes one command proposed to the replicated log (from any manager; a
 //! follower forwards it to the leader); every read is a linearizable read of the state.
@@ -10,6 +11,7 @@
 //! Nothing a client sends can crash the manager: bad input is a 4xx with a JSON body
 //! `{"error": kind, "message": text}`.
 
+mod backups;
 mod error;
 mod openapi;
 mod snapshots;
@@ -36,6 +38,7 @@ use shorthorn_state::{
 
 pub use error::ApiError;
 
+use crate::credentials::CredentialSource;
 use crate::size::parse_size;
 
 /// What every handler needs: the log and who this manager is.
@@ -45,6 +48,8 @@ pub struct Api {
     token: Arc<str>,
     /// Name stamped on proposed commands as their proposer.
     proposer: Arc<str>,
+    /// The backup target's credentials.
+    credentials: CredentialSource,
 }
 
 impl Api {
@@ -53,7 +58,14 @@ impl Api {
             log,
             token: token.into(),
             proposer: proposer.into(),
+            credentials: CredentialSource::default(),
         }
+    }
+
+    /// Uses `credentials` for the backup target instead of this process's environment.
+    pub fn with_credentials(mut self, credentials: CredentialSource) -> Self {
+        self.credentials = credentials;
+        self
     }
 
     /// Stamps `request` with this manager's clock and name, and the HTTP request's
@@ -107,6 +119,14 @@ pub fn router(api: Api) -> Router {
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/settings", get(list_settings))
         .route("/v1/settings/{key}", get(get_setting).put(set_setting))
+        .route("/v1/backups", get(backups::list).post(backups::create))
+        .route(
+            "/v1/backups/{name}",
+            get(backups::get).delete(backups::delete),
+        )
+        .route("/v1/backups/{name}/verify", post(backups::verify))
+        .route("/v1/backupvolumes", get(backups::list_volumes))
+        .route("/v1/backupvolumes/{name}", get(backups::get_volume))
         .route("/v1/events", get(events))
         .route_layer(middleware::from_fn(idempotency_key))
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));
@@ -233,7 +253,9 @@ impl SizeField {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateVolumeBody {
     name: String,
-    size: SizeField,
+    /// Required unless restoring; a restore defaults to the backup's size.
+    #[serde(default)]
+    size: Option<SizeField>,
     #[serde(default)]
     number_of_replicas: Option<u8>,
     #[serde(default)]
@@ -246,6 +268,9 @@ struct CreateVolumeBody {
     stale_replica_timeout: Option<u64>,
     #[serde(default)]
     standby: bool,
+    /// Restore the new volume from this backup URL (`<target>?backup=NAME&volume=VOL`).
+    #[serde(default)]
+    from_backup: Option<String>,
 }
 
 async fn list_volumes(State(api): State<Api>) -> Result<Json<Vec<Volume>>, ApiError> {
@@ -270,15 +295,24 @@ async fn create_volume(
     State(api): State<Api>,
     Body(body): Body<CreateVolumeBody>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    let size = match (&body.size, &body.from_backup) {
+        (Some(size), None) => size.bytes()?,
+        (None, None) => return Err(ApiError::BadRequest("a volume needs a size".into())),
+        (size, Some(url)) => {
+            let asked = size.as_ref().map(SizeField::bytes).transpose()?;
+            api.restore_size(url, asked).await?
+        }
+    };
     let spec = VolumeSpec {
         name: body.name.clone(),
-        size: body.size.bytes()?,
+        size,
         number_of_replicas: body.number_of_replicas,
         data_locality: body.data_locality,
         node_selector: body.node_selector,
         disk_selector: body.disk_selector,
         stale_replica_timeout: body.stale_replica_timeout,
         standby: body.standby,
+        from_backup: body.from_backup,
     };
     api.propose(Request::CreateVolume(spec)).await?;
     let Json(volume) = get_volume(State(api), Path(body.name)).await?;
@@ -455,9 +489,16 @@ async fn set_setting(
     Path(key): Path<String>,
     Body(body): Body<SettingBody>,
 ) -> Result<Json<SettingView>, ApiError> {
+    let mut value = body.value;
+    if Settings::canonical_key(&key) == Some("backupTarget") {
+        // Probed before the log records it: a target that cannot take backups is refused
+        // with the reason (unreachable, credentials refused, no such bucket...).
+        value = value.trim().to_string();
+        api.check_target(&value).await?;
+    }
     api.propose(Request::SetSetting {
         key: key.clone(),
-        value: body.value,
+        value,
     })
     .await?;
     get_setting(State(api), Path(key)).await

@@ -27,6 +27,13 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/settings", "get"),
     ("/v1/settings/{key}", "get"),
     ("/v1/settings/{key}", "put"),
+    ("/v1/backups", "get"),
+    ("/v1/backups", "post"),
+    ("/v1/backups/{name}", "get"),
+    ("/v1/backups/{name}", "delete"),
+    ("/v1/backups/{name}/verify", "post"),
+    ("/v1/backupvolumes", "get"),
+    ("/v1/backupvolumes/{name}", "get"),
     ("/v1/events", "get"),
 ];
 
@@ -94,8 +101,8 @@ pub fn build() -> Value {
         "/v1/cluster": { "get": operation("Raft status of this manager", ("200", ok("status", json!({"type": "object"}))), None) },
         "/v1/volumes": {
             "get": operation("List volumes", ("200", ok("volumes", list(volume.clone()))), None),
-            "post": operation("Create a volume; its replicas are scheduled at once", ("201", ok("created", volume.clone())), Some(json!({
-                "type": "object", "required": ["name", "size"], "additionalProperties": false,
+            "post": operation("Create a volume; its replicas are scheduled at once. With fromBackup it is restored from that backup (checked first: 404 when it is not on the target, 400 when size is smaller) by an engine with no frontend; it can be attached once restore.state is completed", ("201", ok("created", volume.clone())), Some(json!({
+                "type": "object", "required": ["name"], "additionalProperties": false,
                 "properties": {
                     "name": { "type": "string", "description": "DNS-1123 label" },
                     "size": size.clone(),
@@ -104,7 +111,8 @@ pub fn build() -> Value {
                     "nodeSelector": { "type": "array", "items": { "type": "string" } },
                     "diskSelector": { "type": "array", "items": { "type": "string" } },
                     "staleReplicaTimeout": { "type": "integer", "description": "minutes" },
-                    "standby": { "type": "boolean" }
+                    "standby": { "type": "boolean" },
+                    "fromBackup": { "type": "string", "description": "backup URL <target>?backup=<name>&volume=<volume>; size defaults to the backup's" }
                 }
             }))),
         },
@@ -171,9 +179,41 @@ pub fn build() -> Value {
         "/v1/settings/{key}": {
             "parameters": path_param("key"),
             "get": operation("Get a setting", ("200", ok("setting", reference("Setting"))), None),
-            "put": operation("Change a setting", ("200", ok("setting", reference("Setting"))), Some(json!({
+            "put": operation("Change a setting; a new backupTarget is probed first (one put, get and delete of a small object, never a listing) and refused with the reason (400) when it is unreachable, refuses the credentials or has no such bucket", ("200", ok("setting", reference("Setting"))), Some(json!({
                 "type": "object", "required": ["value"], "additionalProperties": false, "properties": { "value": { "type": "string" } }
             }))),
+        },
+        "/v1/backups": {
+            "get": {
+                "summary": "List this cluster's backups (from the log), oldest first",
+                "parameters": [{ "name": "volume", "in": "query", "required": false, "schema": { "type": "string" } }],
+                "responses": { "200": ok("backups", list(reference("Backup"))), "401": errors()["401"] }
+            },
+            "post": operation("Back up a snapshot of an attached volume to the backup target (a new snapshot named like the backup when none is named); the engine uploads it in the background", ("201", ok("in progress", reference("Backup"))), Some(json!({
+                "type": "object", "required": ["volume"], "additionalProperties": false,
+                "properties": {
+                    "volume": { "type": "string" },
+                    "name": { "type": "string", "description": "DNS-1123 label; default backup-XXXXXXXX (from the Idempotency-Key when sent)" },
+                    "snapshot": { "type": "string" },
+                    "labels": { "type": "object", "additionalProperties": { "type": "string" } }
+                }
+            }))),
+        },
+        "/v1/backups/{name}": {
+            "parameters": path_param("name"),
+            "get": operation("Get a backup", ("200", ok("backup", reference("Backup"))), None),
+            "delete": operation("Delete a backup that is not in progress: its manifest from the target, then the record from the log (blocks no manifest names are collected later)", ("204", json!({"description": "deleted"})), None),
+        },
+        "/v1/backups/{name}/verify": {
+            "parameters": path_param("name"),
+            "post": operation("Read every block of a completed backup from the target and check its blake3; names each bad one", ("200", ok("report", reference("VerifyReport"))), None),
+        },
+        "/v1/backupvolumes": {
+            "get": operation("The backup volumes on the backup target, including those other clusters wrote", ("200", ok("backup volumes", list(reference("BackupVolume")))), None),
+        },
+        "/v1/backupvolumes/{name}": {
+            "parameters": path_param("name"),
+            "get": operation("The backups of one backup volume on the target, oldest first, with the URL a restore takes", ("200", ok("backups", list(reference("TargetBackup")))), None),
         },
         "/v1/events": {
             "get": {
@@ -221,7 +261,10 @@ pub fn build() -> Value {
                     "epoch": { "type": "integer" },
                     "attachment": { "type": ["object", "null"] },
                     "replicas": { "type": "array", "items": { "type": "string" } },
-                    "condition": { "type": ["string", "null"] } } },
+                    "condition": { "type": ["string", "null"] },
+                    "restore": { "type": ["object", "null"], "properties": {
+                        "url": { "type": "string" }, "state": { "enum": ["inProgress", "completed", "error"] },
+                        "progress": { "type": "integer" }, "error": { "type": ["string", "null"] } } } } },
                 "Node": { "type": "object", "properties": {
                     "id": { "type": "string" }, "address": { "type": "string" }, "zone": { "type": "string" },
                     "schedulable": { "type": "boolean" }, "disks": { "type": "object" } } },
@@ -231,6 +274,30 @@ pub fn build() -> Value {
                 "Snapshot": { "type": "object", "properties": {
                     "name": { "type": "string" }, "volume": { "type": "string" }, "createdAt": { "type": "integer" },
                     "size": { "type": "integer" }, "state": { "enum": ["pending", "ready", "deleting"] } } },
+                "Backup": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "volume": { "type": "string" }, "snapshot": { "type": "string" },
+                    "target": { "type": "string" },
+                    "url": { "type": "string", "description": "<target>?backup=<name>&volume=<volume>" },
+                    "state": { "enum": ["inProgress", "completed", "error"] },
+                    "progress": { "type": "integer", "minimum": 0, "maximum": 100 },
+                    "error": { "type": ["string", "null"] },
+                    "base": { "type": ["string", "null"], "description": "the backup this one is incremental from" },
+                    "size": { "type": "integer" }, "blocks": { "type": "integer" },
+                    "uploadedBytes": { "type": "integer" }, "createdAt": { "type": "integer" },
+                    "labels": { "type": "object" } } },
+                "VerifyReport": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "volume": { "type": "string" }, "url": { "type": "string" },
+                    "blocks": { "type": "integer" },
+                    "bad": { "type": "array", "items": { "type": "object", "properties": {
+                        "offset": { "type": "integer" }, "hash": { "type": "string" }, "reason": { "type": "string" } } } } } },
+                "BackupVolume": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "backupCount": { "type": "integer" },
+                    "lastBackup": { "type": ["string", "null"] }, "lastBackupAt": { "type": ["integer", "null"] },
+                    "size": { "type": ["integer", "null"] } } },
+                "TargetBackup": { "type": "object", "properties": {
+                    "name": { "type": "string" }, "volume": { "type": "string" }, "snapshot": { "type": "string" },
+                    "size": { "type": "integer" }, "createdAt": { "type": "integer" }, "blocks": { "type": "integer" },
+                    "labels": { "type": "object" }, "url": { "type": "string" } } },
                 "Setting": { "type": "object", "properties": {
                     "key": { "type": "string" }, "value": { "type": "string" }, "default": { "type": "string" } } }
             }

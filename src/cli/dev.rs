@@ -31,6 +31,10 @@ pub struct UpArgs {
     /// Return once the cluster is healthy and leave it running (stop it with `dev down`).
     #[arg(long)]
     pub detach: bool,
+    /// File of `KEY=value` lines with the backup target's credentials (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_ENDPOINTS, ...), handed to every manager.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,11 +118,24 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         serde_json::to_vec_pretty(&config)?,
     )?;
 
+    let credentials = match &args.credentials {
+        Some(file) => Some(
+            file.canonicalize()
+                .with_context(|| format!("the credentials file {}", file.display()))?,
+        ),
+        None => None,
+    };
     let mut children = Vec::new();
     let first_raft = managers[0].raft.clone();
     for m in &managers {
         let join = (m.n > 1).then_some(first_raft.as_str());
-        children.push(start(m, join, &token_file, args.detach)?);
+        children.push(start(
+            m,
+            join,
+            &token_file,
+            credentials.as_deref(),
+            args.detach,
+        )?);
         // A new group forms one member at a time; a resumed one starts all at once.
         if !resuming {
             wait_ready(&m.api, Duration::from_secs(60)).with_context(|| {
@@ -243,6 +260,7 @@ fn start(
     m: &Manager,
     join: Option<&str>,
     token_file: &Path,
+    credentials: Option<&Path>,
     detach: bool,
 ) -> anyhow::Result<Child> {
     let data = m.dir.join("data");
@@ -276,6 +294,9 @@ fn start(
         .stderr(log);
     if let Some(join) = join {
         command.arg("--join").arg(join);
+    }
+    if let Some(file) = credentials {
+        command.arg("--credentials").arg(file);
     }
     if detach {
         // Its own session: the terminal's Ctrl-C does not reach a detached cluster.

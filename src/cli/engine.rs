@@ -27,9 +27,10 @@ pub struct ServeArgs {
     /// A replica address (unix:PATH or [tcp:]HOST:PORT); repeat for each replica.
     #[arg(long = "replica", required = true)]
     replicas: Vec<Address>,
-    /// Where NBD clients connect: unix:PATH or tcp:HOST:PORT.
+    /// Where NBD clients connect: unix:PATH or tcp:HOST:PORT. Without it the engine serves
+    /// no frontend, only its control API (a volume being restored).
     #[arg(long)]
-    nbd: Address,
+    nbd: Option<Address>,
     /// Where the gRPC control API listens: unix:PATH or tcp:HOST:PORT.
     #[arg(long)]
     control: Option<Address>,
@@ -72,10 +73,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 }
             });
         }
-        let listener = Listener::bind(&args.nbd)
+        let Some(nbd) = &args.nbd else {
+            tracing::info!(volume = %engine.volume, epoch = %engine.epoch, "engine serving with no frontend");
+            std::future::pending::<()>().await;
+            return Ok(());
+        };
+        let listener = Listener::bind(nbd)
             .await
-            .with_context(|| format!("nbd listener on {}", args.nbd))?;
-        tracing::info!(volume = %engine.volume, epoch = %engine.epoch, nbd = %args.nbd, "engine serving");
+            .with_context(|| format!("nbd listener on {nbd}"))?;
+        tracing::info!(volume = %engine.volume, epoch = %engine.epoch, nbd = %nbd, "engine serving");
         shorthorn_dataplane::nbd::serve(engine, listener).await?;
         Ok(())
     })

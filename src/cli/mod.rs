@@ -1,6 +1,7 @@
 //! The command line: one clap tree for every daemon and client subcommand.
-//! Subcommands that are not built yet say so and exit non-zero; none of them panics.
+//! None of the subcommands panics on bad input: each fails with a message and a non-zero exit.
 
+mod backup;
 mod client;
 mod csi;
 mod dev;
@@ -47,8 +48,8 @@ pub enum Command {
     Volume(VolumeArgs),
     /// Create, list, delete and revert to snapshots of a volume.
     Snapshot(SnapshotArgs),
-    /// Back up snapshots to S3 or NFS and restore them [not built yet].
-    Backup(NotBuilt),
+    /// Back up volumes to S3 or a directory, list, verify and delete backups.
+    Backup(BackupArgs),
     /// List nodes with their disks and usage.
     Node(NodeArgs),
     /// Read and change cluster settings.
@@ -84,6 +85,14 @@ pub struct SnapshotArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    target: client::Target,
+    #[command(subcommand)]
+    command: backup::BackupCommand,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct SettingArgs {
     #[command(flatten)]
     target: client::Target,
@@ -103,13 +112,6 @@ pub struct NodeArgs {
 pub enum NodeCommand {
     /// List nodes with their disks and usage.
     Ls,
-}
-
-/// Arguments of a subcommand that is not built yet: everything is accepted and ignored.
-#[derive(Debug, clap::Args)]
-pub struct NotBuilt {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
 }
 
 pub fn init_tracing(format: LogFormat) {
@@ -139,12 +141,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             NodeCommand::Ls => volume::nodes(&args.target),
         },
         Command::Setting(args) => volume::setting(args.command, &args.target),
-        Command::Backup(_) => not_built("backup"),
+        Command::Backup(args) => backup::backup(args.command, &args.target),
         Command::Watch(args) => watch::watch(args),
         Command::Csi(args) => csi::run(args),
     }
-}
-
-fn not_built(what: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`shorthorn {what}` is not built yet in this version")
 }

@@ -28,6 +28,9 @@ pub enum Goal {
     /// Every replica placed (no scheduling condition); for `volume create --wait`.
     #[value(skip)]
     Scheduled,
+    /// Its restore from a backup completed and the restoring engine stopped: it can be
+    /// attached.
+    Restored,
 }
 
 impl Goal {
@@ -38,6 +41,7 @@ impl Goal {
             Goal::Detached => "detached",
             Goal::Deleted => "deleted",
             Goal::Scheduled => "scheduled",
+            Goal::Restored => "restored",
         }
     }
 }
@@ -73,7 +77,7 @@ impl Progress {
         self.0.set_message(message);
     }
 
-    fn set(&self, done: u64, len: u64) {
+    pub fn set(&self, done: u64, len: u64) {
         self.0.set_length(len);
         self.0.set_position(done);
     }
@@ -110,7 +114,8 @@ struct Seen {
     done: bool,
     /// The state shown in the spinner and in a timeout error.
     describe: String,
-    /// For `healthy`: read-write replicas, replicas asked, and every replica's mode.
+    /// For `healthy`: read-write replicas, replicas asked, and every replica's mode; for
+    /// `restored`: percent done, 100, and where from.
     bar: Option<(u64, u64, String)>,
 }
 
@@ -127,6 +132,7 @@ pub fn await_volume(
 ) -> anyhow::Result<Value> {
     let progress = match goal {
         Goal::Healthy => Progress::bar(output, 0),
+        Goal::Restored => Progress::bar(output, 100),
         _ => Progress::spinner(output, format!("volume \"{name}\": waiting")),
     };
     let deadline = Instant::now() + timeout;
@@ -138,9 +144,12 @@ pub fn await_volume(
         };
         let seen = see(client, &volume, goal)?;
         match &seen.bar {
-            Some((done, len, modes)) => {
+            Some((done, len, detail)) => {
                 progress.set(*done, *len);
-                progress.set_message(format!("read-write ({modes})"));
+                match goal {
+                    Goal::Healthy => progress.set_message(format!("read-write ({detail})")),
+                    _ => progress.set_message(detail.clone()),
+                }
             }
             None => progress.set_message(format!(
                 "volume \"{name}\" is {}, waiting until {}",
@@ -193,6 +202,31 @@ fn see(client: &Client, volume: &Value, goal: Goal) -> anyhow::Result<Seen> {
                 done: volume["condition"].is_null() && placed >= wanted,
                 describe: format!("{quoted} with {placed} of {wanted} replicas placed"),
                 bar: None,
+            }
+        }
+        Goal::Restored => {
+            let restore = &volume["restore"];
+            let progress = restore["progress"].as_u64().unwrap_or(0);
+            match restore["state"].as_str() {
+                None => anyhow::bail!(
+                    "volume \"{}\" is not restored from a backup",
+                    text(&volume["name"])
+                ),
+                Some("error") => anyhow::bail!(
+                    "the restore of volume \"{}\" from {} failed: {}",
+                    text(&volume["name"]),
+                    text(&restore["url"]),
+                    text(&restore["error"])
+                ),
+                Some(restoring) => Seen {
+                    done: restoring == "completed" && state == "detached",
+                    describe: format!("{quoted}, restore {restoring} ({progress}%)"),
+                    bar: Some((
+                        progress,
+                        100,
+                        format!("restoring from {}", text(&restore["url"])),
+                    )),
+                },
             }
         }
         Goal::Healthy => {

@@ -15,9 +15,14 @@ pub enum VolumeCommand {
     /// Create a volume; its replicas are placed at once.
     Create {
         name: String,
-        /// Size with Ki, Mi, Gi or Ti (a multiple of 2 MiB).
+        /// Size with Ki, Mi, Gi or Ti (a multiple of 2 MiB); with --from-backup at least
+        /// the backup's (its size by default).
+        #[arg(long, required_unless_present = "from_backup")]
+        size: Option<String>,
+        /// Restore the new volume from this backup: the URL `shorthorn backup get` prints
+        /// (`<target>?backup=<name>&volume=<volume>`). With --wait, waits until restored.
         #[arg(long)]
-        size: String,
+        from_backup: Option<String>,
         /// Number of replicas (default: the defaultReplicaCount setting).
         #[arg(long)]
         replicas: Option<u8>,
@@ -25,12 +30,13 @@ pub enum VolumeCommand {
         /// (default: the staleReplicaTimeout setting).
         #[arg(long)]
         stale_replica_timeout: Option<u64>,
-        /// Wait until every replica is placed.
+        /// Wait until every replica is placed (and, restoring, until the restore completed,
+        /// with a progress bar).
         #[arg(long)]
         wait: bool,
-        /// Seconds to wait with --wait before failing.
-        #[arg(long, default_value_t = 120)]
-        timeout: u64,
+        /// Seconds to wait with --wait before failing (default: 120, 3600 for a restore).
+        #[arg(long)]
+        timeout: Option<u64>,
     },
     /// List volumes.
     Ls,
@@ -118,13 +124,24 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
         VolumeCommand::Create {
             name,
             size,
+            from_backup,
             replicas,
             stale_replica_timeout,
             wait,
             timeout,
         } => {
-            let size = parse_size(&size).map_err(anyhow::Error::msg)?;
-            let mut body = json!({ "name": name, "size": size });
+            let mut body = json!({ "name": name });
+            if let Some(size) = size {
+                body["size"] = json!(parse_size(&size).map_err(anyhow::Error::msg)?);
+            }
+            let goal = match &from_backup {
+                Some(url) => {
+                    body["fromBackup"] = json!(url);
+                    Goal::Restored
+                }
+                None => Goal::Scheduled,
+            };
+            let timeout = timeout.unwrap_or(if goal == Goal::Restored { 3600 } else { 120 });
             if let Some(replicas) = replicas {
                 body["numberOfReplicas"] = json!(replicas);
             }
@@ -138,12 +155,13 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
                 await_volume(
                     &client,
                     &name,
-                    Goal::Scheduled,
+                    goal,
                     Duration::from_secs(timeout),
                     target.output,
                 )
-                .with_context(|| {
-                    format!("volume \"{name}\" was created; its replicas are not all placed")
+                .with_context(|| match goal {
+                    Goal::Restored => format!("volume \"{name}\" was created; it is not restored"),
+                    _ => format!("volume \"{name}\" was created; its replicas are not all placed"),
                 })?
             }
         }
@@ -247,10 +265,20 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
                 text(&v["robustness"]),
                 text(&v["attachment"]["node"]),
                 text(&v["epoch"]),
-                text(&v["condition"]),
+                condition(v),
             ]
         },
     )
+}
+
+/// The volume's condition, or where its restore is while it is not completed.
+fn condition(volume: &Value) -> String {
+    let restore = &volume["restore"];
+    match restore["state"].as_str() {
+        Some("inProgress") => format!("restoring ({}%)", text(&restore["progress"])),
+        Some("error") => format!("restore failed: {}", text(&restore["error"])),
+        _ => text(&volume["condition"]),
+    }
 }
 
 pub fn snapshot(cmd: SnapshotCommand, target: &Target) -> anyhow::Result<()> {
@@ -467,7 +495,7 @@ fn create_once(client: &Client, name: &str, body: Value) -> anyhow::Result<Value
 }
 
 /// Prints an object or a list of objects: as JSON unchanged, or as a table of `row`s.
-fn show(
+pub(super) fn show(
     output: Output,
     value: &Value,
     headers: &[&str],
