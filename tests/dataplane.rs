@@ -5,6 +5,11 @@
 #[path = "dataplane/testkit.rs"]
 mod testkit;
 
+// Shared with the dev-cluster backup tests, which use more of it.
+#[allow(dead_code)]
+#[path = "testkit/s3.rs"]
+mod s3;
+
 #[path = "dataplane/backup.rs"]
 mod backup;
 #[path = "dataplane/backup_kit.rs"]

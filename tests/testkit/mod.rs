@@ -9,6 +9,8 @@
 // Each test binary uses a different subset of this kit.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -35,16 +37,21 @@ pub struct DevCluster {
 impl DevCluster {
     /// Starts a cluster whose CLI runs talk to manager 1 only.
     pub fn up() -> DevCluster {
-        Self::start(false)
+        Self::start(false, &[])
+    }
+
+    /// Starts a cluster with more `dev up` arguments (e.g. `--credentials FILE`).
+    pub fn up_with(args: &[&OsStr]) -> DevCluster {
+        Self::start(false, args)
     }
 
     /// Starts a cluster whose CLI runs get every manager's API, so that they fail over to
     /// the next manager when one dies.
     pub fn up_with_failover() -> DevCluster {
-        Self::start(true)
+        Self::start(true, &[])
     }
 
-    fn start(every_manager: bool) -> DevCluster {
+    fn start(every_manager: bool, args: &[&OsStr]) -> DevCluster {
         let mut dir = tempfile::tempdir().expect("tempdir");
         if std::env::var_os("SHORTHORN_KEEP_TEST_DIRS").is_some() {
             dir.disable_cleanup(true);
@@ -55,6 +62,7 @@ impl DevCluster {
             .args(["dev", "up", "--detach", "--port-base", &base.to_string()])
             .arg("--dir")
             .arg(dir.path())
+            .args(args)
             .output()
             .expect("runs dev up");
         let managers = if every_manager { 1..=3 } else { 1..=1 };
@@ -326,6 +334,65 @@ impl DevCluster {
             .expect("starts a manager");
         std::fs::write(dir.join("pid"), child.id().to_string()).expect("pid file");
         ExtraManager { child }
+    }
+
+    /// SIGKILLs manager `n` alone (its replica and engine processes keep running) and starts
+    /// it again with the same command line; returns once its API answers.
+    pub fn restart_manager(&self, n: u16) {
+        let dir = self.dir().join(format!("m{n}"));
+        let pid = std::fs::read_to_string(dir.join("pid")).expect("manager pid");
+        let pid = pid.trim().to_string();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("manager cmdline");
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .skip(1)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}/stat")).exists()
+            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "))
+        {
+            assert!(Instant::now() < deadline, "manager {n} survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("manager.log"))
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restarts the manager");
+        std::fs::write(dir.join("pid"), child.id().to_string()).expect("pid file");
+        // Reaped by nobody: `dev down` stops it by its pid file, as it stops the others.
+        std::mem::forget(child);
+        let url = format!("{}/readyz", self.api_of(n));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(&url)
+            .timeout(Duration::from_secs(2))
+            .call()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "manager {n} did not come back");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The pid of the engine process of `volume` on node `n`, from its agent's record.
+    pub fn engine_pid(&self, n: u16, volume: &str) -> String {
+        let record = self
+            .dir()
+            .join(format!("m{n}/disk/engines/{volume}/process.json"));
+        let text = std::fs::read_to_string(&record).expect("engine record");
+        let record: Value = serde_json::from_str(&text).expect("engine record JSON");
+        record["pid"].to_string()
     }
 
     /// SIGKILLs manager `n` and every replica or engine process of its node: the node dies.

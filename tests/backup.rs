@@ -1,0 +1,536 @@
+//! Backups and restores end to end on a `shorthorn dev up` cluster: real manager, replica
+//! and engine processes, a real S3 server (s3s-fs; `scripts/build-tools` installs it) or a
+//! directory as the target, qemu-img writing and reading the volumes over NBD, and the CLI
+//! as a user runs it. Faults are real: the S3 server paused with SIGSTOP, an engine and a
+//! manager SIGKILLed, a block on the target corrupted by hand.
+
+mod testkit;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use testkit::s3::S3Server;
+use testkit::{
+    DevCluster, Written, export_size, random_file, read_image, run, sha256, text_of, write_random,
+};
+
+const MIB: u64 = 1 << 20;
+const BUCKET: &str = "backupbucket";
+const TARGET: &str = "s3://backupbucket@us-east-1/backupstore";
+
+/// An S3 server and a dev cluster whose managers hold its credentials in a file.
+struct S3Cluster {
+    cluster: DevCluster,
+    s3: S3Server,
+    credentials: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn s3_cluster() -> S3Cluster {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let s3 = S3Server::start("s3s-fs", dir.path(), BUCKET);
+    let credentials = dir.path().join("credentials");
+    std::fs::write(&credentials, s3.credential_lines(None)).expect("credentials file");
+    let cluster = DevCluster::up_with(&[OsStr::new("--credentials"), credentials.as_os_str()]);
+    S3Cluster {
+        cluster,
+        s3,
+        credentials,
+        _dir: dir,
+    }
+}
+
+/// Volume `name` of `size_mib` MiB on 2 replicas, attached on node-1, with `data_mib` MiB
+/// of random bytes written at its start.
+fn volume_with_data(cluster: &DevCluster, name: &str, size_mib: u64, data_mib: u64) -> Written {
+    cluster.create_volume(name, size_mib, 2, &[]);
+    let endpoint = cluster.attach(name, "node-1");
+    write_random(&endpoint, data_mib)
+}
+
+/// Waits (up to `secs`) until `backup get name` satisfies `done`; returns the backup.
+fn wait_backup(
+    cluster: &DevCluster,
+    name: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let backup = cluster.json(&["backup", "get", name]);
+        if done(&backup) {
+            return backup;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backup {name} never got there: {backup}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `backup create volume --name name --wait -o json`, which must complete.
+fn backup(cluster: &DevCluster, volume: &str, name: &str) -> Value {
+    let b = cluster.json(&["backup", "create", volume, "--name", name, "--wait"]);
+    assert_eq!(b["state"], "completed", "{b}");
+    b
+}
+
+/// Restores `url` into a new volume `name` (`--wait`), attaches it on `node`, reads it all
+/// back with qemu-img into `into` and returns its SHA-256.
+fn restore_and_read(
+    cluster: &DevCluster,
+    url: &str,
+    name: &str,
+    size: Option<&str>,
+    node: &str,
+    into: &Path,
+) -> String {
+    let mut args = vec![
+        "volume",
+        "create",
+        name,
+        "--from-backup",
+        url,
+        "--replicas",
+        "2",
+        "--wait",
+    ];
+    if let Some(size) = size {
+        args.extend(["--size", size]);
+    }
+    let v = cluster.json(&args);
+    assert_eq!(v["restore"]["state"], "completed", "{v}");
+    assert_eq!(v["state"], "detached", "the restoring engine stopped: {v}");
+    let endpoint = cluster.attach(name, node);
+    read_image(&endpoint, into);
+    cluster.detach(name);
+    sha256(into)
+}
+
+/// Writes `mib` MiB of random bytes at `offset_mib` of the export (qemu-io) and of the
+/// local copy.
+fn overwrite(endpoint: &str, copy: &Path, offset_mib: u64, mib: u64) {
+    let random = copy.with_extension("random");
+    random_file(&random, mib);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -s {} {offset_mib}M {mib}M", random.display()),
+            "-c",
+            "flush",
+            endpoint,
+        ],
+    );
+    let mut data = std::fs::read(copy).expect("copy");
+    let (start, end) = (
+        (offset_mib * MIB) as usize,
+        ((offset_mib + mib) * MIB) as usize,
+    );
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[start..end].copy_from_slice(&std::fs::read(&random).expect("random"));
+    std::fs::write(copy, data).expect("copy");
+}
+
+/// `path` zero-extended to `size` bytes.
+fn padded(path: &Path, size: u64, into: &Path) -> String {
+    let mut data = std::fs::read(path).expect("read");
+    data.resize(size as usize, 0);
+    std::fs::write(into, data).expect("write");
+    sha256(into)
+}
+
+#[test]
+fn s3_backup_incremental_backup_and_restores_read_back_the_same_bytes() {
+    // A user backs a volume up to S3 twice (the second only uploads what changed), sees both
+    // on the target, restores each into a new volume and reads back exactly what was
+    // written; deleting the first leaves the second restorable.
+    let S3Cluster { cluster, .. } = &s3_cluster();
+    cluster.ok(&["setting", "set", "backupTarget", TARGET]);
+    let mut watch = cluster.spawn(&["watch", "-o", "json"]);
+    let written = volume_with_data(cluster, "src", 64, 16);
+
+    let b1 = backup(cluster, "src", "b1");
+    for field in [
+        "name",
+        "volume",
+        "snapshot",
+        "url",
+        "size",
+        "blocks",
+        "uploadedBytes",
+        "state",
+    ] {
+        assert!(!b1[field].is_null(), "-o json lacks {field}: {b1}");
+    }
+    assert_eq!(b1["url"], format!("{TARGET}?backup=b1&volume=src"));
+    assert_eq!(
+        (b1["size"].as_u64(), b1["blocks"].as_u64()),
+        (Some(64 * MIB), Some(8)),
+        "{b1}"
+    );
+    assert!(
+        b1["uploadedBytes"].as_u64().unwrap() >= 16 * MIB,
+        "random data is stored whole: {b1}"
+    );
+    watch.until(|l| l["event"]["type"] == "backupCompleted" && l["event"]["name"] == "b1");
+
+    // One 2 MiB block changes: the incremental backup uploads that block only.
+    let expected = written.work.path().join("expected.img");
+    std::fs::copy(&written.data, &expected).expect("copy");
+    overwrite(&written.endpoint, &expected, 32, 2);
+    let b2 = backup(cluster, "src", "b2");
+    assert_eq!(b2["base"], "b1", "{b2}");
+    assert_eq!(b2["blocks"], 9, "{b2}");
+    let uploaded = b2["uploadedBytes"].as_u64().unwrap();
+    assert!(
+        (2 * MIB..=2 * MIB + 4096).contains(&uploaded),
+        "only the changed (random) block is uploaded, got {uploaded}"
+    );
+
+    let listed = cluster.json(&["backup", "ls", "src"]);
+    let names: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| text_of(&b["name"]))
+        .collect();
+    assert_eq!(names, ["b1", "b2"]);
+    let volumes = cluster.json(&["backup", "volume", "ls"]);
+    assert_eq!(volumes[0]["name"], "src", "{volumes}");
+    assert_eq!(volumes[0]["backupCount"], 2, "{volumes}");
+    let on_target = cluster.json(&["backup", "volume", "get", "src"]);
+    assert_eq!(on_target[1]["url"], b2["url"], "{on_target}");
+
+    let work = written.work.path();
+    let want2 = padded(&expected, 64 * MIB, &work.join("want2.img"));
+    let got2 = restore_and_read(
+        cluster,
+        b2["url"].as_str().unwrap(),
+        "dst2",
+        None,
+        "node-2",
+        &work.join("dst2.img"),
+    );
+    assert_eq!(
+        got2, want2,
+        "the restore of b2 differs from what was written"
+    );
+    // b1, into a larger volume: the data of then, zeros after.
+    let want1 = padded(&written.data, 96 * MIB, &work.join("want1.img"));
+    let got1 = restore_and_read(
+        cluster,
+        b1["url"].as_str().unwrap(),
+        "dst1",
+        Some("96Mi"),
+        "node-3",
+        &work.join("dst1.img"),
+    );
+    assert_eq!(
+        got1, want1,
+        "the restore of b1 differs from what was written then"
+    );
+
+    cluster.ok(&["backup", "rm", "b1"]);
+    let (ok, _, err) = cluster.cli(&["backup", "get", "b1"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let on_target = cluster.json(&["backup", "volume", "get", "src"]);
+    assert_eq!(
+        on_target.as_array().map(Vec::len),
+        Some(1),
+        "b1 is gone from the target: {on_target}"
+    );
+    let again = restore_and_read(
+        cluster,
+        b2["url"].as_str().unwrap(),
+        "dst3",
+        None,
+        "node-1",
+        &work.join("dst3.img"),
+    );
+    assert_eq!(again, want2, "b2 restores without b1's manifest");
+    watch.until(|l| l["event"]["type"] == "restoreCompleted" && l["event"]["name"] == "dst3");
+}
+
+#[test]
+fn bad_targets_and_credentials_are_refused_with_the_reason() {
+    // `setting set backupTarget` probes the target and says why it cannot take backups;
+    // the setting keeps its value after a refusal. Credentials are read from the file at
+    // each use, so fixing the file fixes the target.
+    let S3Cluster {
+        cluster,
+        s3,
+        credentials,
+        ..
+    } = &s3_cluster();
+    let refused = |value: &str| {
+        let (ok, _, err) = cluster.cli(&["setting", "set", "backupTarget", value]);
+        assert!(!ok, "{value} was accepted");
+        err
+    };
+    let err = refused("s3://nobucket");
+    assert!(
+        err.contains("malformed") && err.contains("HTTP 400"),
+        "{err}"
+    );
+    let err = refused("nfs://server:/export");
+    assert!(err.contains("not implemented"), "{err}");
+    let err = refused("ftp://x");
+    assert!(err.contains("ftp://x"), "{err}");
+
+    std::fs::write(credentials, s3.credential_lines(Some("wrong-secret"))).expect("credentials");
+    let err = refused(TARGET);
+    assert!(err.contains("refused the credentials"), "{err}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        credentials,
+        format!("AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\nAWS_ENDPOINTS=http://127.0.0.1:{closed}\n", s3.access_key, s3.secret_key),
+    )
+    .expect("credentials");
+    let err = refused(TARGET);
+    assert!(err.contains("unreachable"), "{err}");
+    assert_eq!(
+        cluster.json(&["setting", "get", "backupTarget"])["value"],
+        ""
+    );
+    let (ok, _, err) = cluster.cli(&["backup", "volume", "ls"]);
+    assert!(!ok && err.contains("no backup target is set"), "{err}");
+
+    std::fs::write(credentials, s3.credential_lines(None)).expect("credentials");
+    cluster.ok(&["setting", "set", "backupTarget", TARGET]);
+    assert_eq!(
+        cluster.json(&["setting", "get", "backupTarget"])["value"],
+        TARGET
+    );
+    assert_eq!(
+        cluster.json(&["backup", "volume", "ls"]),
+        Value::Array(vec![])
+    );
+    // A restore of a backup that is not there is refused before any volume is created.
+    let (ok, _, err) = cluster.cli(&[
+        "volume",
+        "create",
+        "x",
+        "--from-backup",
+        &format!("{TARGET}?backup=none&volume=src"),
+    ]);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = cluster.cli(&[
+        "volume",
+        "create",
+        "x",
+        "--from-backup",
+        "s3://b@r/p?backup=none",
+    ]);
+    assert!(!ok && err.contains("backup= and volume="), "{err}");
+    assert_eq!(cluster.json(&["volume", "ls"]), Value::Array(vec![]));
+}
+
+#[test]
+fn a_corrupted_block_is_named_by_verify_and_fails_the_restore() {
+    // On a directory target: a backup verifies clean; one of its blocks is damaged on the
+    // target; `backup verify` names that block, and a restore over it fails naming it and
+    // leaves a volume nobody can attach, instead of returning bad data.
+    let cluster = DevCluster::up();
+    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let target = format!("file://{}", store.path().display());
+    cluster.ok(&["setting", "set", "backupTarget", &target]);
+    volume_with_data(&cluster, "src", 32, 8);
+    let b1 = backup(&cluster, "src", "b1");
+    let (ok, out, err) = cluster.cli(&["backup", "verify", "b1"]);
+    assert!(ok && out.contains("all 4 blocks are good"), "{out}{err}");
+
+    // The block at offset 2 MiB: flip a byte of its body on the target.
+    let root = store.path().join("shorthorn-backupstore");
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(root.join("volumes/src/backups/b1.json")).expect("manifest on the target"),
+    )
+    .expect("manifest JSON");
+    let entry = manifest["blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b[0] == 2 * MIB)
+        .expect("a block at 2 MiB");
+    let hash = text_of(&entry[1]);
+    let block = root.join(format!("blocks/{}/{hash}.blk", &hash[..2]));
+    let mut raw = std::fs::read(&block).expect("block on the target");
+    let at = raw.len() / 2;
+    raw[at] ^= 0xff;
+    std::fs::write(&block, raw).expect("corrupt the block");
+
+    let (ok, out, err) = cluster.cli(&["backup", "verify", "b1"]);
+    assert!(!ok, "verify passed over a corrupt block: {out}");
+    assert!(
+        out.contains(&(2 * MIB).to_string()) && out.contains(&hash),
+        "{out}"
+    );
+    assert!(err.contains("1 bad block of 4"), "{err}");
+    let report = cluster
+        .command(&["backup", "verify", "b1", "-o", "json"])
+        .output()
+        .expect("verify");
+    let report: Value = serde_json::from_slice(&report.stdout).expect("JSON report");
+    assert_eq!(report["bad"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(report["bad"][0]["offset"], 2 * MIB, "{report}");
+
+    let url = text_of(&b1["url"]);
+    let (ok, _, err) = cluster.cli(&[
+        "volume",
+        "create",
+        "dst",
+        "--from-backup",
+        &url,
+        "--replicas",
+        "2",
+        "--wait",
+    ]);
+    assert!(!ok, "a restore over a corrupt block succeeded");
+    assert!(
+        err.contains("offset 2097152") && err.contains(&hash),
+        "{err}"
+    );
+    let v = cluster.wait_volume("dst", "detached", |v| v["state"] == "detached");
+    assert_eq!(v["restore"]["state"], "error", "{v}");
+    let (ok, _, err) = cluster.cli(&["volume", "attach", "dst", "--node", "node-1"]);
+    assert!(
+        !ok && err.contains("restore") && err.contains("failed"),
+        "{err}"
+    );
+    // Deleting the failed volume works; the backup itself is still listed.
+    cluster.ok(&["volume", "delete", "dst"]);
+    assert_eq!(cluster.json(&["backup", "get", "b1"])["state"], "completed");
+}
+
+#[test]
+fn engine_killed_mid_backup_fails_it_with_a_reason_and_a_retry_completes() {
+    // The S3 server is paused so the backup is certainly under way when its engine is
+    // SIGKILLed; the backup ends in error with a reason, writes no manifest, and a new
+    // backup of the same volume completes and restores what was written.
+    let S3Cluster { cluster, s3, .. } = &s3_cluster();
+    cluster.ok(&["setting", "set", "backupTarget", TARGET]);
+    let written = volume_with_data(cluster, "src", 32, 8);
+    s3.pause();
+    cluster.ok(&["backup", "create", "src", "--name", "b1"]);
+    wait_backup(cluster, "b1", 60, |b| b["started"] == true);
+    let pid = cluster.engine_pid(1, "src");
+    run("kill", &["-9", &pid]);
+    let failed = wait_backup(cluster, "b1", 60, |b| b["state"] == "error");
+    assert!(!text_of(&failed["error"]).is_empty(), "no reason: {failed}");
+    s3.unpause();
+
+    // The volume gets an engine again (its agent restarts it, or the user re-attaches).
+    let v = cluster.json(&["volume", "get", "src"]);
+    if v["state"] == "detached" {
+        cluster.attach("src", "node-1");
+    }
+    cluster.wait_volume("src", "attached", |v| v["state"] == "attached");
+    let b2 = backup(cluster, "src", "b2");
+    let on_target = cluster.json(&["backup", "volume", "get", "src"]);
+    let names: Vec<String> = on_target
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| text_of(&b["name"]))
+        .collect();
+    assert_eq!(names, ["b2"], "the killed backup left no manifest");
+    let work = written.work.path();
+    let want = padded(&written.data, 32 * MIB, &work.join("want.img"));
+    let got = restore_and_read(
+        cluster,
+        b2["url"].as_str().unwrap(),
+        "dst",
+        None,
+        "node-2",
+        &work.join("dst.img"),
+    );
+    assert_eq!(got, want);
+    // And the source volume itself is untouched.
+    let endpoint = cluster.json(&["volume", "get", "src"])["attachment"]["endpoint"].clone();
+    read_image(endpoint.as_str().unwrap(), &work.join("src.img"));
+    assert_eq!(sha256(&work.join("src.img")), want);
+}
+
+#[test]
+fn a_manager_restarted_mid_restore_does_not_leave_it_stuck() {
+    // The restore of a new volume is under way (its S3 server paused) when the manager of
+    // the restoring node is SIGKILLed and started again; once the server answers again the
+    // restore completes and the volume reads back what was backed up.
+    let S3Cluster { cluster, s3, .. } = &s3_cluster();
+    cluster.ok(&["setting", "set", "backupTarget", TARGET]);
+    let written = volume_with_data(cluster, "src", 32, 8);
+    let b1 = backup(cluster, "src", "b1");
+    let url = text_of(&b1["url"]);
+    cluster.ok(&[
+        "volume",
+        "create",
+        "dst",
+        "--from-backup",
+        &url,
+        "--replicas",
+        "2",
+    ]);
+    // The restoring engine needs its replicas started first: the pause comes before it
+    // reads anything from the target.
+    s3.pause();
+    let v = cluster.json(&["volume", "get", "dst"]);
+    assert_eq!(v["restore"]["state"], "inProgress", "{v}");
+    let node = text_of(&v["attachment"]["node"]);
+    let n: u16 = node
+        .trim_start_matches("node-")
+        .parse()
+        .expect("node number");
+    // Its engine runs with no frontend: nothing to connect to.
+    cluster.wait_volume("dst", "attached for the restore", |v| {
+        v["state"] == "attached"
+    });
+    let v = cluster.json(&["volume", "get", "dst"]);
+    assert!(text_of(&v["attachment"]["endpoint"]).is_empty(), "{v}");
+    let (ok, _, err) = cluster.cli(&["volume", "attach", "dst", "--node", &node]);
+    assert!(!ok && err.contains("being restored"), "{err}");
+
+    // The agent has handed the engine the job, which now waits on the paused server.
+    let log = cluster.dir().join(format!("m{n}/manager.log"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("restore started")) {
+        assert!(Instant::now() < deadline, "the restore never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.restart_manager(n);
+    let v = cluster.json(&["volume", "get", "dst"]);
+    assert_eq!(
+        v["restore"]["state"], "inProgress",
+        "it cannot finish while the server is paused: {v}"
+    );
+    s3.unpause();
+    let v = cluster.json(&[
+        "volume",
+        "wait",
+        "dst",
+        "--for",
+        "restored",
+        "--timeout",
+        "300",
+    ]);
+    assert_eq!(v["restore"]["state"], "completed", "{v}");
+    let endpoint = cluster.attach("dst", "node-1");
+    assert_eq!(export_size(&endpoint), 32 * MIB);
+    let work = written.work.path();
+    read_image(&endpoint, &work.join("dst.img"));
+    assert_eq!(
+        sha256(&work.join("dst.img")),
+        padded(&written.data, 32 * MIB, &work.join("want.img"))
+    );
+}
