@@ -29,9 +29,10 @@ struct S3Cluster {
     _dir: tempfile::TempDir,
 }
 
-fn s3_cluster() -> S3Cluster {
+/// `kind` is "s3s-fs" or "versitygw".
+fn s3_cluster(kind: &str) -> S3Cluster {
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-    let s3 = S3Server::start("s3s-fs", dir.path(), BUCKET);
+    let s3 = S3Server::start(kind, dir.path(), BUCKET);
     let credentials = dir.path().join("credentials");
     std::fs::write(&credentials, s3.credential_lines(None)).expect("credentials file");
     let cluster = DevCluster::up_with(&[OsStr::new("--credentials"), credentials.as_os_str()]);
@@ -150,10 +151,18 @@ fn padded(path: &Path, size: u64, into: &Path) -> String {
 
 #[test]
 fn s3_backup_incremental_backup_and_restores_read_back_the_same_bytes() {
+    backup_and_restore(&s3_cluster("s3s-fs"));
+}
+
+#[test]
+fn versitygw_backup_incremental_backup_and_restores_read_back_the_same_bytes() {
+    backup_and_restore(&s3_cluster("versitygw"));
+}
+
+fn backup_and_restore(S3Cluster { cluster, .. }: &S3Cluster) {
     // A user backs a volume up to S3 twice (the second only uploads what changed), sees both
     // on the target, restores each into a new volume and reads back exactly what was
     // written; deleting the first leaves the second restorable.
-    let S3Cluster { cluster, .. } = &s3_cluster();
     cluster.ok(&["setting", "set", "backupTarget", TARGET]);
     let mut watch = cluster.spawn(&["watch", "-o", "json"]);
     let written = volume_with_data(cluster, "src", 64, 16);
@@ -264,13 +273,14 @@ fn s3_backup_incremental_backup_and_restores_read_back_the_same_bytes() {
 fn bad_targets_and_credentials_are_refused_with_the_reason() {
     // `setting set backupTarget` probes the target and says why it cannot take backups;
     // the setting keeps its value after a refusal. Credentials are read from the file at
-    // each use, so fixing the file fixes the target.
+    // each use, so fixing the file fixes the target. (versitygw, which refuses a bucket
+    // that does not exist; s3s-fs creates it.)
     let S3Cluster {
         cluster,
         s3,
         credentials,
         ..
-    } = &s3_cluster();
+    } = &s3_cluster("versitygw");
     let refused = |value: &str| {
         let (ok, _, err) = cluster.cli(&["setting", "set", "backupTarget", value]);
         assert!(!ok, "{value} was accepted");
@@ -285,6 +295,8 @@ fn bad_targets_and_credentials_are_refused_with_the_reason() {
     assert!(err.contains("not implemented"), "{err}");
     let err = refused("ftp://x");
     assert!(err.contains("ftp://x"), "{err}");
+    let err = refused("s3://nosuchbucket@us-east-1/backupstore");
+    assert!(err.contains("bucket does not exist"), "{err}");
 
     std::fs::write(credentials, s3.credential_lines(Some("wrong-secret"))).expect("credentials");
     let err = refused(TARGET);
@@ -419,7 +431,7 @@ fn engine_killed_mid_backup_fails_it_with_a_reason_and_a_retry_completes() {
     // The S3 server is paused so the backup is certainly under way when its engine is
     // SIGKILLed; the backup ends in error with a reason, writes no manifest, and a new
     // backup of the same volume completes and restores what was written.
-    let S3Cluster { cluster, s3, .. } = &s3_cluster();
+    let S3Cluster { cluster, s3, .. } = &s3_cluster("s3s-fs");
     cluster.ok(&["setting", "set", "backupTarget", TARGET]);
     let written = volume_with_data(cluster, "src", 32, 8);
     s3.pause();
@@ -468,7 +480,7 @@ fn a_manager_restarted_mid_restore_does_not_leave_it_stuck() {
     // The restore of a new volume is under way (its S3 server paused) when the manager of
     // the restoring node is SIGKILLed and started again; once the server answers again the
     // restore completes and the volume reads back what was backed up.
-    let S3Cluster { cluster, s3, .. } = &s3_cluster();
+    let S3Cluster { cluster, s3, .. } = &s3_cluster("s3s-fs");
     cluster.ok(&["setting", "set", "backupTarget", TARGET]);
     let written = volume_with_data(cluster, "src", 32, 8);
     let b1 = backup(cluster, "src", "b1");

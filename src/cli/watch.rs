@@ -384,4 +384,32 @@ mod tests {
         let line = human_line(7, &failed);
         assert!(line.contains("id=db-r0 reason=\"io error\""), "{line}");
     }
+
+    #[test]
+    fn backup_and_restore_events_name_their_volume_and_progress() {
+        let progressed = json!({"type": "backupProgressed", "name": "b1", "volume": "db",
+            "progress": 40, "blocks": 3, "uploadedBytes": 6291456});
+        assert_eq!(volume_of(&progressed).as_deref(), Some("db"));
+        let line = human_line(9, &progressed);
+        assert!(
+            line.contains("backupProgressed") && line.contains("name=b1"),
+            "{line}"
+        );
+        assert!(line.contains("progress=40"), "{line}");
+        let completed = json!({"type": "backupCompleted", "name": "b1", "volume": "db",
+            "url": "s3://b@r/p?backup=b1&volume=db", "size": 1u64 << 30, "blocks": 3, "uploadedBytes": 1});
+        let line = human_line(10, &completed);
+        assert!(
+            line.contains("url=s3://b@r/p?backup=b1&volume=db") && line.contains("size=1Gi"),
+            "{line}"
+        );
+        let restored =
+            json!({"type": "restoreFailed", "name": "db2", "reason": "block at offset 0 is bad"});
+        assert_eq!(volume_of(&restored).as_deref(), Some("db2"));
+        let line = human_line(11, &restored);
+        assert!(
+            line.contains("reason=\"block at offset 0 is bad\""),
+            "{line}"
+        );
+    }
 }
