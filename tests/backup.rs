@@ -546,3 +546,43 @@ fn a_manager_restarted_mid_restore_does_not_leave_it_stuck() {
         padded(&written.data, 32 * MIB, &work.join("want.img"))
     );
 }
+
+#[test]
+fn a_second_cluster_sees_and_restores_the_first_ones_backups() {
+    // Two clusters share a directory target: the second lists the backup volume the first
+    // wrote, and restores its backup by URL into a volume that reads back the same bytes.
+    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let target = format!("file://{}", store.path().display());
+    let first = DevCluster::up();
+    first.ok(&["setting", "set", "backupTarget", &target]);
+    let written = volume_with_data(&first, "src", 32, 6);
+    let b1 = backup(&first, "src", "b1");
+    drop(first);
+
+    let second = DevCluster::up();
+    second.ok(&["setting", "set", "backupTarget", &target]);
+    assert_eq!(
+        second.json(&["backup", "ls"]),
+        Value::Array(vec![]),
+        "not in its log"
+    );
+    let volumes = second.json(&["backup", "volume", "ls"]);
+    assert_eq!(volumes[0]["name"], "src", "{volumes}");
+    assert_eq!(volumes[0]["lastBackup"], "b1", "{volumes}");
+    let backups = second.json(&["backup", "volume", "get", "src"]);
+    assert_eq!(backups[0]["url"], b1["url"], "{backups}");
+    let work = written.work.path();
+    let want = padded(&written.data, 32 * MIB, &work.join("want.img"));
+    let url = text_of(&backups[0]["url"]);
+    let (ok, out, err) = second.cli(&["backup", "verify", &url]);
+    assert!(ok && out.contains("all 3 blocks are good"), "{out}{err}");
+    let got = restore_and_read(
+        &second,
+        &url,
+        "copy",
+        None,
+        "node-1",
+        &work.join("copy.img"),
+    );
+    assert_eq!(got, want);
+}

@@ -258,29 +258,63 @@ pub(super) async fn verify(
             backup.state
         )));
     }
-    let concurrency = api.read(|s| s.settings.restore_concurrent_limit).await? as usize;
     let store = api.store(&backup.target)?;
-    let bad = store
-        .verify(&backup.volume, &backup.name, concurrency)
-        .await
-        .map_err(target_error)?;
-    if !bad.is_empty() {
-        tracing::warn!(backup = %name, bad = bad.len(), "verify found bad blocks");
+    Ok(Json(
+        api.verify_on(&store, &backup.volume, &backup.name).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerifyBody {
+    backup: String,
+}
+
+/// As [`verify`], for any backup of a backup volume on the current target (another
+/// cluster's too).
+pub(super) async fn verify_on_target(
+    State(api): State<Api>,
+    Path(volume): Path<String>,
+    Body(body): Body<VerifyBody>,
+) -> Result<Json<VerifyReport>, ApiError> {
+    let store = api.store(&api.current_target().await?)?;
+    Ok(Json(api.verify_on(&store, &volume, &body.backup).await?))
+}
+
+impl Api {
+    async fn verify_on(
+        &self,
+        store: &Store,
+        volume: &str,
+        name: &str,
+    ) -> Result<VerifyReport, ApiError> {
+        let concurrency = self.read(|s| s.settings.restore_concurrent_limit).await? as usize;
+        let manifest = store
+            .get_manifest(volume, name)
+            .await
+            .map_err(target_error)?;
+        let bad = store
+            .verify(volume, name, concurrency)
+            .await
+            .map_err(target_error)?;
+        if !bad.is_empty() {
+            tracing::warn!(backup = %name, volume, bad = bad.len(), "verify found bad blocks");
+        }
+        Ok(VerifyReport {
+            name: name.to_string(),
+            volume: volume.to_string(),
+            url: store.backup_url(volume, name),
+            blocks: manifest.blocks.len() as u64,
+            bad: bad
+                .into_iter()
+                .map(|b| BadBlockView {
+                    offset: b.offset,
+                    hash: b.hash,
+                    reason: b.reason,
+                })
+                .collect(),
+        })
     }
-    Ok(Json(VerifyReport {
-        name: backup.name,
-        volume: backup.volume,
-        url: backup.url,
-        blocks: backup.blocks,
-        bad: bad
-            .into_iter()
-            .map(|b| BadBlockView {
-                offset: b.offset,
-                hash: b.hash,
-                reason: b.reason,
-            })
-            .collect(),
-    }))
 }
 
 /// A backup volume on the target, as its index says.

@@ -127,6 +127,10 @@ pub fn router(api: Api) -> Router {
         .route("/v1/backups/{name}/verify", post(backups::verify))
         .route("/v1/backupvolumes", get(backups::list_volumes))
         .route("/v1/backupvolumes/{name}", get(backups::get_volume))
+        .route(
+            "/v1/backupvolumes/{name}/verify",
+            post(backups::verify_on_target),
+        )
         .route("/v1/events", get(events))
         .route_layer(middleware::from_fn(idempotency_key))
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate));

@@ -34,6 +34,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/backups/{name}/verify", "post"),
     ("/v1/backupvolumes", "get"),
     ("/v1/backupvolumes/{name}", "get"),
+    ("/v1/backupvolumes/{name}/verify", "post"),
     ("/v1/events", "get"),
 ];
 
@@ -214,6 +215,12 @@ pub fn build() -> Value {
         "/v1/backupvolumes/{name}": {
             "parameters": path_param("name"),
             "get": operation("The backups of one backup volume on the target, oldest first, with the URL a restore takes", ("200", ok("backups", list(reference("TargetBackup")))), None),
+        },
+        "/v1/backupvolumes/{name}/verify": {
+            "parameters": path_param("name"),
+            "post": operation("Verify one backup of this backup volume on the target (any cluster's): every block read and checked, each bad one named", ("200", ok("report", reference("VerifyReport"))), Some(json!({
+                "type": "object", "required": ["backup"], "additionalProperties": false, "properties": { "backup": { "type": "string" } }
+            }))),
         },
         "/v1/events": {
             "get": {

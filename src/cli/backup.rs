@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
+use shorthorn_dataplane::backup::parse_backup_url;
 
 use super::client::{Client, Output, Target, display_time, print_table, text};
 use super::progress::Progress;
@@ -42,7 +43,8 @@ pub enum BackupCommand {
     /// Delete a backup from the target and from the cluster.
     Rm { name: String },
     /// Read every block of a backup from the target and check it; names each bad block
-    /// and fails when there is one.
+    /// and fails when there is one. NAME is this cluster's backup, or a backup URL on the
+    /// backup target (another cluster's too).
     Verify { name: String },
     /// The backup volumes on the target, including those other clusters wrote.
     #[command(subcommand)]
@@ -213,7 +215,22 @@ fn await_backup(
 fn verify(client: &Client, name: &str, output: Output) -> anyhow::Result<()> {
     let report = {
         let _spinner = Progress::spinner(output, format!("verifying backup \"{name}\""));
-        client.post(&format!("/v1/backups/{name}/verify"), json!({}))?
+        if name.contains('?') {
+            let (target, volume, backup) =
+                parse_backup_url(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let current = client.get("/v1/settings/backupTarget")?;
+            anyhow::ensure!(
+                current["value"] == target.as_str(),
+                "{name} is not on the backup target ({}); only backups there can be verified",
+                text(&current["value"])
+            );
+            client.post(
+                &format!("/v1/backupvolumes/{volume}/verify"),
+                json!({ "backup": backup }),
+            )?
+        } else {
+            client.post(&format!("/v1/backups/{name}/verify"), json!({}))?
+        }
     };
     let bad = report["bad"].as_array().cloned().unwrap_or_default();
     match output {
