@@ -50,6 +50,9 @@ pub struct DownArgs {
 pub struct DevConfig {
     pub apis: Vec<String>,
     pub token_file: PathBuf,
+    /// The managers' `--credentials` file, kept so that a resumed cluster has it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
 }
 
 impl DevConfig {
@@ -106,25 +109,27 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let resuming = managers[0].dir.join("data").exists();
+    let credentials = match &args.credentials {
+        Some(file) => Some(
+            file.canonicalize()
+                .with_context(|| format!("the credentials file {}", file.display()))?,
+        ),
+        // A resumed cluster keeps the credentials file it was started with.
+        None => DevConfig::load(&dir).ok().and_then(|c| c.credentials),
+    };
     let config = DevConfig {
         apis: managers
             .iter()
             .map(|m| format!("http://{}", m.api))
             .collect(),
         token_file: token_file.clone(),
+        credentials: credentials.clone(),
     };
     fs::write(
         dir.join("cluster.json"),
         serde_json::to_vec_pretty(&config)?,
     )?;
 
-    let credentials = match &args.credentials {
-        Some(file) => Some(
-            file.canonicalize()
-                .with_context(|| format!("the credentials file {}", file.display()))?,
-        ),
-        None => None,
-    };
     let mut children = Vec::new();
     let first_raft = managers[0].raft.clone();
     for m in &managers {
