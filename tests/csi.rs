@@ -337,7 +337,6 @@ fn csi_sanity() -> PathBuf {
 }
 
 #[test]
-#[ignore = "fails today: csi-sanity names volumes with upper-case letters, which Shorthorn volume names refuse; the driver must map CSI names to DNS labels first"]
 fn csi_sanity_passes_identity_and_controller_specs() {
     let sanity = csi_sanity();
     let cluster = DevCluster::up();

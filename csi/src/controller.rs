@@ -299,18 +299,38 @@ fn csi_snapshot(s: &Snapshot) -> proto::Snapshot {
     }
 }
 
-/// A snapshot name as Shorthorn takes it: CSI names (`snapshot-<uuid>`) already are.
-fn check_name(what: &str, name: &str) -> Result<(), Status> {
+/// The Shorthorn name (a DNS-1123 label) for a CSI name. The external-provisioner's names
+/// (`pvc-<uuid>`, `snapshot-<uuid>`) already are labels and are kept as they are; any other
+/// name (CSI allows any string) becomes a readable label — lower-cased, other characters
+/// turned into '-', cut to fit — plus 8 hex digits of the blake3 of the whole name, so two
+/// CSI names never meet in one Shorthorn name and the same CSI name always maps to the same
+/// volume (CreateVolume stays idempotent by name).
+pub fn shorthorn_name(what: &str, name: &str) -> Result<String, Status> {
     if name.is_empty() {
         return Err(invalid(format!("the {what} name is required")));
     }
-    if !shorthorn_state::is_dns1123_label(name) {
-        return Err(invalid(format!(
-            "the {what} name \"{name}\" must be a DNS label: lower-case letters, digits and '-', \
-             at most 63 characters"
-        )));
+    if shorthorn_state::is_dns1123_label(name) {
+        return Ok(name.to_string());
     }
-    Ok(())
+    let mut readable = String::with_capacity(name.len());
+    for c in name.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && (readable.is_empty() || readable.ends_with('-'))) {
+            readable.push(c);
+        }
+    }
+    readable.truncate(63 - 9);
+    let readable = readable.trim_end_matches('-');
+    let hash = blake3::hash(name.as_bytes()).to_hex();
+    Ok(if readable.is_empty() {
+        format!("csi-{}", &hash[..8])
+    } else {
+        format!("{readable}-{}", &hash[..8])
+    })
 }
 
 fn page<T>(items: Vec<T>, max: i32, token: &str) -> Result<(Vec<T>, String), Status> {
@@ -349,8 +369,8 @@ impl proto::controller_server::Controller for Controller {
         &self,
         request: Request<proto::CreateVolumeRequest>,
     ) -> Result<Response<proto::CreateVolumeResponse>, Status> {
-        let req = request.into_inner();
-        check_name("volume", &req.name)?;
+        let mut req = request.into_inner();
+        req.name = shorthorn_name("volume", &req.name)?;
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
         let params = parse_parameters(&req.parameters)?;
         let size = size_for(req.capacity_range.as_ref())?;
@@ -732,11 +752,11 @@ impl proto::controller_server::Controller for Controller {
         &self,
         request: Request<proto::CreateSnapshotRequest>,
     ) -> Result<Response<proto::CreateSnapshotResponse>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         if req.source_volume_id.is_empty() {
             return Err(invalid("the source volume id is required"));
         }
-        check_name("snapshot", &req.name)?;
+        req.name = shorthorn_name("snapshot", &req.name)?;
         for (key, value) in &req.parameters {
             match (key.as_str(), value.as_str()) {
                 ("type", "snap") | ("type", "") => {}
@@ -912,6 +932,31 @@ fn publish_context(volume: &Volume) -> proto::ControllerPublishVolumeResponse {
 mod tests {
     use super::*;
     use tonic::Code;
+
+    #[test]
+    fn csi_names_map_to_stable_distinct_dns_labels() {
+        assert_eq!(shorthorn_name("volume", "pvc-0a1b").unwrap(), "pvc-0a1b");
+        let a = shorthorn_name("volume", "sanity-Controller-Service CreateVolume-1").unwrap();
+        let b = shorthorn_name("volume", "sanity-controller-service-createvolume-1").unwrap();
+        let c = shorthorn_name("volume", "Sanity-Controller-Service CreateVolume-1").unwrap();
+        assert!(a.starts_with("sanity-controller-service-createvolume-1-"), "{a}");
+        assert_eq!(b, "sanity-controller-service-createvolume-1", "a label stays as it is");
+        assert_ne!(a, c, "names differing only in case stay apart");
+        assert_eq!(
+            a,
+            shorthorn_name("volume", "sanity-Controller-Service CreateVolume-1").unwrap()
+        );
+        let long = "X".repeat(300);
+        let odd = ["!!!", "Ünïcödé", long.as_str(), "-a-", "a..b"];
+        for name in odd {
+            let mapped = shorthorn_name("volume", name).unwrap();
+            assert!(shorthorn_state::is_dns1123_label(&mapped), "{name} -> {mapped}");
+        }
+        assert_eq!(
+            shorthorn_name("volume", "").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
 
     #[test]
     fn sizes_round_up_to_2_mib() {
