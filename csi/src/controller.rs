@@ -36,6 +36,8 @@ impl Controller {
         )
         .await
         {
+            // A volume being deleted is gone for CSI (DeleteVolume answered already).
+            Ok(v) if v.state == VolumeState::Deleting => Ok(None),
             Ok(v) => Ok(Some(v)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.to_status(&format!("reading volume {name}"))),
@@ -481,7 +483,12 @@ impl proto::controller_server::Controller for Controller {
                         req.name, v.size
                     )));
                 }
-                None => return Err(e.to_status(&format!("creating volume {}", req.name))),
+                None => {
+                    return Err(Status::aborted(format!(
+                        "volume \"{}\" is still being deleted; retry once it is gone",
+                        req.name
+                    )));
+                }
             },
             Err(e) => {
                 let status = e.to_status(&format!("creating volume {}", req.name));
@@ -675,6 +682,9 @@ impl proto::controller_server::Controller for Controller {
             api::call(&self.driver.api, "GET", "/v1/volumes".into(), None)
                 .await
                 .map_err(|e| e.to_status("listing volumes"))?;
+        // A deleted volume stays in the log while its replicas are removed; for CSI it is
+        // gone once DeleteVolume answered.
+        volumes.retain(|v| v.state != VolumeState::Deleting);
         volumes.sort_by(|a, b| a.name.cmp(&b.name));
         let nodes = self.nodes().await?;
         let (chunk, next_token) = page(volumes, req.max_entries, &req.starting_token)?;
@@ -939,8 +949,14 @@ mod tests {
         let a = shorthorn_name("volume", "sanity-Controller-Service CreateVolume-1").unwrap();
         let b = shorthorn_name("volume", "sanity-controller-service-createvolume-1").unwrap();
         let c = shorthorn_name("volume", "Sanity-Controller-Service CreateVolume-1").unwrap();
-        assert!(a.starts_with("sanity-controller-service-createvolume-1-"), "{a}");
-        assert_eq!(b, "sanity-controller-service-createvolume-1", "a label stays as it is");
+        assert!(
+            a.starts_with("sanity-controller-service-createvolume-1-"),
+            "{a}"
+        );
+        assert_eq!(
+            b, "sanity-controller-service-createvolume-1",
+            "a label stays as it is"
+        );
         assert_ne!(a, c, "names differing only in case stay apart");
         assert_eq!(
             a,
@@ -950,7 +966,10 @@ mod tests {
         let odd = ["!!!", "Ünïcödé", long.as_str(), "-a-", "a..b"];
         for name in odd {
             let mapped = shorthorn_name("volume", name).unwrap();
-            assert!(shorthorn_state::is_dns1123_label(&mapped), "{name} -> {mapped}");
+            assert!(
+                shorthorn_state::is_dns1123_label(&mapped),
+                "{name} -> {mapped}"
+            );
         }
         assert_eq!(
             shorthorn_name("volume", "").unwrap_err().code(),
