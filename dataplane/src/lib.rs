@@ -9,6 +9,7 @@
 pub mod address;
 pub mod backup;
 pub mod control;
+pub mod device;
 pub mod engine;
 pub mod layer;
 pub mod nbd;

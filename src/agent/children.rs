@@ -19,9 +19,9 @@ use crate::process;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Record {
     pub(super) pid: i32,
-    /// Replica: wire-protocol address. Engine: the NBD endpoint URI.
+    /// Replica: wire-protocol address. Engine: the NBD endpoint URI. Device: empty.
     pub(super) address: String,
-    /// Engine only: epoch and control address.
+    /// Engine: epoch and control address. Device: `control` is the frontend.
     #[serde(default)]
     pub(super) epoch: u64,
     #[serde(default)]
@@ -108,7 +108,7 @@ pub(super) fn write_record(dir: &Path, record: &Record) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_record(dir: &Path) -> Option<Record> {
+pub(super) fn read_record(dir: &Path) -> Option<Record> {
     serde_json::from_slice(&fs::read(dir.join("process.json")).ok()?).ok()
 }
 

@@ -27,9 +27,13 @@ impl Agent {
                 let mut proc = self.engines.remove(&volume.name).expect("present");
                 let died = proc.record.epoch == epoch.0;
                 proc.stop();
-                if died && volume.state == VolumeState::Attached {
-                    tracing::warn!(volume = %volume.name, "engine exited; the volume is detached");
-                    let request = Request::ReportEngineStopped {
+                if died && matches!(volume.state, VolumeState::Attached | VolumeState::Attaching) {
+                    // The log gives the new engine a new epoch; it starts here at the next
+                    // tick, behind the same device (and the same NBD port when free).
+                    tracing::warn!(volume = %volume.name, epoch = epoch.0, "engine exited; restarting it under a new epoch");
+                    self.last_nbd
+                        .insert(volume.name.clone(), proc.record.address.clone());
+                    let request = Request::ReportEngineDied {
                         name: volume.name.clone(),
                         epoch,
                     };
@@ -56,11 +60,59 @@ impl Agent {
                         }
                     }
                     let endpoint = self.engines[&volume.name].record.address.clone();
-                    if volume.state == VolumeState::Attaching {
+                    let wants_device = volume
+                        .attachment
+                        .as_ref()
+                        .is_some_and(|a| a.frontend.wants_device());
+                    let mut device = None;
+                    // A restoring engine serves no frontend: the device comes after.
+                    if wants_device && !endpoint.is_empty() {
+                        match self.ensure_device(volume, &endpoint, &view.block_device_frontend) {
+                            Ok(Some(ready)) => device = Some(ready),
+                            Ok(None) => {
+                                // Being set up: report at a later tick.
+                                self.watch_engine(volume, replicas, view).await;
+                                continue;
+                            }
+                            Err(err) => {
+                                let reason = format!("{err:#}");
+                                let known = volume
+                                    .attachment
+                                    .as_ref()
+                                    .is_some_and(|a| a.error.as_deref() == Some(reason.as_str()));
+                                if known || volume.state != VolumeState::Attaching {
+                                    self.watch_engine(volume, replicas, view).await;
+                                    continue;
+                                }
+                                tracing::warn!(volume = %volume.name, "setting up the block device: {reason}");
+                                let request = Request::ReportDeviceFailed {
+                                    name: volume.name.clone(),
+                                    epoch,
+                                    reason,
+                                };
+                                if let Err(err) = self.propose(request).await {
+                                    tracing::warn!(volume = %volume.name, "reporting the device failure: {err}");
+                                }
+                                self.watch_engine(volume, replicas, view).await;
+                                continue;
+                            }
+                        }
+                    }
+                    let device_moved = device.as_ref().is_some_and(|d| {
+                        volume.attachment.as_ref().and_then(|a| a.device.as_deref())
+                            != Some(d.device.as_str())
+                    });
+                    if volume.state == VolumeState::Attaching || device_moved {
+                        let (frontend, device) = match device {
+                            Some(d) => (d.frontend, Some(d.device)),
+                            None => (shorthorn_state::Frontend::None, None),
+                        };
                         let request = Request::ReportEngineStarted {
                             name: volume.name.clone(),
                             epoch,
                             endpoint,
+                            frontend,
+                            device,
                         };
                         if let Err(err) = self.propose(request).await {
                             tracing::warn!(volume = %volume.name, "reporting the engine: {err}");
@@ -69,6 +121,9 @@ impl Agent {
                     self.watch_engine(volume, replicas, view).await;
                 }
                 VolumeState::Detaching => {
+                    // The device first: it sends its last flush to the engine.
+                    self.stop_device(&volume.name);
+                    self.last_nbd.remove(&volume.name);
                     if let Some(mut proc) = self.engines.remove(&volume.name) {
                         proc.stop();
                         let _ = fs::remove_dir_all(self.engine_dir(&volume.name));
@@ -92,6 +147,16 @@ impl Agent {
             .filter(|v| !wanted.contains(&v.as_str()))
             .cloned()
             .collect();
+        let devices_gone: Vec<String> = self
+            .devices
+            .keys()
+            .filter(|v| !wanted.contains(&v.as_str()))
+            .cloned()
+            .collect();
+        for volume in devices_gone {
+            self.stop_device(&volume);
+        }
+        self.last_nbd.retain(|v, _| wanted.contains(&v.as_str()));
         for volume in gone {
             if let Some(mut proc) = self.engines.remove(&volume) {
                 tracing::info!(volume = %volume, "volume no longer attached here: stopping its engine");
@@ -130,14 +195,23 @@ impl Agent {
         let dir = self.engine_dir(&volume.name);
         fs::create_dir_all(&dir)?;
         // An engine restoring a volume serves no frontend: nobody reads a half-restored
-        // volume.
-        let nbd = match volume.restoring() {
-            false => Some(format!(
+        // volume. A restarted engine takes its predecessor's NBD port when it is free, so
+        // that userspace clients find it where they were.
+        let previous = self
+            .last_nbd
+            .get(&volume.name)
+            .and_then(|uri| uri.strip_prefix("nbd://"))
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(address, _)| address.to_string())
+            .filter(|address| std::net::TcpListener::bind(address.as_str()).is_ok());
+        let nbd = match (volume.restoring(), previous) {
+            (true, _) => None,
+            (false, Some(address)) => Some(address),
+            (false, None) => Some(format!(
                 "{}:{}",
                 self.config.host,
                 free_port(&self.config.host)?
             )),
-            true => None,
         };
         let control = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
         let mut process = Process::new(&self.config.exe);

@@ -10,11 +10,13 @@
 //!
 //! This module owns the loop, registration and the cluster-wide timers (heartbeat, marking
 //! nodes down, replacing stale replicas). `children` owns the processes and their records,
-//! `replicas` and `engines` converge each kind with the log, and `snapshots` carries out
-//! snapshot operations on an engine.
+//! `replicas` and `engines` converge each kind with the log, `devices` holds the kernel
+//! block devices in front of engines, and `snapshots` carries out snapshot operations on an
+//! engine.
 
 mod backups;
 mod children;
+mod devices;
 mod engines;
 mod replicas;
 mod snapshots;
@@ -71,6 +73,10 @@ pub struct Agent {
     config: AgentConfig,
     replicas: BTreeMap<String, Proc>,
     engines: BTreeMap<String, Proc>,
+    /// Device processes (kernel block devices) by volume.
+    devices: BTreeMap<String, Proc>,
+    /// The NBD endpoint of each volume's engine that exited, for its successor.
+    last_nbd: BTreeMap<String, String>,
     /// When this agent first saw each volume attaching here.
     attach_seen: BTreeMap<String, Instant>,
     /// Orphaned replica directories already reported.
@@ -94,6 +100,8 @@ impl Agent {
             config,
             replicas: BTreeMap::new(),
             engines: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            last_nbd: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
             orphans_reported: Default::default(),
             scrubbed: Default::default(),
@@ -109,6 +117,7 @@ impl Agent {
     pub async fn run(mut self) -> anyhow::Result<()> {
         self.register().await?;
         self.adopt();
+        self.adopt_devices();
         let mut events = self.follow();
         loop {
             if let Err(err) = self.tick().await {
@@ -266,6 +275,8 @@ struct NodeView {
     node_down_timeout_secs: u64,
     /// The `scrubInterval` setting.
     scrub_interval_secs: u64,
+    /// The `blockDeviceFrontend` setting.
+    block_device_frontend: String,
     /// Backups in progress of volumes attached here.
     backups: Vec<shorthorn_state::Backup>,
     /// The `backupConcurrentLimit` setting.
@@ -333,6 +344,7 @@ impl NodeView {
             orphan_auto_deletion: state.settings.orphan_auto_deletion,
             node_down_timeout_secs: state.settings.node_down_timeout,
             scrub_interval_secs: state.settings.scrub_interval,
+            block_device_frontend: state.settings.block_device_frontend.clone(),
         }
     }
 }

@@ -335,6 +335,9 @@ async fn delete_volume(
 #[serde(deny_unknown_fields)]
 struct AttachBody {
     node: String,
+    /// `none` (default: the NBD endpoint only), `auto`, `fuse` or `nbd`.
+    #[serde(default)]
+    frontend: shorthorn_state::Frontend,
 }
 
 async fn attach_volume(
@@ -345,6 +348,7 @@ async fn attach_volume(
     api.propose(Request::AttachVolume {
         name: name.clone(),
         node: body.node,
+        frontend: body.frontend,
     })
     .await?;
     get_volume(State(api), Path(name)).await

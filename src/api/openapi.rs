@@ -124,9 +124,12 @@ pub fn build() -> Value {
         },
         "/v1/volumes/{name}/attach": {
             "parameters": path_param("name"),
-            "post": operation("Attach on a node under a new epoch", ("200", ok("volume", volume.clone())), Some(json!({
+            "post": operation("Attach on a node under a new epoch, with a kernel block device unless frontend is none (the device path shows in attachment.device once set up; attachment.error says why the node cannot)", ("200", ok("volume", volume.clone())), Some(json!({
                 "type": "object", "required": ["node"], "additionalProperties": false,
-                "properties": { "node": { "type": "string" } }
+                "properties": {
+                    "node": { "type": "string" },
+                    "frontend": { "enum": ["none", "auto", "fuse", "nbd"], "default": "none" }
+                }
             }))),
         },
         "/v1/volumes/{name}/detach": {

@@ -219,10 +219,12 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops the replica and engine processes the node agent of manager `dir` left running
-/// (they outlive their manager on purpose, so that a manager crash does not stop I/O).
+/// Stops the device, engine and replica processes the node agent of manager `dir` left
+/// running (they outlive their manager on purpose, so that a manager crash does not stop
+/// I/O), devices first so that their last flush reaches the engine, and removes loop
+/// devices and FUSE mounts a dead device process left.
 fn stop_instances(dir: &Path) {
-    for kind in ["engines", "replicas"] {
+    for kind in ["devices", "engines", "replicas"] {
         let Ok(entries) = fs::read_dir(dir.join("disk").join(kind)) else {
             continue;
         };
@@ -239,6 +241,15 @@ fn stop_instances(dir: &Path) {
             };
             if process::is_shorthorn(pid) {
                 process::terminate(pid, Duration::from_secs(10));
+            }
+            if kind == "devices" {
+                let device_dir = entry.path();
+                if let Err(err) = shorthorn_dataplane::device::loopdev::clean_up(
+                    &device_dir,
+                    &device_dir.join("fuse"),
+                ) {
+                    eprintln!("cleaning up {}: {err}", device_dir.display());
+                }
             }
         }
     }

@@ -5,6 +5,7 @@ mod backup;
 mod client;
 mod csi;
 mod dev;
+mod device;
 mod engine;
 mod manager;
 mod progress;
@@ -44,6 +45,9 @@ pub enum Command {
     /// Serve one attached volume: the engine that fans writes out to the replicas.
     #[command(subcommand)]
     Engine(engine::EngineCommand),
+    /// Serve one attached volume as a kernel block device (started by the node agent).
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
     /// Create, list, attach, detach, expand and delete volumes.
     Volume(VolumeArgs),
     /// Create, list, delete and revert to snapshots of a volume.
@@ -133,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manager(args) => manager::run(args),
         Command::Replica(cmd) => replica::run(cmd),
         Command::Engine(cmd) => engine::run(cmd),
+        Command::Device(cmd) => device::run(cmd),
         Command::Dev(DevCommand::Up(args)) => dev::up(args),
         Command::Dev(DevCommand::Down(args)) => dev::down(args),
         Command::Volume(args) => volume::volume(args.command, &args.target),

@@ -180,6 +180,13 @@ fn see(client: &Client, volume: &Value, goal: Goal) -> anyhow::Result<Seen> {
     let state = text(&volume["state"]);
     let quoted = format!("\"{state}\"");
     Ok(match goal {
+        Goal::Attached if volume["attachment"]["error"].is_string() => {
+            anyhow::bail!(
+                "the node cannot set up the block device: {}; detach the volume, or attach \
+                 it with another --frontend",
+                text(&volume["attachment"]["error"])
+            )
+        }
         Goal::Attached => Seen {
             done: state == "attached" && volume["attachment"]["endpoint"].is_string(),
             describe: quoted,

@@ -43,12 +43,17 @@ pub enum VolumeCommand {
     /// Show one volume.
     Get { name: String },
     /// Attach on a node under a new epoch; waits until the engine serves and prints its
-    /// NBD URI.
+    /// NBD URI, or with --frontend the kernel block device (e.g. /dev/loop3).
     Attach {
         name: String,
         /// Node to attach on (default: the node named like this host, or the only node).
         #[arg(long)]
         node: Option<String>,
+        /// none: only the NBD endpoint for userspace clients; auto: a kernel block device
+        /// through what the node's kernel offers (the blockDeviceFrontend setting can force
+        /// one); fuse: FUSE file + loop device; nbd: the kernel NBD client.
+        #[arg(long, default_value = "none", value_parser = ["none", "auto", "fuse", "nbd"])]
+        frontend: String,
         #[command(flatten)]
         wait: Waiting,
     },
@@ -167,7 +172,12 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
         }
         VolumeCommand::Ls => client.get("/v1/volumes")?,
         VolumeCommand::Get { name } => client.get(&format!("/v1/volumes/{name}"))?,
-        VolumeCommand::Attach { name, node, wait } => {
+        VolumeCommand::Attach {
+            name,
+            node,
+            frontend,
+            wait,
+        } => {
             let node = match node {
                 Some(node) => node,
                 None => default_node(&client)?,
@@ -175,7 +185,7 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             let attaching = client
                 .post(
                     &format!("/v1/volumes/{name}/attach"),
-                    json!({ "node": node }),
+                    json!({ "node": node, "frontend": frontend }),
                 )
                 .with_context(|| format!("attaching volume \"{name}\" on {node}"))?;
             if wait.no_wait {
@@ -189,7 +199,11 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
                         "volume \"{name}\" attached on {node} under epoch {}",
                         text(&attached["epoch"])
                     );
-                    println!("{}", text(&attached["attachment"]["endpoint"]));
+                    let printed = match &attached["attachment"]["device"] {
+                        Value::String(device) => device.clone(),
+                        _ => text(&attached["attachment"]["endpoint"]),
+                    };
+                    println!("{printed}");
                     return Ok(());
                 }
                 attached

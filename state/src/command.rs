@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Bytes, DataLocality, Epoch, Timestamp};
+use crate::{Bytes, DataLocality, Epoch, Frontend, Timestamp};
 
 /// A request with the time and the proposer that stamped it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,16 +119,36 @@ pub enum Request {
     DeleteVolume {
         name: String,
     },
-    /// Attaches a volume on a node under a new epoch.
+    /// Attaches a volume on a node under a new epoch, with a kernel block device unless
+    /// `frontend` is [`Frontend::None`].
     AttachVolume {
         name: String,
         node: String,
+        #[serde(default)]
+        frontend: Frontend,
     },
-    /// The node agent started the engine of `epoch`; it serves at `endpoint`.
+    /// The node agent started the engine of `epoch`; it serves at `endpoint`, and the
+    /// kernel block device asked for is `device`, set up by `frontend`.
     ReportEngineStarted {
         name: String,
         epoch: Epoch,
         endpoint: String,
+        #[serde(default)]
+        frontend: Frontend,
+        #[serde(default)]
+        device: Option<String>,
+    },
+    /// The node cannot give the attachment of `epoch` the kernel device it asked for.
+    ReportDeviceFailed {
+        name: String,
+        epoch: Epoch,
+        reason: String,
+    },
+    /// The engine of `epoch` exited while its volume stayed attached: a new engine starts
+    /// on the same node under a new epoch, behind the same device.
+    ReportEngineDied {
+        name: String,
+        epoch: Epoch,
     },
     DetachVolume {
         name: String,

@@ -8,9 +8,9 @@ use crate::evolve::scheduling_condition;
 use crate::name::{check_label, check_replica_count, check_subdomain, check_volume_size};
 use crate::scheduler::{Demand, Placement, Scheduler, human_bytes};
 use crate::{
-    Command, DataLocality, Disk, DiskSpec, Epoch, Event, Node, NodeSpec, Rejection, Replica,
-    ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec, VolumeState,
-    evolve,
+    Command, DataLocality, Disk, DiskSpec, Epoch, Event, Frontend, Node, NodeSpec, Rejection,
+    Replica, ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec,
+    VolumeState, evolve,
 };
 use crate::{backups, restore, salvage, snapshots};
 
@@ -135,11 +135,17 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         } => update_volume(state, name, *number_of_replicas, *data_locality, at),
         Request::ExpandVolume { name, size } => expand_volume(state, name, *size),
         Request::DeleteVolume { name } => delete_volume(state, name),
-        Request::AttachVolume { name, node } => attach_volume(state, name, node),
+        Request::AttachVolume {
+            name,
+            node,
+            frontend,
+        } => attach_volume(state, name, node, *frontend),
         Request::ReportEngineStarted {
             name,
             epoch,
             endpoint,
+            frontend,
+            device,
         } => {
             let volume = live_volume(state, name)?;
             check_epoch(volume, *epoch)?;
@@ -148,7 +154,22 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
                     name: name.clone(),
                     epoch: *epoch,
                     endpoint: endpoint.clone(),
+                    frontend: *frontend,
+                    device: device.clone(),
                 }]),
+                // A device set up again (its process had died) under the running engine.
+                VolumeState::Attached
+                    if device.is_some()
+                        && volume.attachment.as_ref().map(|a| &a.device) != Some(device) =>
+                {
+                    Ok(vec![Event::VolumeAttached {
+                        name: name.clone(),
+                        epoch: *epoch,
+                        endpoint: endpoint.clone(),
+                        frontend: *frontend,
+                        device: device.clone(),
+                    }])
+                }
                 VolumeState::Attached => Ok(vec![]),
                 other => Err(Rejection::conflict(format!(
                     "volume \"{name}\" is {other:?}, not attaching; the engine of epoch {} should stop",
@@ -161,6 +182,38 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
             match volume.state {
                 VolumeState::Attaching | VolumeState::Attached => {
                     Ok(vec![Event::VolumeDetaching { name: name.clone() }])
+                }
+                _ => Ok(vec![]),
+            }
+        }
+        Request::ReportDeviceFailed {
+            name,
+            epoch,
+            reason,
+        } => {
+            let volume = live_volume(state, name)?;
+            check_epoch(volume, *epoch)?;
+            let same = volume
+                .attachment
+                .as_ref()
+                .is_some_and(|a| a.error.as_deref() == Some(reason.as_str()));
+            if same || volume.state != VolumeState::Attaching {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::DeviceFailed {
+                name: name.clone(),
+                reason: reason.clone(),
+            }])
+        }
+        Request::ReportEngineDied { name, epoch } => {
+            let volume = live_volume(state, name)?;
+            check_epoch(volume, *epoch)?;
+            match volume.state {
+                VolumeState::Attaching | VolumeState::Attached => {
+                    Ok(vec![Event::EngineRestarting {
+                        name: name.clone(),
+                        epoch: Epoch(volume.epoch.0 + 1),
+                    }])
                 }
                 _ => Ok(vec![]),
             }
@@ -665,7 +718,12 @@ fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
     Ok(events)
 }
 
-fn attach_volume(state: &State, name: &str, node: &str) -> Result<Vec<Event>, Rejection> {
+fn attach_volume(
+    state: &State,
+    name: &str,
+    node: &str,
+    frontend: Frontend,
+) -> Result<Vec<Event>, Rejection> {
     let volume = live_volume(state, name)?;
     let target = state.node(node)?;
     if let Some(why) = volume.restore_blocks_use() {
@@ -673,7 +731,20 @@ fn attach_volume(state: &State, name: &str, node: &str) -> Result<Vec<Event>, Re
     }
     if let Some(attachment) = &volume.attachment {
         if attachment.node == node && volume.state != VolumeState::Detaching {
-            return Ok(vec![]);
+            // Asking again for what is there is a no-op; asking for a device an attachment
+            // has not got (or another one) is not.
+            let same = frontend == Frontend::None
+                || attachment.frontend == frontend
+                || (frontend == Frontend::Auto && attachment.frontend.wants_device());
+            if same {
+                return Ok(vec![]);
+            }
+            return Err(Rejection::conflict(format!(
+                "volume \"{name}\" is attached to node \"{node}\" with frontend {}; detach it \
+                 before attaching it with frontend {}",
+                attachment.frontend.as_str(),
+                frontend.as_str()
+            )));
         }
         return Err(Rejection::conflict(format!(
             "volume \"{name}\" is attached to node \"{}\"; detach it first",
@@ -704,6 +775,7 @@ fn attach_volume(state: &State, name: &str, node: &str) -> Result<Vec<Event>, Re
         name: name.to_string(),
         node: node.to_string(),
         epoch: Epoch(volume.epoch.0 + 1),
+        frontend,
     }])
 }
 
@@ -1010,6 +1082,7 @@ mod tests {
             Request::AttachVolume {
                 name: "nope".into(),
                 node: "n1".into(),
+                frontend: Default::default(),
             },
             Request::CreateSnapshot {
                 volume: "nope".into(),
@@ -1061,6 +1134,7 @@ mod tests {
         let attach = |node: &str| Request::AttachVolume {
             name: "db".into(),
             node: node.into(),
+            frontend: Default::default(),
         };
         assert_eq!(c.rejected(attach("n9"), NotFound), "node \"n9\" not found");
         c.ok(Request::SetNodeSchedulable {
@@ -1077,7 +1151,8 @@ mod tests {
             vec![Event::VolumeAttaching {
                 name: "db".into(),
                 node: "n1".into(),
-                epoch: Epoch(1)
+                epoch: Epoch(1),
+                frontend: Frontend::None,
             }]
         );
         assert_eq!(
@@ -1106,12 +1181,15 @@ mod tests {
             c.ok(Request::AttachVolume {
                 name: "db".into(),
                 node: "n2".into(),
+                frontend: Default::default(),
             });
             assert_eq!(c.state.volumes["db"].epoch, Epoch(expected));
             let stale = Request::ReportEngineStarted {
                 name: "db".into(),
                 epoch: Epoch(expected - 1),
                 endpoint: "nbd://x".into(),
+                frontend: Default::default(),
+                device: None,
             };
             assert_eq!(
                 c.rejected(stale, Conflict),
@@ -1124,6 +1202,8 @@ mod tests {
                 name: "db".into(),
                 epoch: Epoch(expected),
                 endpoint: "nbd://x".into(),
+                frontend: Default::default(),
+                device: None,
             });
             assert_eq!(c.state.volumes["db"].state, VolumeState::Attached);
             c.ok(Request::DetachVolume { name: "db".into() });
@@ -1135,6 +1215,82 @@ mod tests {
             assert_eq!(c.state.volumes["db"].state, VolumeState::Detached);
             assert_eq!(c.state.volumes["db"].attachment, None);
         }
+    }
+
+    #[test]
+    fn an_engine_that_died_restarts_on_its_node_under_a_bigger_epoch_behind_its_device() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 3);
+        c.ok(Request::AttachVolume {
+            name: "db".into(),
+            node: "n2".into(),
+            frontend: Frontend::Auto,
+        });
+        c.ok(Request::ReportEngineStarted {
+            name: "db".into(),
+            epoch: Epoch(1),
+            endpoint: "nbd://a".into(),
+            frontend: Frontend::Fuse,
+            device: Some("/dev/loop3".into()),
+        });
+        let attached = c.state.volumes["db"].attachment.clone().expect("attached");
+        assert_eq!(attached.frontend, Frontend::Fuse);
+        assert_eq!(attached.device.as_deref(), Some("/dev/loop3"));
+        // Asking again for a device is a no-op; asking for none keeps the device too.
+        for frontend in [Frontend::Auto, Frontend::Fuse, Frontend::None] {
+            c.ok(Request::AttachVolume {
+                name: "db".into(),
+                node: "n2".into(),
+                frontend,
+            });
+        }
+        let message = c.rejected(
+            Request::AttachVolume {
+                name: "db".into(),
+                node: "n2".into(),
+                frontend: Frontend::Nbd,
+            },
+            Conflict,
+        );
+        assert!(message.contains("with frontend fuse"), "{message}");
+
+        // The engine of epoch 1 died: a new one starts on n2, behind the same device; a
+        // second report of that death is refused as stale.
+        c.ok(Request::ReportEngineDied {
+            name: "db".into(),
+            epoch: Epoch(1),
+        });
+        let volume = &c.state.volumes["db"];
+        assert_eq!(volume.state, VolumeState::Attaching);
+        assert_eq!(volume.epoch, Epoch(2));
+        let restarting = volume.attachment.clone().expect("still attached");
+        assert_eq!(restarting.node, "n2");
+        assert_eq!(restarting.epoch, Epoch(2));
+        assert_eq!(restarting.endpoint, None);
+        assert_eq!(restarting.device.as_deref(), Some("/dev/loop3"));
+        c.rejected(
+            Request::ReportEngineDied {
+                name: "db".into(),
+                epoch: Epoch(1),
+            },
+            Conflict,
+        );
+        c.ok(Request::ReportEngineStarted {
+            name: "db".into(),
+            epoch: Epoch(2),
+            endpoint: "nbd://b".into(),
+            frontend: Frontend::Fuse,
+            device: Some("/dev/loop3".into()),
+        });
+        let volume = &c.state.volumes["db"];
+        assert_eq!(volume.state, VolumeState::Attached);
+        assert_eq!(
+            volume
+                .attachment
+                .as_ref()
+                .and_then(|a| a.endpoint.as_deref()),
+            Some("nbd://b")
+        );
     }
 
     #[test]
@@ -1150,6 +1306,7 @@ mod tests {
             Request::AttachVolume {
                 name: "dr".into(),
                 node: "n1".into(),
+                frontend: Default::default(),
             },
             PreconditionFailed,
         );
@@ -1164,6 +1321,7 @@ mod tests {
             Request::AttachVolume {
                 name: "db".into(),
                 node: "n1".into(),
+                frontend: Default::default(),
             },
             PreconditionFailed,
         );
@@ -1461,6 +1619,7 @@ mod tests {
         c.ok(Request::AttachVolume {
             name: "db".into(),
             node: "n1".into(),
+            frontend: Default::default(),
         });
         c.ok(Request::ReportReplicaFailed {
             id: id.clone(),
@@ -1483,6 +1642,7 @@ mod tests {
             Request::AttachVolume {
                 name: "db".into(),
                 node: "n1".into(),
+                frontend: Default::default(),
             },
             PreconditionFailed,
         );
@@ -1508,6 +1668,7 @@ mod tests {
         c.ok(Request::AttachVolume {
             name: "db".into(),
             node: "n1".into(),
+            frontend: Default::default(),
         });
         for n in ["n2", "n3", "n4"] {
             c.ok(Request::Heartbeat { node: n.into() });
@@ -1541,7 +1702,8 @@ mod tests {
             c.rejected(
                 Request::AttachVolume {
                     name: "db".into(),
-                    node: "n1".into()
+                    node: "n1".into(),
+                    frontend: Default::default(),
                 },
                 PreconditionFailed
             ),
@@ -1550,6 +1712,7 @@ mod tests {
         c.ok(Request::AttachVolume {
             name: "db".into(),
             node: "n2".into(),
+            frontend: Default::default(),
         });
         assert_eq!(
             c.state.volumes["db"].epoch,

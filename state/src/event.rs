@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Backup, Bytes, DataLocality, Disk, Epoch, Node, Replica, Snapshot, Timestamp, Volume};
+use crate::{
+    Backup, Bytes, DataLocality, Disk, Epoch, Frontend, Node, Replica, Snapshot, Timestamp, Volume,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -78,11 +80,28 @@ pub enum Event {
         name: String,
         node: String,
         epoch: Epoch,
+        #[serde(default)]
+        frontend: Frontend,
     },
     VolumeAttached {
         name: String,
         epoch: Epoch,
         endpoint: String,
+        #[serde(default)]
+        frontend: Frontend,
+        #[serde(default)]
+        device: Option<String>,
+    },
+    /// The attachment's node cannot set up the kernel device asked for.
+    DeviceFailed {
+        name: String,
+        reason: String,
+    },
+    /// The engine exited while attached: a new one starts on the same node under `epoch`
+    /// (bigger than any before), behind the same kernel device.
+    EngineRestarting {
+        name: String,
+        epoch: Epoch,
     },
     VolumeDetaching {
         name: String,
@@ -237,6 +256,8 @@ impl Event {
             | Event::VolumeExpanded { name, .. }
             | Event::VolumeAttaching { name, .. }
             | Event::VolumeAttached { name, .. }
+            | Event::EngineRestarting { name, .. }
+            | Event::DeviceFailed { name, .. }
             | Event::VolumeDetaching { name }
             | Event::VolumeDetached { name }
             | Event::VolumeDeleting { name }

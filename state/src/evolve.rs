@@ -127,7 +127,12 @@ pub fn evolve(state: &mut State, event: &Event) {
                 }
             }
         }
-        Event::VolumeAttaching { name, node, epoch } => {
+        Event::VolumeAttaching {
+            name,
+            node,
+            epoch,
+            frontend,
+        } => {
             if let Some(volume) = state.volumes.get_mut(name) {
                 volume.state = VolumeState::Attaching;
                 volume.epoch = volume.epoch.max(*epoch);
@@ -135,14 +140,48 @@ pub fn evolve(state: &mut State, event: &Event) {
                     node: node.clone(),
                     epoch: *epoch,
                     endpoint: None,
+                    frontend: *frontend,
+                    device: None,
+                    error: None,
                 });
             }
         }
-        Event::VolumeAttached { name, endpoint, .. } => {
+        Event::VolumeAttached {
+            name,
+            endpoint,
+            frontend,
+            device,
+            ..
+        } => {
             if let Some(volume) = state.volumes.get_mut(name) {
                 volume.state = VolumeState::Attached;
                 if let Some(attachment) = volume.attachment.as_mut() {
                     attachment.endpoint = Some(endpoint.clone());
+                    attachment.error = None;
+                    if attachment.frontend.wants_device() {
+                        attachment.frontend = *frontend;
+                        attachment.device = device.clone();
+                    }
+                }
+            }
+        }
+        Event::DeviceFailed { name, reason } => {
+            if let Some(attachment) = state
+                .volumes
+                .get_mut(name)
+                .and_then(|v| v.attachment.as_mut())
+            {
+                attachment.error = Some(reason.clone());
+            }
+        }
+        Event::EngineRestarting { name, epoch } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                // Same node, same device; the new engine reports its endpoint again.
+                volume.state = VolumeState::Attaching;
+                volume.epoch = volume.epoch.max(*epoch);
+                if let Some(attachment) = volume.attachment.as_mut() {
+                    attachment.epoch = *epoch;
+                    attachment.endpoint = None;
                 }
             }
         }

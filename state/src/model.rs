@@ -270,6 +270,79 @@ pub struct Attachment {
     pub epoch: Epoch,
     /// The frontend address (e.g. `nbd://127.0.0.1:10809/db`) once the engine runs.
     pub endpoint: Option<String>,
+    /// The kernel block device asked for with the attach ([`Frontend::None`]: only the
+    /// NBD endpoint for userspace clients); once set up, the frontend the node chose.
+    #[serde(default)]
+    pub frontend: Frontend,
+    /// The kernel block device (e.g. `/dev/loop3`) once the node set it up. It stays the
+    /// same across engine restarts on the node.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Why the node cannot set up the device asked for (e.g. its kernel lacks the driver);
+    /// the attachment waits (the node retries) until it is detached.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// How an attached volume reaches the kernel of its node. Longhorn calls this the volume's
+/// frontend (`blockdev`, `iscsi`); here the node picks among what its kernel offers.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Frontend {
+    /// No kernel device: the engine's NBD endpoint for userspace clients only.
+    #[default]
+    None,
+    /// A kernel block device through whichever frontend the node offers (the
+    /// `blockDeviceFrontend` setting can force one).
+    Auto,
+    /// A file in a FUSE mount attached to a loop device (`/dev/loopN`): every kernel.
+    Fuse,
+    /// The kernel NBD client (`/dev/nbdN`): kernels with the `nbd` driver.
+    Nbd,
+}
+
+impl Frontend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frontend::None => "none",
+            Frontend::Auto => "auto",
+            Frontend::Fuse => "fuse",
+            Frontend::Nbd => "nbd",
+        }
+    }
+
+    /// Whether the attachment needs a kernel block device.
+    pub fn wants_device(self) -> bool {
+        self != Frontend::None
+    }
+}
+
+impl std::str::FromStr for Frontend {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim() {
+            "none" => Ok(Frontend::None),
+            "auto" => Ok(Frontend::Auto),
+            "fuse" => Ok(Frontend::Fuse),
+            "nbd" => Ok(Frontend::Nbd),
+            other => Err(format!(
+                "\"{other}\" is not a frontend (none, auto, fuse or nbd)"
+            )),
+        }
+    }
 }
 
 /// A replicated block device.

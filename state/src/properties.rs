@@ -272,12 +272,15 @@ fn request(state: &State, step: &Step) -> Request {
         Step::Attach { volume: v, node: n } => Request::AttachVolume {
             name: volume(v),
             node: node(n),
+            frontend: Default::default(),
         },
         Step::Detach { volume: v } => Request::DetachVolume { name: volume(v) },
         Step::EngineStarted { volume: v } => Request::ReportEngineStarted {
             name: volume(v),
             epoch: epoch(v),
             endpoint: "nbd://e".into(),
+            frontend: Default::default(),
+            device: None,
         },
         Step::EngineStopped { volume: v } => Request::ReportEngineStopped {
             name: volume(v),

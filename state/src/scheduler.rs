@@ -538,6 +538,7 @@ mod tests {
         c.ok(Request::AttachVolume {
             name: "db".into(),
             node: "a".into(),
+            frontend: Default::default(),
         });
         let before = c.nodes_of("db");
         let failed = c.replicas("db")[0].clone();
@@ -636,6 +637,7 @@ mod tests {
         c.ok(Request::AttachVolume {
             name: "db".into(),
             node: "d".into(),
+            frontend: Default::default(),
         });
         let on_b = c
             .replicas("db")

@@ -255,6 +255,9 @@ settings! {
     node_down_pod_deletion_policy: String = "do-nothing".to_string(), "nodeDownPodDeletionPolicy", one_of(&["do-nothing", "delete-statefulset-pod", "delete-deployment-pod", "delete-both-statefulset-and-deployment-pod"]);
     /// Extra mkfs.ext4 parameters used when a volume is formatted.
     mkfs_ext4_parameters: String = String::new(), "mkfsExt4Parameters", any;
+    /// The kernel block device frontend of an attach that asks for `auto`: `auto` takes the
+    /// best the node's kernel offers (nbd, else fuse); `fuse` or `nbd` forces one.
+    block_device_frontend: String = "auto".to_string(), "blockDeviceFrontend", one_of(&["auto", "fuse", "nbd"]);
     /// Most snapshots a volume may hold.
     snapshot_max_count: u64 = 250, "snapshotMaxCount", range(2, 250);
 }

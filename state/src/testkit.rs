@@ -92,12 +92,15 @@ impl Cluster {
         self.ok(Request::AttachVolume {
             name: volume.into(),
             node: node.into(),
+            frontend: Default::default(),
         });
         let epoch = self.state.volumes[volume].epoch;
         self.ok(Request::ReportEngineStarted {
             name: volume.into(),
             epoch,
             endpoint: format!("nbd://{node}:10809/{volume}"),
+            frontend: Default::default(),
+            device: None,
         });
     }
 
