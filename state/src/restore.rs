@@ -75,6 +75,7 @@ pub(crate) fn attach_new(
         name: volume.name.clone(),
         node,
         epoch: Epoch(volume.epoch.0 + 1),
+        frontend: crate::Frontend::None,
     })
 }
 
@@ -175,10 +176,13 @@ mod tests {
             name: "copy".into(),
             epoch,
             endpoint: String::new(),
+            frontend: Default::default(),
+            device: None,
         });
         let attach = Request::AttachVolume {
             name: "copy".into(),
             node: node.clone(),
+            frontend: Default::default(),
         };
         assert!(
             c.rejected(attach.clone(), PreconditionFailed)
@@ -256,6 +260,7 @@ mod tests {
         let attach = |n: &str| Request::AttachVolume {
             name: n.into(),
             node: "n1".into(),
+            frontend: Default::default(),
         };
         let why = c.rejected(attach("a"), PreconditionFailed);
         assert!(why.contains("failed: block at offset 0"), "{why}");
