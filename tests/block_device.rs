@@ -391,3 +391,177 @@ fn engine_killed_under_a_file_writer_loses_no_fsynced_file() {
     mounted.unmount();
     cluster.detach("db");
 }
+
+/// The engine's flush count, from its control endpoint.
+fn engine_flushes(cluster: &DevCluster, n: u16, volume: &str) -> u64 {
+    let record = cluster
+        .dir()
+        .join(format!("m{n}/disk/engines/{volume}/process.json"));
+    let text = std::fs::read_to_string(&record).expect("engine record");
+    let control = serde_json::from_str::<Value>(&text).expect("JSON")["control"]
+        .as_str()
+        .expect("control")
+        .to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let address = format!("tcp:{control}").parse().expect("address");
+        let mut client = shorthorn_dataplane::control::connect(&address)
+            .await
+            .expect("engine control");
+        client
+            .stats(shorthorn_dataplane::proto::Empty {})
+            .await
+            .expect("stats")
+            .into_inner()
+            .flush_ops
+    })
+}
+
+#[test]
+fn fsync_on_the_device_and_on_its_filesystem_reaches_the_engine_as_a_flush() {
+    // Direct writes to /dev/loopN without fsync send the engine no FLUSH; with fsync they
+    // do (the engine acknowledges a FLUSH only once every healthy replica fsynced). The
+    // same for a file on ext4 over the device (journal commits held off by commit=600).
+    let cluster = DevCluster::up();
+    cluster.create_volume("db", 128, 3, &[]);
+    let device = attach_device(&cluster, "db", "node-1", "fuse");
+    let dd = |extra: &str| {
+        run(
+            "dd",
+            &[
+                "if=/dev/urandom",
+                &format!("of={device}"),
+                "bs=64k",
+                "count=16",
+                "oflag=direct",
+                extra,
+                "status=none",
+            ],
+        )
+    };
+    let start = engine_flushes(&cluster, 1, "db");
+    dd("conv=notrunc");
+    let unflushed = engine_flushes(&cluster, 1, "db");
+    assert_eq!(unflushed, start, "a write without fsync was flushed");
+    dd("conv=fsync");
+    let flushed = engine_flushes(&cluster, 1, "db");
+    assert!(
+        flushed > unflushed,
+        "fsync of the device reached the engine as no flush"
+    );
+
+    run("mkfs.ext4", &["-q", "-F", &device]);
+    let at = tempfile::tempdir().expect("mount point");
+    let mount_at = at.path().to_str().expect("utf-8");
+    run("mount", &["-o", "commit=600", &device, mount_at]);
+    let mounted = Mounted { at, mounted: true };
+    let file = mounted.path().join("data");
+    random_file(&file, 4);
+    let before = engine_flushes(&cluster, 1, "db");
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", file.display()),
+            "bs=64k",
+            "count=16",
+            "conv=fsync,notrunc",
+            "status=none",
+        ],
+    );
+    let after = engine_flushes(&cluster, 1, "db");
+    assert!(
+        after > before,
+        "fsync on ext4 reached the engine as no flush ({before} before, {after} after)"
+    );
+    mounted.unmount();
+    cluster.detach("db");
+}
+
+#[test]
+fn a_device_left_by_a_crashed_agent_is_cleaned_up_and_set_up_again_at_start() {
+    // The node agent and the device process of an attached volume both die (SIGKILL); the
+    // loop device over the dead FUSE mount stays behind. The restarted agent detaches it,
+    // unmounts the stale mount, and sets the device up again behind the running engine:
+    // one loop device, one mount, the same bytes.
+    let cluster = DevCluster::up();
+    cluster.create_volume("db", 64, 3, &[]);
+    let device = attach_device(&cluster, "db", "node-1", "fuse");
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data");
+    random_file(&data, 8);
+    run(
+        "dd",
+        &[
+            &format!("if={}", data.display()),
+            &format!("of={device}"),
+            "bs=1M",
+            "oflag=direct",
+            "conv=fsync",
+            "status=none",
+        ],
+    );
+    let m1 = cluster.dir().join("m1");
+    assert_eq!(loops_under(&m1).len(), 1, "one loop device");
+
+    // Stop the agent first, so that only its restart can notice the dead device.
+    let manager = std::fs::read_to_string(m1.join("pid")).expect("pid");
+    let _ = Command::new("kill")
+        .args(["-STOP", manager.trim()])
+        .status();
+    let record = std::fs::read_to_string(m1.join("disk/devices/db/process.json")).expect("record");
+    let device_pid = serde_json::from_str::<Value>(&record).expect("JSON")["pid"]
+        .as_i64()
+        .expect("pid") as i32;
+    kill(device_pid);
+    cluster.restart_manager(1);
+
+    let volume = cluster.wait_volume("db", "given a device again", |v| {
+        v["state"] == "attached"
+            && v["attachment"]["device"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("/dev/loop"))
+            && std::fs::read_to_string(m1.join("disk/devices/db/device"))
+                .is_ok_and(|d| v["attachment"]["device"] == d.as_str())
+    });
+    let log = std::fs::read_to_string(m1.join("manager.log")).unwrap_or_default();
+    assert!(
+        log.contains("a device process died"),
+        "the restarted agent did not see the dead device:\n{log}"
+    );
+    assert_eq!(
+        loops_under(&m1).len(),
+        1,
+        "stale loop devices: {:?}",
+        loops_under(&m1)
+    );
+    assert_eq!(
+        mounts_under(&m1).len(),
+        1,
+        "stale mounts: {:?}",
+        mounts_under(&m1)
+    );
+    let device = volume["attachment"]["device"].as_str().expect("device");
+    let back = work.path().join("back");
+    run(
+        "dd",
+        &[
+            &format!("if={device}"),
+            &format!("of={}", back.display()),
+            "bs=1M",
+            "count=8",
+            "iflag=direct",
+            "status=none",
+        ],
+    );
+    assert_eq!(sha256(&data), sha256(&back), "the device reads other bytes");
+    cluster.detach("db");
+    assert_eq!(
+        loops_under(&m1),
+        Vec::<String>::new(),
+        "detach left a loop device"
+    );
+}
