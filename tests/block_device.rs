@@ -565,3 +565,57 @@ fn a_device_left_by_a_crashed_agent_is_cleaned_up_and_set_up_again_at_start() {
         "detach left a loop device"
     );
 }
+
+#[test]
+fn xfs_on_the_fuse_device_grows_online_with_its_volume() {
+    // A mounted XFS on /dev/loopN; the volume is expanded from 320 to 512 MiB while
+    // mounted: the device takes the new size, xfs_growfs grows the filesystem online, and
+    // the files written before are intact. (XFS rather than ext4: ext4's online resize
+    // needs CAP_SYS_RESOURCE, which the test machines' containers do not grant.)
+    let cluster = DevCluster::up();
+    cluster.create_volume("db", 320, 3, &[]);
+    let device = attach_device(&cluster, "db", "node-1", "fuse");
+    run("mkfs.xfs", &["-q", "-f", &device]);
+    let mounted = Mounted::new(&device);
+    let files = write_files(mounted.path(), 2, 8);
+    let bytes = || -> u64 {
+        run(
+            "stat",
+            &["-f", "-c", "%b %S", mounted.path().to_str().expect("utf-8")],
+        )
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("number"))
+        .product()
+    };
+    let before = bytes();
+    cluster.ok(&["volume", "expand", "db", "--size", "512Mi"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let size: u64 = run("blockdev", &["--getsize64", &device])
+            .trim()
+            .parse()
+            .expect("size");
+        if size == 512 << 20 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{device} still has {size} bytes after the expansion"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run("xfs_growfs", &[mounted.path().to_str().expect("utf-8")]);
+    let after = bytes();
+    assert!(
+        after > before + (150 << 20),
+        "the filesystem did not grow: {before} -> {after} bytes"
+    );
+    check_files(mounted.path(), &files);
+    // And the new space takes data.
+    let grown = mounted.path().join("grown");
+    std::fs::create_dir(&grown).expect("mkdir");
+    let more = write_files(&grown, 1, 200);
+    check_files(&grown, &more);
+    mounted.unmount();
+    cluster.detach("db");
+}

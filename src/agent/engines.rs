@@ -382,7 +382,12 @@ impl Agent {
             self.carry_out_restore(volume, view.restore_concurrency, &mut client)
                 .await;
         } else if volume.state == VolumeState::Attached {
-            grow_engine(volume, &mut client).await;
+            if grow_engine(volume, &mut client).await
+                && let Some(device) = self.devices.get(&volume.name)
+            {
+                // The device asks the engine for the new size and passes it to the kernel.
+                crate::process::signal(device.record.pid, libc::SIGUSR1);
+            }
             self.carry_out_snapshots(volume, &mut client).await;
             self.carry_out_backups(volume, &view.backups, view.backup_concurrency, &mut client)
                 .await;
@@ -429,24 +434,27 @@ impl Agent {
 pub(super) type EngineClient = shorthorn_dataplane::control::ControlClient;
 
 /// Grows the engine (and through it every replica) when the log says the volume is larger
-/// than the engine serves. A volume expanded while detached grows when its engine starts.
-async fn grow_engine(volume: &Volume, client: &mut EngineClient) {
+/// than the engine serves; returns whether it did. A volume expanded while detached grows
+/// when its engine starts.
+async fn grow_engine(volume: &Volume, client: &mut EngineClient) -> bool {
     let Ok(stats) = client.stats(shorthorn_dataplane::proto::Empty {}).await else {
-        return;
+        return false;
     };
     let serving = stats.into_inner().size_bytes;
     if serving >= volume.size {
-        return;
+        return false;
     }
     let request = shorthorn_dataplane::proto::ExpandRequest {
         size_bytes: volume.size,
     };
     match client.expand(request).await {
         Ok(_) => {
-            tracing::info!(volume = %volume.name, from = serving, to = volume.size, "volume expanded online")
+            tracing::info!(volume = %volume.name, from = serving, to = volume.size, "volume expanded online");
+            true
         }
         Err(status) => {
-            tracing::warn!(volume = %volume.name, "expanding the engine: {}", status.message())
+            tracing::warn!(volume = %volume.name, "expanding the engine: {}", status.message());
+            false
         }
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use shorthorn_dataplane::device::fuse::FuseDevice;
 use shorthorn_dataplane::device::kernel_nbd::NbdDevice;
 use shorthorn_dataplane::device::upstream::{EndpointFile, Upstream};
-use shorthorn_dataplane::device::{KernelSupport, Kind};
+use shorthorn_dataplane::device::{DeviceError, KernelSupport, Kind};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum DeviceCommand {
@@ -81,9 +81,34 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(volume = %args.volume, device = %device.display(), frontend = args.frontend.as_str(), "block device ready");
         let mut interrupt =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+        // SIGUSR1 from the agent: the volume was expanded.
+        let mut expanded =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+        let endpoint = EndpointFile(args.endpoint_file.clone());
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+                _ = expanded.recv() => {
+                    match upstream.refresh_size(&endpoint).await {
+                        Ok(size) => {
+                            let resized = match &held {
+                                Held::Fuse(d) => tokio::task::block_in_place(|| d.resize()),
+                                Held::Nbd(_) => Err(DeviceError::Command(
+                                    "online expansion of the nbd frontend is not supported; \
+                                     detach and attach again"
+                                        .into(),
+                                )),
+                            };
+                            match resized {
+                                Ok(()) => tracing::info!(size, device = %device.display(), "the device took the volume's new size"),
+                                Err(err) => tracing::warn!(size, device = %device.display(), "resizing the device: {err}"),
+                            }
+                        }
+                        Err(err) => tracing::warn!("reading the expanded size: {err}"),
+                    }
+                }
+            }
         }
         tracing::info!(volume = %args.volume, device = %device.display(), "detaching the block device");
         let detached = tokio::task::spawn_blocking(move || match held {

@@ -253,6 +253,8 @@ impl Filesystem for VolumeFs {
 pub struct FuseDevice {
     pub device: PathBuf,
     pub mountpoint: PathBuf,
+    /// The volume's file in the mount.
+    file: PathBuf,
     session: Option<BackgroundSession>,
 }
 
@@ -295,10 +297,26 @@ impl FuseDevice {
         let mut attached = FuseDevice {
             device: PathBuf::new(),
             mountpoint: mountpoint.to_path_buf(),
+            file: file.clone(),
             session: Some(session),
         };
         attached.device = loopdev::attach(&file)?;
         Ok(attached)
+    }
+
+    /// Makes the kernel see a new size of the volume file (after [`Upstream::refresh_size`]):
+    /// drops the cached attributes, reads them again, and has the loop device take the
+    /// file's size (`losetup --set-capacity`).
+    pub fn resize(&self) -> Result<(), DeviceError> {
+        if let Some(session) = &self.session {
+            session
+                .notifier()
+                .inval_inode(VOLUME_INODE, 0, 0)
+                .map_err(DeviceError::io("invalidating the FUSE file's attributes"))?;
+        }
+        std::fs::metadata(&self.file)
+            .map_err(DeviceError::io(format!("stat {}", self.file.display())))?;
+        loopdev::set_capacity(&self.device)
     }
 
     /// Detaches the loop device and unmounts. The loop device goes at once when nothing

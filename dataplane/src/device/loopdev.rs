@@ -35,6 +35,11 @@ pub fn attach(file: &Path) -> Result<PathBuf, DeviceError> {
     Ok(PathBuf::from(device))
 }
 
+/// Has a loop device take its backing file's current size.
+pub fn set_capacity(device: &Path) -> Result<(), DeviceError> {
+    losetup(&["--set-capacity".as_ref(), device.as_os_str()]).map(|_| ())
+}
+
 /// Detaches a loop device (the kernel defers it while the device is still open).
 pub fn detach(device: &Path) -> Result<(), DeviceError> {
     losetup(&["--detach".as_ref(), device.as_os_str()]).map(|_| ())

@@ -123,6 +123,20 @@ impl Upstream {
         self.size.load(Ordering::Acquire)
     }
 
+    /// Asks the engine for the export size again (on a connection of its own, so the
+    /// data path is not disturbed): after an online expansion. Returns the new size.
+    pub async fn refresh_size(&self, endpoint: &EndpointFile) -> Result<u64, String> {
+        let (address, export) = endpoint.read()?;
+        let mut stream = Stream::connect(&address)
+            .await
+            .map_err(|e| format!("connecting to {address}: {e}"))?;
+        let size = handshake(&mut stream, &export)
+            .await
+            .map_err(|e| format!("handshake with {address}: {e}"))?;
+        self.size.fetch_max(size, Ordering::AcqRel);
+        Ok(self.size())
+    }
+
     /// How many connections to an engine were made (1 + reconnects).
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Acquire)
