@@ -14,6 +14,8 @@ mod s3;
 mod backup;
 #[path = "dataplane/backup_kit.rs"]
 mod backup_kit;
+#[path = "dataplane/device_replay.rs"]
+mod device_replay;
 #[path = "dataplane/disk_full.rs"]
 mod disk_full;
 #[path = "dataplane/fio_replica_killed.rs"]

@@ -81,8 +81,15 @@ impl EndpointFile {
     }
 }
 
-/// Splits `nbd://HOST:PORT/EXPORT` into the address and the export name.
+/// Splits `nbd://HOST:PORT/EXPORT` (or `nbd+unix:///EXPORT?socket=PATH`) into the address
+/// and the export name.
 pub fn parse_endpoint(uri: &str) -> Result<(Address, String), String> {
+    if let Some(rest) = uri.strip_prefix("nbd+unix:///") {
+        let (export, socket) = rest
+            .split_once("?socket=")
+            .ok_or_else(|| format!("\"{uri}\" names no socket"))?;
+        return Ok((Address::Unix(socket.into()), export.to_string()));
+    }
     let rest = uri
         .strip_prefix("nbd://")
         .ok_or_else(|| format!("\"{uri}\" is not an nbd://HOST:PORT/EXPORT endpoint"))?;
@@ -452,6 +459,10 @@ mod tests {
         let (address, export) = parse_endpoint("nbd://127.0.0.1:10809/db").unwrap();
         assert_eq!(address, Address::Tcp("127.0.0.1:10809".into()));
         assert_eq!(export, "db");
+        let (address, export) = parse_endpoint("nbd+unix:///vol?socket=/tmp/e.sock").unwrap();
+        assert_eq!(address, Address::Unix("/tmp/e.sock".into()));
+        assert_eq!(export, "vol");
+        assert!(parse_endpoint("nbd+unix:///vol").is_err());
         assert!(parse_endpoint("127.0.0.1:10809/db").is_err());
         assert!(parse_endpoint("nbd://127.0.0.1:10809").is_err());
     }
