@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use shorthorn_csi::proto::{
     self, controller_client::ControllerClient, identity_client::IdentityClient, volume_capability,
 };
-use testkit::DevCluster;
+use testkit::{DevCluster, read_image, sha256, write_random};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -320,6 +320,101 @@ fn controller_answers_a_provisioner_and_an_attacher_with_the_right_codes() {
             .expect("delete is idempotent");
         }
     });
+}
+
+#[test]
+fn a_volume_from_a_backup_is_restored_before_it_can_be_published() {
+    // The StorageClass parameter fromBackup: CreateVolume restores the backup into the new
+    // volume; ControllerPublish answers ABORTED (the attacher retries) until the restore
+    // completed, then attaches it, and the bytes read back are the backed-up ones.
+    let cluster = DevCluster::up();
+    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let target = format!("file://{}", store.path().display());
+    cluster.ok(&["setting", "set", "backupTarget", &target]);
+    cluster.create_volume("src", 32, 2, &[]);
+    let endpoint = cluster.attach("src", "node-1");
+    let written = write_random(&endpoint, 12);
+    let backup = cluster.json(&["backup", "create", "src", "--name", "b1", "--wait"]);
+    assert_eq!(backup["state"], "completed", "{backup}");
+    let url = backup["url"].as_str().expect("url").to_string();
+
+    let plugin = Plugin::start(&cluster, "node-1");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let restored = rt.block_on(async {
+        let mut ctl = ControllerClient::new(channel(&plugin.socket).await);
+        let too_small = ctl
+            .create_volume(create("pvc-small", 16 << 20, &[("fromBackup", &url)]))
+            .await
+            .expect_err("a volume smaller than the backup");
+        assert_eq!(too_small.code(), Code::InvalidArgument, "{too_small:?}");
+        let missing = format!("{target}?backup=nope&volume=src");
+        let gone = ctl
+            .create_volume(create("pvc-gone", 32 << 20, &[("fromBackup", &missing)]))
+            .await
+            .expect_err("a backup that is not on the target");
+        assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+
+        let params = [("fromBackup", url.as_str()), ("numberOfReplicas", "2")];
+        let made = ctl
+            .create_volume(create("pvc-restored", 32 << 20, &params))
+            .await
+            .expect("create from backup")
+            .into_inner()
+            .volume
+            .expect("volume");
+        assert_eq!(made.capacity_bytes, 32 << 20);
+        // Same name and source again: the same volume. Same name, no source: not the same.
+        ctl.create_volume(create("pvc-restored", 32 << 20, &params))
+            .await
+            .expect("idempotent create from backup");
+        let other = ctl
+            .create_volume(create("pvc-restored", 32 << 20, &[]))
+            .await
+            .expect_err("same name without the backup");
+        assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+
+        let publish = proto::ControllerPublishVolumeRequest {
+            volume_id: made.volume_id.clone(),
+            node_id: "node-1".into(),
+            volume_capability: Some(mount_cap("ext4")),
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match ctl.controller_publish_volume(publish.clone()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Code::Aborted => {
+                    assert!(e.message().contains("being restored"), "{e:?}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the restore never completed: {e:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("publish of the restored volume: {e:?}"),
+            }
+        }
+        made.volume_id
+    });
+    let volume = cluster.wait_volume(&restored, "attached", |v| v["state"] == "attached");
+    assert_eq!(volume["restore"]["state"], "completed", "{volume}");
+    let back = written.work.path().join("back.img");
+    read_image(
+        volume["attachment"]["endpoint"].as_str().expect("endpoint"),
+        &back,
+    );
+    let head = written.work.path().join("head.img");
+    let bytes = std::fs::read(&back).expect("read back");
+    std::fs::write(&head, &bytes[..12 << 20]).expect("head");
+    assert_eq!(
+        sha256(&written.data),
+        sha256(&head),
+        "restored bytes differ"
+    );
+    assert!(
+        bytes[12 << 20..].iter().all(|b| *b == 0),
+        "past the backed-up data the volume reads zeros"
+    );
 }
 
 /// Builds csi-sanity (cached under /var/tmp/shorthorn-tools) and returns its path.

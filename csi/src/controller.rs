@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Value, json};
-use shorthorn_state::{Node, Snapshot, Volume, VolumeState};
+use shorthorn_state::{Node, RestoreState, Snapshot, Volume, VolumeState};
 use tonic::{Request, Response, Status};
 
 use crate::api::{self, segment};
@@ -376,12 +376,6 @@ impl proto::controller_server::Controller for Controller {
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
         let params = parse_parameters(&req.parameters)?;
         let size = size_for(req.capacity_range.as_ref())?;
-        if params.from_backup.is_some() {
-            return Err(Status::unimplemented(
-                "fromBackup: restoring a volume from a backup is not built in this version \
-                 (backups land with issue 9); remove the parameter",
-            ));
-        }
         if params.recurring_job_selector.is_some() {
             return Err(Status::unimplemented(
                 "recurringJobSelector: recurring jobs are not built in this version; remove \
@@ -445,6 +439,18 @@ impl proto::controller_server::Controller for Controller {
             context.insert("mkfsParams".to_string(), m.clone());
         }
         if let Some(existing) = self.volume(&req.name).await? {
+            let restored_from = existing.restore.as_ref().map(|r| r.url.as_str());
+            if restored_from != params.from_backup.as_deref() {
+                return Err(Status::already_exists(format!(
+                    "volume \"{}\" exists {}, not {}",
+                    req.name,
+                    restored_from.map_or("empty".into(), |u| format!("restored from {u}")),
+                    params
+                        .from_backup
+                        .as_ref()
+                        .map_or("empty".into(), |u| format!("restored from {u}")),
+                )));
+            }
             if existing.size != size {
                 return Err(Status::already_exists(format!(
                     "volume \"{}\" exists with {} bytes, not the {size} asked",
@@ -464,6 +470,11 @@ impl proto::controller_server::Controller for Controller {
         }
         if let Some(d) = &params.data_locality {
             body["dataLocality"] = json!(d);
+        }
+        if let Some(url) = &params.from_backup {
+            // Restored by an engine with no frontend; ControllerPublish answers ABORTED
+            // until the restore completed, and the external-attacher retries.
+            body["fromBackup"] = json!(url);
         }
         if !params.node_selector.is_empty() {
             body["nodeSelector"] = json!(params.node_selector);
@@ -573,6 +584,22 @@ impl proto::controller_server::Controller for Controller {
                 "node \"{}\" is not a Shorthorn node",
                 req.node_id
             )));
+        }
+        if let Some(restore) = &volume.restore {
+            match restore.state {
+                RestoreState::Completed => {}
+                RestoreState::InProgress => {
+                    return Err(Status::aborted(format!(
+                        "volume \"{}\" is being restored from {} ({}%); try again once it is done",
+                        volume.name, restore.url, restore.progress
+                    )));
+                }
+                RestoreState::Error => {
+                    return Err(Status::failed_precondition(
+                        volume.restore_blocks_use().unwrap_or_default(),
+                    ));
+                }
+            }
         }
         if volume.standby {
             return Err(Status::aborted(format!(
