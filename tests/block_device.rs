@@ -619,3 +619,42 @@ fn xfs_on_the_fuse_device_grows_online_with_its_volume() {
     mounted.unmount();
     cluster.detach("db");
 }
+
+#[test]
+fn detaching_a_mounted_device_waits_until_it_is_unmounted() {
+    // `volume detach` while ext4 is still mounted on /dev/loopN: the device is not taken
+    // from under the filesystem (that would lose what it has not written back). The volume
+    // stays detaching and the filesystem keeps working; once it is unmounted the detach
+    // completes, and on another node every file is there, the unsynced one too.
+    let cluster = DevCluster::up();
+    cluster.create_volume("db", 128, 3, &[]);
+    let device = attach_device(&cluster, "db", "node-1", "fuse");
+    run("mkfs.ext4", &["-q", "-F", &device]);
+    let mounted = Mounted::new(&device);
+    // Written, not synced: in the page cache only.
+    let files = write_files(mounted.path(), 2, 4);
+    cluster.ok(&["volume", "detach", "db", "--no-wait"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let volume = cluster.json(&["volume", "get", "db"]);
+    assert_eq!(volume["state"], "detaching", "{volume}");
+    let m1 = cluster.dir().join("m1");
+    assert_eq!(loops_under(&m1).len(), 1, "the device was taken away");
+    let later = mounted.path().join("later");
+    std::fs::create_dir(&later).expect("mkdir");
+    let more = write_files(&later, 1, 4);
+    check_files(mounted.path(), &files);
+    mounted.unmount();
+    cluster.wait_volume("db", "detached", |v| v["state"] == "detached");
+    assert_eq!(
+        loops_under(&m1),
+        Vec::<String>::new(),
+        "detach left a loop device"
+    );
+
+    let device = attach_device(&cluster, "db", "node-2", "fuse");
+    let mounted = Mounted::new(&device);
+    check_files(mounted.path(), &files);
+    check_files(&mounted.path().join("later"), &more);
+    mounted.unmount();
+    cluster.detach("db");
+}

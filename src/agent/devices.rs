@@ -101,10 +101,32 @@ impl Agent {
     }
 
     /// Stops the device process of `volume` (it detaches the device and flushes) and
-    /// removes its directory.
-    pub(super) fn stop_device(&mut self, volume: &str) {
-        if let Some(mut proc) = self.devices.remove(volume) {
-            proc.stop();
+    /// removes its directory; returns whether it is gone. A device still in use (a
+    /// filesystem mounted on it) is not taken away: its process refuses, and this returns
+    /// false so the detach waits; with `force` (the volume is no longer attached here) it
+    /// is killed after a grace period instead.
+    pub(super) fn stop_device(&mut self, volume: &str, force: bool) -> bool {
+        if let Some(proc) = self.devices.get_mut(volume) {
+            let pid = proc.record.pid;
+            if force {
+                proc.stop();
+            } else {
+                crate::process::signal(pid, libc::SIGTERM);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                tokio::task::block_in_place(|| {
+                    while proc.alive() && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                });
+                if proc.alive() {
+                    tracing::warn!(
+                        volume,
+                        "the block device is still in use (mounted?); the detach waits until it is unmounted"
+                    );
+                    return false;
+                }
+            }
+            self.devices.remove(volume);
             tracing::info!(volume, "device detached");
         }
         let dir = self.device_dir(volume);
@@ -112,6 +134,7 @@ impl Agent {
             clean_up(&dir);
             let _ = fs::remove_dir_all(&dir);
         }
+        true
     }
 
     /// At start: adopts the device processes that still run, and cleans up after those

@@ -121,8 +121,11 @@ impl Agent {
                     self.watch_engine(volume, replicas, view).await;
                 }
                 VolumeState::Detaching => {
-                    // The device first: it sends its last flush to the engine.
-                    self.stop_device(&volume.name);
+                    // The device first: it sends its last flush to the engine. One that
+                    // is still mounted keeps its engine until it is unmounted.
+                    if !self.stop_device(&volume.name, false) {
+                        continue;
+                    }
                     self.last_nbd.remove(&volume.name);
                     if let Some(mut proc) = self.engines.remove(&volume.name) {
                         proc.stop();
@@ -154,7 +157,7 @@ impl Agent {
             .cloned()
             .collect();
         for volume in devices_gone {
-            self.stop_device(&volume);
+            self.stop_device(&volume, true);
         }
         self.last_nbd.retain(|v, _| wanted.contains(&v.as_str()));
         for volume in gone {

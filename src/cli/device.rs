@@ -87,7 +87,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let endpoint = EndpointFile(args.endpoint_file.clone());
         loop {
             tokio::select! {
-                _ = terminate.recv() => break,
+                _ = terminate.recv() => {
+                    // Taking the device from under a mounted filesystem would lose what it
+                    // has not written back yet: refuse until it is unmounted.
+                    if shorthorn_dataplane::device::loopdev::in_use(&device) {
+                        tracing::warn!(device = %device.display(), "refusing to detach: the device is in use (a filesystem is mounted on it?); unmount it and the detach completes");
+                        continue;
+                    }
+                    break;
+                }
                 _ = interrupt.recv() => break,
                 _ = expanded.recv() => {
                     match upstream.refresh_size(&endpoint).await {

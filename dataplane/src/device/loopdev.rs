@@ -45,6 +45,20 @@ pub fn detach(device: &Path) -> Result<(), DeviceError> {
     losetup(&["--detach".as_ref(), device.as_os_str()]).map(|_| ())
 }
 
+/// Whether something holds `device` open exclusively (a mounted filesystem does), found
+/// by trying an exclusive open (O_EXCL on a block device), which fails with EBUSY then.
+pub fn in_use(device: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(device)
+    {
+        Ok(_) => false,
+        Err(e) => e.raw_os_error() == Some(libc::EBUSY),
+    }
+}
+
 /// The loop devices whose backing file is under `dir`, as (device, backing file).
 pub fn backed_by_under(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>, DeviceError> {
     let list = losetup(&[
