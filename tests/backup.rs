@@ -560,6 +560,7 @@ fn a_second_cluster_sees_and_restores_the_first_ones_backups() {
     drop(first);
 
     let second = DevCluster::up();
+    second.ok(&["setting", "set", "backupstorePollInterval", "1"]);
     second.ok(&["setting", "set", "backupTarget", &target]);
     assert_eq!(
         second.json(&["backup", "ls"]),
@@ -569,6 +570,20 @@ fn a_second_cluster_sees_and_restores_the_first_ones_backups() {
     let volumes = second.json(&["backup", "volume", "ls"]);
     assert_eq!(volumes[0]["name"], "src", "{volumes}");
     assert_eq!(volumes[0]["lastBackup"], "b1", "{volumes}");
+    // The leader syncs them into the log too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let synced = second.json(&["backup", "volume", "ls", "--synced"]);
+        if synced[0]["name"] == "src" && synced[0]["lastBackup"] == "b1" {
+            assert!(synced[0]["syncedAt"].is_u64(), "{synced}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never synced into the log: {synced}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let backups = second.json(&["backup", "volume", "get", "src"]);
     assert_eq!(backups[0]["url"], b1["url"], "{backups}");
     let work = written.work.path();

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use shorthorn_dataplane::backup::{Manifest, Store, parse_backup_url};
 use shorthorn_dataplane::proto::{JobName, JobState, StartBackupRequest, StartRestoreRequest};
-use shorthorn_state::{Backup, BackupState, Request, SnapshotState, Volume};
+use shorthorn_state::{
+    Backup, BackupState, Request, SnapshotState, TargetBackup, Timestamp, Volume,
+};
 use tonic::Code;
 
 use super::Agent;
@@ -147,9 +149,7 @@ impl Agent {
 impl Agent {
     /// The manifest of `backup` on its target (one read).
     async fn manifest_of(&self, backup: &Backup) -> Result<Manifest, String> {
-        let credentials = self.config.credentials.load()?;
-        let store = Store::open_url(&backup.target, &credentials).map_err(|e| e.to_string())?;
-        store
+        self.open_target(&backup.target)?
             .get_manifest(&backup.volume, &backup.name)
             .await
             .map_err(|e| e.to_string())
@@ -256,13 +256,22 @@ impl Agent {
     }
 }
 
-/// The leader's collection of blocks no manifest names (the one actor BACKUP.md requires):
-/// run in the background after backups were deleted from the log, at most once per
-/// `COLLECT_EVERY`. The store defers it while any backup is in progress on the target.
+/// The backup work only the leader does: collecting the blocks no manifest names (the one
+/// actor BACKUP.md requires), in the background after backups were deleted from the log
+/// and at most once per `COLLECT_EVERY` (the store defers it while any backup is in
+/// progress on the target); and syncing the backup volumes on the target into the log
+/// every `backupstorePollInterval` seconds (one listing of the volume directories and one
+/// index read per volume; the log records it only when it changed).
 #[derive(Default)]
-pub(super) struct Collector {
-    inner: std::sync::Arc<std::sync::Mutex<CollectorState>>,
+pub(super) struct LeaderBackups {
+    gc: std::sync::Arc<std::sync::Mutex<CollectorState>>,
+    sync: std::sync::Arc<std::sync::Mutex<SyncState>>,
+    /// When the log was last read for this work (at most every `LEADER_CHECK`).
+    checked: std::sync::Mutex<Option<Instant>>,
 }
+
+/// Least time between two looks at the log for the leader's backup work.
+const LEADER_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct CollectorState {
@@ -274,15 +283,37 @@ struct CollectorState {
     running: bool,
 }
 
+#[derive(Default)]
+struct SyncState {
+    last: Option<Instant>,
+    running: bool,
+    /// A finished poll's report, proposed at the next tick.
+    ready: Option<Request>,
+}
+
 /// Least time between two collections.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
 /// Blocks younger than this are never collected (clock skew between writers).
 const COLLECT_GRACE: Duration = Duration::from_secs(600);
 
 impl Agent {
-    /// On the leader: starts a collection on the backup target when backups were deleted
-    /// since the last one.
-    pub(super) async fn collect_backups_when_due(&self) {
+    /// Opens the backup target with this manager's credentials.
+    fn open_target(&self, target: &str) -> Result<Store, String> {
+        let credentials = self.config.credentials.load()?;
+        Store::open_url(target, &credentials).map_err(|e| e.to_string())
+    }
+
+    /// On the leader, each tick: the block collection and the backup volume sync, when due.
+    pub(super) async fn leader_backup_tasks(&self) {
+        {
+            let Ok(mut checked) = self.leader_backups.checked.lock() else {
+                return;
+            };
+            if checked.is_some_and(|at| at.elapsed() < LEADER_CHECK) {
+                return;
+            }
+            *checked = Some(Instant::now());
+        }
         let read = self
             .log
             .read(|s| {
@@ -293,14 +324,95 @@ impl Agent {
                     .filter(|b| b.target == target && b.state == BackupState::Completed)
                     .map(|b| b.name.clone())
                     .collect();
-                (target, completed)
+                (target, completed, s.settings.backupstore_poll_interval)
             })
             .await;
-        let Ok((target, completed)) = read else {
+        let Ok((target, completed, poll_every)) = read else {
             return;
         };
+        self.sync_backup_volumes_when_due(&target, poll_every).await;
+        self.collect_backups_when_due(target, completed);
+    }
+
+    async fn sync_backup_volumes_when_due(&self, target: &str, every_secs: u64) {
+        let store = {
+            let Ok(mut sync) = self.leader_backups.sync.lock() else {
+                return;
+            };
+            let ready = sync.ready.take();
+            let due = every_secs > 0
+                && !target.is_empty()
+                && !sync.running
+                && sync
+                    .last
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(every_secs));
+            let store = if due {
+                sync.last = Some(Instant::now());
+                match self.open_target(target) {
+                    Ok(store) => {
+                        sync.running = true;
+                        Some(store)
+                    }
+                    Err(err) => {
+                        tracing::warn!(target, "syncing the backup volumes: {err}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            (ready, store)
+        };
+        let (ready, store) = store;
+        if let Some(request) = ready
+            && let Err(err) = self.propose(request).await
+        {
+            tracing::warn!("reporting the backup volumes: {err}");
+        }
+        let Some(store) = store else {
+            return;
+        };
+        let sync = self.leader_backups.sync.clone();
+        let target = target.to_string();
+        tokio::spawn(async move {
+            let found = async {
+                let mut volumes = std::collections::BTreeMap::new();
+                for name in store.list_volumes().await? {
+                    let backups = store.list_backups(&name).await?;
+                    let backups = backups
+                        .into_iter()
+                        .map(|b| TargetBackup {
+                            name: b.name,
+                            snapshot: b.snapshot,
+                            size: b.size,
+                            created_at: Timestamp(b.created_unix_ms),
+                            blocks: b.blocks,
+                        })
+                        .collect();
+                    volumes.insert(name, backups);
+                }
+                Ok::<_, shorthorn_dataplane::backup::BackupError>(volumes)
+            }
+            .await;
+            let Ok(mut sync) = sync.lock() else {
+                return;
+            };
+            sync.running = false;
+            match found {
+                Ok(volumes) => sync.ready = Some(Request::ReportBackupVolumes { target, volumes }),
+                Err(err) => tracing::warn!(target, "syncing the backup volumes: {err}"),
+            }
+        });
+    }
+
+    /// Starts a collection on the backup target when backups were deleted since the last.
+    fn collect_backups_when_due(
+        &self,
+        target: String,
+        completed: std::collections::BTreeSet<String>,
+    ) {
         let Some(store) = ({
-            let Ok(mut c) = self.backup_gc.inner.lock() else {
+            let Ok(mut c) = self.leader_backups.gc.lock() else {
                 return;
             };
             if c.seen.0 == target && c.seen.1.iter().any(|b| !completed.contains(b)) {
@@ -311,14 +423,8 @@ impl Agent {
             if target.is_empty() || !c.due || c.running || !idle {
                 return;
             }
-            let opened = self
-                .config
-                .credentials
-                .load()
-                .map_err(|e| e.to_string())
-                .and_then(|creds| Store::open_url(&target, &creds).map_err(|e| e.to_string()));
             c.last = Some(Instant::now());
-            match opened {
+            match self.open_target(&target) {
                 Ok(store) => {
                     c.running = true;
                     c.due = false;
@@ -332,7 +438,7 @@ impl Agent {
         }) else {
             return;
         };
-        let collector = self.backup_gc.inner.clone();
+        let collector = self.leader_backups.gc.clone();
         tokio::spawn(async move {
             let outcome = store.gc(COLLECT_GRACE).await;
             let Ok(mut c) = collector.lock() else {

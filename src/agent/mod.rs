@@ -85,8 +85,8 @@ pub struct Agent {
     scrubbed: std::sync::Mutex<BTreeMap<String, Instant>>,
     /// When this agent last reported each backup's progress.
     progress_reported: std::sync::Mutex<BTreeMap<String, Instant>>,
-    /// The leader's collection of unreferenced backup blocks.
-    backup_gc: backups::Collector,
+    /// The leader's backup work: block collection, backup volume sync.
+    leader_backups: backups::LeaderBackups,
     last_stale_check: Instant,
     last_heartbeat: Instant,
     /// Since when this manager has been the Raft leader, as far as this agent saw.
@@ -106,7 +106,7 @@ impl Agent {
             orphans_reported: Default::default(),
             scrubbed: Default::default(),
             progress_reported: Default::default(),
-            backup_gc: Default::default(),
+            leader_backups: Default::default(),
             last_stale_check: Instant::now(),
             last_heartbeat: Instant::now() - HEARTBEAT,
             leader_since: None,
@@ -256,7 +256,7 @@ impl Agent {
             self.propose(Request::ReplaceStaleReplicas).await?;
         }
         if leader {
-            self.collect_backups_when_due().await;
+            self.leader_backup_tasks().await;
         }
         Ok(())
     }

@@ -328,14 +328,49 @@ pub(super) struct BackupVolumeView {
     last_backup_at: Option<u64>,
     /// Volume size of the last backup, in bytes.
     size: Option<u64>,
+    /// With `synced=true`: when the leader's sync that last changed it ran (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    synced_at: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct VolumesQuery {
+    /// Answer from the log (the leader's last sync) instead of reading the target.
+    #[serde(default)]
+    synced: bool,
 }
 
 /// The backup volumes on the current target, including those another cluster wrote: one
-/// listing of the volume directories, then one index read per volume.
+/// listing of the volume directories, then one index read per volume; or, with
+/// `synced=true`, the log's copy (synced every `backupstorePollInterval` seconds).
 pub(super) async fn list_volumes(
     State(api): State<Api>,
+    Query(query): Query<VolumesQuery>,
 ) -> Result<Json<Vec<BackupVolumeView>>, ApiError> {
-    let store = api.store(&api.current_target().await?)?;
+    let target = api.current_target().await?;
+    if query.synced {
+        let synced = api
+            .read(move |s| {
+                s.backup_volumes
+                    .values()
+                    .filter(|v| v.target == target)
+                    .map(|v| {
+                        let last = v.backups.last();
+                        BackupVolumeView {
+                            name: v.name.clone(),
+                            backup_count: v.backups.len(),
+                            last_backup: last.map(|b| b.name.clone()),
+                            last_backup_at: last.map(|b| b.created_at.0),
+                            size: last.map(|b| b.size),
+                            synced_at: Some(v.synced_at.0),
+                        }
+                    })
+                    .collect()
+            })
+            .await?;
+        return Ok(Json(synced));
+    }
+    let store = api.store(&target)?;
     let names = store.list_volumes().await.map_err(target_error)?;
     let mut volumes = Vec::with_capacity(names.len());
     for name in names {
@@ -346,6 +381,7 @@ pub(super) async fn list_volumes(
             last_backup: last.map(|b| b.name.clone()),
             last_backup_at: last.map(|b| b.created_unix_ms),
             size: last.map(|b| b.size),
+            synced_at: None,
             name,
         });
     }

@@ -89,6 +89,11 @@ fn operation(summary: &str, success: (&str, Value), request: Option<Value>) -> V
     op
 }
 
+fn with_parameters(mut op: Value, parameters: Value) -> Value {
+    op["parameters"] = parameters;
+    op
+}
+
 fn path_param(name: &str) -> Value {
     json!([{ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }])
 }
@@ -213,7 +218,10 @@ pub fn build() -> Value {
             "post": operation("Read every block of a completed backup from the target and check its blake3; names each bad one", ("200", ok("report", reference("VerifyReport"))), None),
         },
         "/v1/backupvolumes": {
-            "get": operation("The backup volumes on the backup target, including those other clusters wrote", ("200", ok("backup volumes", list(reference("BackupVolume")))), None),
+            "get": with_parameters(
+                operation("The backup volumes on the backup target, including those other clusters wrote (read from the target; with synced=true, the log's copy the leader syncs every backupstorePollInterval seconds)", ("200", ok("backup volumes", list(reference("BackupVolume")))), None),
+                json!([{ "name": "synced", "in": "query", "required": false, "schema": { "type": "boolean" } }]),
+            ),
         },
         "/v1/backupvolumes/{name}": {
             "parameters": path_param("name"),
@@ -303,7 +311,7 @@ pub fn build() -> Value {
                 "BackupVolume": { "type": "object", "properties": {
                     "name": { "type": "string" }, "backupCount": { "type": "integer" },
                     "lastBackup": { "type": ["string", "null"] }, "lastBackupAt": { "type": ["integer", "null"] },
-                    "size": { "type": ["integer", "null"] } } },
+                    "size": { "type": ["integer", "null"] }, "syncedAt": { "type": "integer" } } },
                 "TargetBackup": { "type": "object", "properties": {
                     "name": { "type": "string" }, "volume": { "type": "string" }, "snapshot": { "type": "string" },
                     "size": { "type": "integer" }, "createdAt": { "type": "integer" }, "blocks": { "type": "integer" },

@@ -54,7 +54,12 @@ pub enum BackupCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum BackupVolumeCommand {
     /// List the backup volumes on the target.
-    Ls,
+    Ls {
+        /// Show the log's copy (the leader syncs it every backupstorePollInterval seconds)
+        /// instead of reading the target.
+        #[arg(long)]
+        synced: bool,
+    },
     /// List the backups of one backup volume on the target, with their URLs.
     Get { name: String },
 }
@@ -129,8 +134,11 @@ pub fn backup(cmd: BackupCommand, target: &Target) -> anyhow::Result<()> {
             return Ok(());
         }
         BackupCommand::Verify { name } => return verify(&client, &name, target.output),
-        BackupCommand::Volume(BackupVolumeCommand::Ls) => {
-            let volumes = client.get("/v1/backupvolumes")?;
+        BackupCommand::Volume(BackupVolumeCommand::Ls { synced }) => {
+            let volumes = match synced {
+                true => client.get("/v1/backupvolumes?synced=true")?,
+                false => client.get("/v1/backupvolumes")?,
+            };
             return show(
                 target.output,
                 &volumes,

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use crate::decide::live_volume;
 use crate::name::check_label;
 use crate::{
-    Backup, BackupState, Bytes, Event, Rejection, Snapshot, SnapshotState, State, Timestamp,
-    VolumeState,
+    Backup, BackupState, Bytes, Event, Rejection, Snapshot, SnapshotState, State, TargetBackup,
+    Timestamp, VolumeState,
 };
 
 fn backup<'a>(state: &'a State, name: &str) -> Result<&'a Backup, Rejection> {
@@ -215,6 +215,33 @@ pub(crate) fn delete(state: &State, name: &str) -> Result<Vec<Event>, Rejection>
     }])
 }
 
+/// A sync of the backup volumes on the target: one event when they changed (so polling an
+/// unchanged target adds nothing to the log); a report about another target than the
+/// current one is stale and ignored.
+pub(crate) fn synced(
+    state: &State,
+    target: &str,
+    volumes: &BTreeMap<String, Vec<TargetBackup>>,
+    at: Timestamp,
+) -> Result<Vec<Event>, Rejection> {
+    if target != state.settings.backup_target || target.is_empty() {
+        return Ok(vec![]);
+    }
+    let unchanged = state.backup_volumes.len() == volumes.len()
+        && state
+            .backup_volumes
+            .values()
+            .all(|v| v.target == target && volumes.get(&v.name).is_some_and(|b| *b == v.backups));
+    if unchanged {
+        return Ok(vec![]);
+    }
+    Ok(vec![Event::BackupVolumesSynced {
+        target: target.to_string(),
+        volumes: volumes.clone(),
+        at,
+    }])
+}
+
 #[cfg(test)]
 mod tests {
     use crate::RejectionKind::*;
@@ -335,6 +362,49 @@ mod tests {
         c.ok(create("b2", Some("s2")));
         assert_eq!(c.state.backups["b2"].base.as_deref(), Some("b1"));
         assert_eq!(c.state.backups["b2"].snapshot, "s2");
+    }
+
+    #[test]
+    fn backup_volumes_synced_from_the_target_are_logged_only_when_they_change() {
+        let mut c = Cluster::with_attached_db();
+        target(&mut c, "file:///mnt/b");
+        let backup = |name: &str| crate::TargetBackup {
+            name: name.into(),
+            snapshot: name.into(),
+            size: 1 << 30,
+            created_at: crate::Timestamp(5),
+            blocks: 2,
+        };
+        let report =
+            |target: &str, backups: Vec<crate::TargetBackup>| Request::ReportBackupVolumes {
+                target: target.into(),
+                volumes: [("other".to_string(), backups)].into(),
+            };
+        assert_eq!(c.ok(report("file:///mnt/b", vec![backup("b1")])).len(), 1);
+        let v = &c.state.backup_volumes["other"];
+        assert_eq!((v.target.as_str(), v.backups.len()), ("file:///mnt/b", 1));
+        assert!(
+            c.ok(report("file:///mnt/b", vec![backup("b1")])).is_empty(),
+            "unchanged"
+        );
+        assert!(
+            c.ok(report("file:///elsewhere", vec![])).is_empty(),
+            "another target"
+        );
+        assert_eq!(
+            c.ok(report("file:///mnt/b", vec![backup("b1"), backup("b2")]))
+                .len(),
+            1
+        );
+        assert_eq!(c.state.backup_volumes["other"].backups.len(), 2);
+        c.ok(Request::ReportBackupVolumes {
+            target: "file:///mnt/b".into(),
+            volumes: Default::default(),
+        });
+        assert!(
+            c.state.backup_volumes.is_empty(),
+            "a volume gone from the target is gone"
+        );
     }
 
     #[test]

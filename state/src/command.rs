@@ -278,6 +278,12 @@ pub enum Request {
     DeleteBackup {
         name: String,
     },
+    /// The backup volumes the leader found on `target` (its volume directories and their
+    /// indexes), by name; ignored unless `target` is the `backupTarget` setting.
+    ReportBackupVolumes {
+        target: String,
+        volumes: BTreeMap<String, Vec<crate::TargetBackup>>,
+    },
     /// Progress of the restore of a volume created from a backup.
     ReportRestoreProgress {
         volume: String,

@@ -356,6 +356,9 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         } => backups::completed(state, name, url, *size, *blocks, *uploaded_bytes),
         Request::ReportBackupFailed { name, reason } => backups::failed(state, name, reason),
         Request::DeleteBackup { name } => backups::delete(state, name),
+        Request::ReportBackupVolumes { target, volumes } => {
+            backups::synced(state, target, volumes, at)
+        }
         Request::ReportRestoreProgress { volume, progress } => {
             restore::progressed(state, volume, *progress)
         }

@@ -233,6 +233,12 @@ pub enum Event {
         name: String,
         volume: String,
     },
+    /// The backup volumes on the target changed since the last sync: these are all of them.
+    BackupVolumesSynced {
+        target: String,
+        volumes: BTreeMap<String, Vec<crate::TargetBackup>>,
+        at: Timestamp,
+    },
     RestoreProgressed {
         name: String,
         progress: u8,

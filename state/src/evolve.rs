@@ -403,6 +403,24 @@ pub fn evolve(state: &mut State, event: &Event) {
         Event::BackupDeleted { name, .. } => {
             state.backups.remove(name);
         }
+        Event::BackupVolumesSynced {
+            target,
+            volumes,
+            at,
+        } => {
+            state.backup_volumes = volumes
+                .iter()
+                .map(|(name, backups)| {
+                    let volume = crate::BackupVolume {
+                        name: name.clone(),
+                        target: target.clone(),
+                        backups: backups.clone(),
+                        synced_at: *at,
+                    };
+                    (name.clone(), volume)
+                })
+                .collect();
+        }
         Event::RestoreProgressed { name, progress } => {
             if let Some(restore) = restore_of(state, name) {
                 restore.progress = *progress;

@@ -34,9 +34,9 @@ pub use idempotency::{
     RecentRequests, check_request_id,
 };
 pub use model::{
-    Attachment, Backup, BackupState, Bytes, DataLocality, Disk, Epoch, Frontend, Node, Replica,
-    ReplicaMode, Restore, RestoreState, Robustness, Snapshot, SnapshotState, State, Timestamp,
-    Volume, VolumeState, backup_url,
+    Attachment, Backup, BackupState, BackupVolume, Bytes, DataLocality, Disk, Epoch, Frontend,
+    Node, Replica, ReplicaMode, Restore, RestoreState, Robustness, Snapshot, SnapshotState, State,
+    TargetBackup, Timestamp, Volume, VolumeState, backup_url,
 };
 pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
 pub use rejection::{Rejection, RejectionKind};

@@ -88,6 +88,10 @@ pub struct State {
     /// Backups this cluster made or is making, by name.
     #[serde(default)]
     pub backups: BTreeMap<String, Backup>,
+    /// The backup volumes on the backup target (any cluster's), as the leader last synced
+    /// them (every `backupstorePollInterval` seconds), by name.
+    #[serde(default)]
+    pub backup_volumes: BTreeMap<String, BackupVolume>,
 }
 
 /// A storage node: where replicas live and engines run.
@@ -679,4 +683,50 @@ pub struct Backup {
 /// The backup URL of `name` of `volume` on `target`, as Longhorn spells it.
 pub fn backup_url(target: &str, volume: &str, name: &str) -> String {
     format!("{target}?backup={name}&volume={volume}")
+}
+
+/// A backup volume on the backup target, as the leader's last sync saw its index.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupVolume {
+    pub name: String,
+    /// The target it is on (the `backupTarget` setting when it was synced).
+    pub target: String,
+    /// Its backups, oldest first.
+    pub backups: Vec<TargetBackup>,
+    /// When the sync that last changed it ran.
+    pub synced_at: Timestamp,
+}
+
+/// One backup on the target, as its backup volume's index lists it.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetBackup {
+    pub name: String,
+    pub snapshot: String,
+    /// Volume size backed up, in bytes.
+    pub size: Bytes,
+    pub created_at: Timestamp,
+    /// Non-zero blocks.
+    pub blocks: u64,
 }
