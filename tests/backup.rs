@@ -476,10 +476,11 @@ fn engine_killed_mid_backup_fails_it_with_a_reason_and_a_retry_completes() {
 }
 
 #[test]
-fn a_manager_restarted_mid_restore_does_not_leave_it_stuck() {
+fn a_manager_restarted_and_an_engine_killed_mid_restore_do_not_leave_it_stuck() {
     // The restore of a new volume is under way (its S3 server paused) when the manager of
-    // the restoring node is SIGKILLed and started again; once the server answers again the
-    // restore completes and the volume reads back what was backed up.
+    // the restoring node is SIGKILLed and started again, and then its engine is SIGKILLed;
+    // once the server answers again the restore completes and the volume reads back what
+    // was backed up.
     let S3Cluster { cluster, s3, .. } = &s3_cluster("s3s-fs");
     cluster.ok(&["setting", "set", "backupTarget", TARGET]);
     let written = volume_with_data(cluster, "src", 32, 8);
@@ -526,6 +527,14 @@ fn a_manager_restarted_mid_restore_does_not_leave_it_stuck() {
         v["restore"]["state"], "inProgress",
         "it cannot finish while the server is paused: {v}"
     );
+    // Then its engine dies too: the agent starts another (a new epoch), which restores
+    // from the start.
+    let epoch = v["epoch"].as_u64().expect("epoch");
+    run("kill", &["-9", &cluster.engine_pid(n, "dst")]);
+    let v = cluster.wait_volume("dst", "under a new engine", |v| {
+        v["epoch"].as_u64() > Some(epoch) && v["state"] == "attached"
+    });
+    assert_eq!(v["restore"]["state"], "inProgress", "{v}");
     s3.unpause();
     let v = cluster.json(&[
         "volume",

@@ -3,8 +3,9 @@
 //! replicas: that node's agent starts an engine with no frontend and runs the restore job
 //! on it. The engine's reports come back here; completed or failed, the volume is detached.
 //! A user cannot attach it before the restore completed, and a volume whose restore failed
-//! (or whose engine stopped mid-restore) is never presented as restored: it is deleted and
-//! restored again. Nothing here talks to the target; the API checked the backup exists and
+//! (or was detached mid-restore, or whose node went down) is never presented as restored:
+//! it is deleted and restored again. An engine that dies mid-restore is restarted under a
+//! new epoch on the same node, and the new engine restores from the start. Nothing here talks to the target; the API checked the backup exists and
 //! fits before the volume was created.
 
 use crate::decide::live_volume;
