@@ -84,6 +84,8 @@ pub struct Parameters {
     pub disk_selector: BTreeSet<String>,
     pub node_selector: BTreeSet<String>,
     pub recurring_job_selector: Option<String>,
+    /// The kernel block device frontend the node sets up: auto (the node's best), fuse, nbd.
+    pub frontend: Option<String>,
 }
 
 fn invalid(message: impl Into<String>) -> Status {
@@ -156,12 +158,21 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, 
                     p.recurring_job_selector = Some(value.clone());
                 }
             }
+            "frontend" => match value.trim() {
+                "" => {}
+                "auto" | "fuse" | "nbd" => p.frontend = Some(value.trim().to_string()),
+                other => {
+                    return Err(invalid(format!(
+                        "frontend \"{other}\" is not supported: use auto, fuse or nbd"
+                    )));
+                }
+            },
             k if k.starts_with("csi.storage.k8s.io/") => {}
             other => {
                 return Err(invalid(format!(
                     "unknown StorageClass parameter \"{other}\": known are numberOfReplicas, \
                      staleReplicaTimeout, fromBackup, fsType, dataLocality, mkfsParams, \
-                     diskSelector, nodeSelector, recurringJobSelector"
+                     diskSelector, nodeSelector, recurringJobSelector, frontend"
                 )));
             }
         }
@@ -438,6 +449,9 @@ impl proto::controller_server::Controller for Controller {
         if let Some(m) = &params.mkfs_params {
             context.insert("mkfsParams".to_string(), m.clone());
         }
+        if let Some(f) = &params.frontend {
+            context.insert("frontend".to_string(), f.clone());
+        }
         if let Some(existing) = self.volume(&req.name).await? {
             let restored_from = existing.restore.as_ref().map(|r| r.url.as_str());
             if restored_from != params.from_backup.as_deref() {
@@ -620,7 +634,12 @@ impl proto::controller_server::Controller for Controller {
             &self.driver.api,
             "POST",
             format!("/v1/volumes/{}/attach", segment(&volume.name)),
-            Some(json!({ "node": req.node_id })),
+            // The kubelet needs a kernel block device: the node's best frontend unless the
+            // StorageClass named one (`frontend` in the volume context).
+            Some(json!({
+                "node": req.node_id,
+                "frontend": req.volume_context.get("frontend").map_or("auto", |f| f.as_str()),
+            })),
         )
         .await
         .map_err(|e| {

@@ -36,29 +36,53 @@ impl NodeService {
         .map_err(|e| e.to_status(&format!("reading volume {id}")))
     }
 
-    /// The kernel block device of a volume attached to this node.
+    /// The kernel block device of a volume attached to this node, once the node agent set
+    /// it up (a moment after ControllerPublish): waited for up to [`DEVICE_WAIT`].
     async fn device(&self, id: &str) -> Result<PathBuf, Status> {
-        let volume = self.volume(id).await?;
-        let attachment = &volume["attachment"];
-        let node = attachment["node"].as_str();
-        if node != Some(self.driver.node_id.as_str()) {
-            return Err(Status::failed_precondition(format!(
-                "volume \"{id}\" is not attached to node {} (attached: {}); ControllerPublish \
-                 it to this node first",
-                self.driver.node_id,
-                node.unwrap_or("nowhere")
-            )));
-        }
-        match attachment["device"].as_str() {
-            Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
-            _ => Err(Status::unavailable(format!(
-                "volume \"{id}\" is attached to {} but has no kernel block device yet (the \
-                 node agent sets it up with the fuse frontend); retry shortly",
-                self.driver.node_id
-            ))),
+        let deadline = tokio::time::Instant::now() + DEVICE_WAIT;
+        loop {
+            let volume = self.volume(id).await?;
+            let attachment = &volume["attachment"];
+            let node = attachment["node"].as_str();
+            if node != Some(self.driver.node_id.as_str()) {
+                return Err(Status::failed_precondition(format!(
+                    "volume \"{id}\" is not attached to node {} (attached: {}); \
+                     ControllerPublish it to this node first",
+                    self.driver.node_id,
+                    node.unwrap_or("nowhere")
+                )));
+            }
+            if let Some(d) = attachment["device"].as_str().filter(|d| !d.is_empty()) {
+                return Ok(PathBuf::from(d));
+            }
+            if let Some(error) = attachment["error"].as_str() {
+                return Err(Status::failed_precondition(format!(
+                    "volume \"{id}\" has no kernel block device on {}: {error}",
+                    self.driver.node_id
+                )));
+            }
+            if attachment["frontend"] == "none" {
+                return Err(Status::failed_precondition(format!(
+                    "volume \"{id}\" is attached to {} without a kernel block device (for \
+                     NBD clients); detach it and ControllerPublish it again",
+                    self.driver.node_id
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "volume \"{id}\" is attached to {} but its kernel block device is not set \
+                     up after {} s; retry",
+                    self.driver.node_id,
+                    DEVICE_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
 }
+
+/// How long a node call waits for the device of a just-attached volume.
+const DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn invalid(m: impl Into<String>) -> Status {
     Status::invalid_argument(m)
@@ -408,12 +432,8 @@ impl proto::node_server::Node for NodeService {
         }
         let volume = self.volume(&req.volume_id).await?;
         let size = volume["size"].as_i64().unwrap_or(0);
-        if req.volume_capability.as_ref().is_some_and(is_block) {
-            return Ok(Response::new(proto::NodeExpandVolumeResponse {
-                capacity_bytes: size,
-            }));
-        }
-        if !Path::new(&req.volume_path).exists() {
+        let path = Path::new(&req.volume_path);
+        if !path.exists() {
             return Err(Status::not_found(format!(
                 "volume path {} does not exist",
                 req.volume_path
@@ -424,6 +444,13 @@ impl proto::node_server::Node for NodeService {
         let d = device.to_string_lossy().into_owned();
         if d.starts_with("/dev/loop") {
             run_ok("losetup", &["-c", &d]).await?;
+        }
+        // A raw block volume (the capability is optional here: a publish path that is a
+        // file, not a directory, is one) has no filesystem to grow.
+        if req.volume_capability.as_ref().is_some_and(is_block) || !path.is_dir() {
+            return Ok(Response::new(proto::NodeExpandVolumeResponse {
+                capacity_bytes: size,
+            }));
         }
         match filesystem(&device).await?.as_deref() {
             Some("ext4") | Some("ext3") | Some("ext2") => {
