@@ -1,7 +1,10 @@
 //! Kernel block devices on a `shorthorn dev up` cluster: volumes attached with the fuse
 //! frontend (a FUSE file attached to a loop device with direct I/O) are formatted with
-//! mkfs.ext4 / mkfs.xfs, mounted and written by the real kernel, and moved between nodes;
-//! an engine SIGKILLed under fio or a file writer is restarted behind the same device.
+//! mkfs.ext4 / mkfs.xfs, mounted and written by the real kernel, moved between nodes and
+//! grown online; an engine SIGKILLed under fio or a file writer is restarted behind the
+//! same device (and, without a device, at the same NBD endpoint); devices left by a
+//! crashed agent are cleaned up, and a mounted device is not detached from under its
+//! filesystem.
 //!
 //! These tests need root, /dev/fuse and loop devices (this machine has them); nbd is not
 //! in this kernel, and the nbd frontend's refusal is tested here too.
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use testkit::{DevCluster, random_file, run, sha256, text};
+use testkit::{DevCluster, random_file, read_image, run, sha256, text, write_random};
 
 /// A filesystem mounted by the test, unmounted on drop (lazily when a test failed while
 /// it was busy), so that a failure leaves no mount behind.
@@ -657,4 +660,29 @@ fn detaching_a_mounted_device_waits_until_it_is_unmounted() {
     check_files(&mounted.path().join("later"), &more);
     mounted.unmount();
     cluster.detach("db");
+}
+
+#[test]
+fn engine_killed_behind_the_nbd_endpoint_comes_back_at_the_same_endpoint() {
+    // Without a kernel device (the default frontend none) an engine that dies is also
+    // restarted on its node under a bigger epoch, at the same nbd:// endpoint when its port
+    // is free, with every acknowledged write.
+    let cluster = DevCluster::up();
+    cluster.create_volume("db", 16, 3, &[]);
+    let endpoint = cluster.attach("db", "node-1");
+    let written = write_random(&endpoint, 16);
+    let epoch = cluster.json(&["volume", "get", "db"])["epoch"]
+        .as_u64()
+        .expect("epoch");
+    kill(engine_pid(&cluster, 1, "db"));
+    let volume = wait_restarted(&cluster, epoch);
+    assert_eq!(
+        volume["attachment"]["endpoint"],
+        endpoint.as_str(),
+        "{volume}"
+    );
+    assert!(volume["attachment"]["device"].is_null(), "{volume}");
+    let back = written.work.path().join("back.img");
+    read_image(&endpoint, &back);
+    assert_eq!(sha256(&written.data), sha256(&back));
 }

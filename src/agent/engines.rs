@@ -30,7 +30,9 @@ impl Agent {
                 if died && matches!(volume.state, VolumeState::Attached | VolumeState::Attaching) {
                     // The log gives the new engine a new epoch; it starts here at the next
                     // tick, behind the same device (and the same NBD port when free).
-                    tracing::warn!(volume = %volume.name, epoch = epoch.0, "engine exited; restarting it under a new epoch");
+                    let deaths = self.engine_deaths.entry(volume.name.clone()).or_default();
+                    deaths.died();
+                    tracing::warn!(volume = %volume.name, epoch = epoch.0, in_a_row = deaths.count, "engine exited; restarting it under a new epoch");
                     self.last_nbd
                         .insert(volume.name.clone(), proc.record.address.clone());
                     let request = Request::ReportEngineDied {
@@ -49,6 +51,15 @@ impl Agent {
                         .entry(volume.name.clone())
                         .or_insert_with(Instant::now);
                     if !self.engines.contains_key(&volume.name) {
+                        // An engine that keeps dying is started again less and less often.
+                        if let Some(wait) = self
+                            .engine_deaths
+                            .get(&volume.name)
+                            .and_then(Deaths::wait_before_start)
+                        {
+                            tracing::debug!(volume = %volume.name, ?wait, "the engine keeps dying; starting it later");
+                            continue;
+                        }
                         match self.start_engine(volume, replicas) {
                             Ok(proc) => {
                                 self.engines.insert(volume.name.clone(), proc);
@@ -160,6 +171,8 @@ impl Agent {
             self.stop_device(&volume, true);
         }
         self.last_nbd.retain(|v, _| wanted.contains(&v.as_str()));
+        self.engine_deaths
+            .retain(|v, _| wanted.contains(&v.as_str()));
         for volume in gone {
             if let Some(mut proc) = self.engines.remove(&volume) {
                 tracing::info!(volume = %volume, "volume no longer attached here: stopping its engine");
@@ -436,6 +449,49 @@ impl Agent {
 
 pub(super) type EngineClient = shorthorn_dataplane::control::ControlClient;
 
+/// Deaths of one volume's engines in a row (each within [`Deaths::IN_A_ROW`] of the last).
+#[derive(Debug, Default)]
+pub(super) struct Deaths {
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl Deaths {
+    /// Deaths further apart than this are not counted as in a row.
+    const IN_A_ROW: Duration = Duration::from_secs(60);
+
+    fn died(&mut self) {
+        self.died_at(Instant::now());
+    }
+
+    fn died_at(&mut self, at: Instant) {
+        let in_a_row = self
+            .last
+            .is_some_and(|last| at.saturating_duration_since(last) < Self::IN_A_ROW);
+        self.count = if in_a_row { self.count + 1 } else { 1 };
+        self.last = Some(at);
+    }
+
+    /// How long to wait still before starting the next engine, if at all: nothing for the
+    /// first two deaths in a row (an engine killed now and then restarts at once), then 1,
+    /// 2, 4 ... up to 30 seconds after the last death, so that a crashing engine does not
+    /// take a new epoch every tick.
+    fn wait_before_start(&self) -> Option<Duration> {
+        self.wait_at(Instant::now())
+    }
+
+    fn wait_at(&self, now: Instant) -> Option<Duration> {
+        let last = self.last?;
+        if self.count < 3 {
+            return None;
+        }
+        let delay = Duration::from_secs(1 << (self.count - 3).min(5)).min(Duration::from_secs(30));
+        delay
+            .checked_sub(now.saturating_duration_since(last))
+            .filter(|d| !d.is_zero())
+    }
+}
+
 /// Grows the engine (and through it every replica) when the log says the volume is larger
 /// than the engine serves; returns whether it did. A volume expanded while detached grows
 /// when its engine starts.
@@ -468,4 +524,40 @@ async fn serving(addr: &str) -> bool {
         tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_that_keeps_dying_is_restarted_less_and_less_often() {
+        let t0 = Instant::now();
+        let mut deaths = Deaths::default();
+        assert_eq!(deaths.wait_at(t0), None);
+        deaths.died_at(t0);
+        deaths.died_at(t0 + Duration::from_secs(1));
+        assert_eq!(
+            deaths.wait_at(t0 + Duration::from_secs(1)),
+            None,
+            "two in a row restart at once"
+        );
+        let mut at = t0 + Duration::from_secs(2);
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            deaths.died_at(at);
+            waits.push(deaths.wait_at(at).expect("a wait").as_secs());
+            at += Duration::from_secs(31);
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        // Part of the wait already passed.
+        assert_eq!(
+            deaths.wait_at(at - Duration::from_secs(31) + Duration::from_secs(10)),
+            Some(Duration::from_secs(20))
+        );
+        // A death long after the last one starts the count again.
+        deaths.died_at(at + Deaths::IN_A_ROW);
+        assert_eq!(deaths.count, 1);
+        assert_eq!(deaths.wait_at(at + Deaths::IN_A_ROW), None);
+    }
 }

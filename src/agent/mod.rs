@@ -77,6 +77,8 @@ pub struct Agent {
     devices: BTreeMap<String, Proc>,
     /// The NBD endpoint of each volume's engine that exited, for its successor.
     last_nbd: BTreeMap<String, String>,
+    /// Engine deaths in a row per volume, to back off a crashing engine.
+    engine_deaths: BTreeMap<String, engines::Deaths>,
     /// When this agent first saw each volume attaching here.
     attach_seen: BTreeMap<String, Instant>,
     /// Orphaned replica directories already reported.
@@ -102,6 +104,7 @@ impl Agent {
             engines: BTreeMap::new(),
             devices: BTreeMap::new(),
             last_nbd: BTreeMap::new(),
+            engine_deaths: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
             orphans_reported: Default::default(),
             scrubbed: Default::default(),
