@@ -610,3 +610,97 @@ fn a_second_cluster_sees_and_restores_the_first_ones_backups() {
     );
     assert_eq!(got, want);
 }
+
+#[test]
+fn the_leader_collects_the_blocks_of_deleted_backups_and_the_rest_still_restores() {
+    // Two volumes back up on one directory target, sharing some blocks; one backup is
+    // deleted: the leader collects the blocks only it named (no grace, for the test), and
+    // every remaining backup restores byte-identical.
+    let cluster = DevCluster::up_with_env(&[("SHORTHORN_BACKUP_GC_GRACE_SECS", "0")]);
+    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let target = format!("file://{}", store.path().display());
+    cluster.ok(&["setting", "set", "backupTarget", &target]);
+    let a = volume_with_data(&cluster, "va", 16, 8);
+    let a1 = backup(&cluster, "va", "a1");
+    assert_eq!(a1["blocks"], 4, "{a1}");
+    // vb holds the same first 8 MiB: its backup shares all of a1's blocks.
+    cluster.create_volume("vb", 16, 2, &[]);
+    let vb = cluster.attach("vb", "node-1");
+    testkit::write_image(&a.data, &vb);
+    let b1 = backup(&cluster, "vb", "b1");
+    assert_eq!(
+        b1["uploadedBytes"], 0,
+        "every block was on the target: {b1}"
+    );
+    // va is rewritten: a2 names new blocks only; a1's are still b1's.
+    let work = a.work.path();
+    let second = work.join("second.img");
+    random_file(&second, 8);
+    testkit::write_image(&second, &a.endpoint);
+    let a2 = backup(&cluster, "va", "a2");
+    let blocks_dir = store.path().join("shorthorn-backupstore/blocks");
+    let count = || {
+        walk(&blocks_dir)
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "blk"))
+            .count()
+    };
+    assert_eq!(count(), 8, "a1/b1's 4 blocks and a2's 4");
+
+    // Deleting a1 frees nothing (b1 names the same blocks); deleting b1 then frees them.
+    let collections = || {
+        (1..=3)
+            .map(|n| {
+                std::fs::read_to_string(cluster.dir().join(format!("m{n}/manager.log")))
+                    .unwrap_or_default()
+                    .matches("collected unreferenced backup blocks")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    cluster.ok(&["backup", "rm", "a1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while collections() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no collection ran after a1 was deleted"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(count(), 8, "a collection took blocks b1 still names");
+    cluster.ok(&["backup", "rm", "b1"]);
+    // The leader collects at most once a minute.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while count() != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the unreferenced blocks were never collected: {} left",
+            count()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let want = padded(&second, 16 * MIB, &work.join("want.img"));
+    let got = restore_and_read(
+        &cluster,
+        a2["url"].as_str().unwrap(),
+        "back",
+        None,
+        "node-2",
+        &work.join("back.img"),
+    );
+    assert_eq!(got, want, "a2 restores after the collection");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -293,8 +293,14 @@ struct SyncState {
 
 /// Least time between two collections.
 const COLLECT_EVERY: Duration = Duration::from_secs(60);
-/// Blocks younger than this are never collected (clock skew between writers).
-const COLLECT_GRACE: Duration = Duration::from_secs(600);
+/// Blocks younger than this are never collected (clock skew between writers); the
+/// environment's `SHORTHORN_BACKUP_GC_GRACE_SECS` overrides it (tests).
+fn collect_grace() -> Duration {
+    std::env::var("SHORTHORN_BACKUP_GC_GRACE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(600), Duration::from_secs)
+}
 
 impl Agent {
     /// Opens the backup target with this manager's credentials.
@@ -440,7 +446,7 @@ impl Agent {
         };
         let collector = self.leader_backups.gc.clone();
         tokio::spawn(async move {
-            let outcome = store.gc(COLLECT_GRACE).await;
+            let outcome = store.gc(collect_grace()).await;
             let Ok(mut c) = collector.lock() else {
                 return;
             };

@@ -37,21 +37,26 @@ pub struct DevCluster {
 impl DevCluster {
     /// Starts a cluster whose CLI runs talk to manager 1 only.
     pub fn up() -> DevCluster {
-        Self::start(false, &[])
+        Self::start(false, &[], &[])
     }
 
     /// Starts a cluster with more `dev up` arguments (e.g. `--credentials FILE`).
     pub fn up_with(args: &[&OsStr]) -> DevCluster {
-        Self::start(false, args)
+        Self::start(false, args, &[])
+    }
+
+    /// Starts a cluster whose managers get `env` too.
+    pub fn up_with_env(env: &[(&str, &str)]) -> DevCluster {
+        Self::start(false, &[], env)
     }
 
     /// Starts a cluster whose CLI runs get every manager's API, so that they fail over to
     /// the next manager when one dies.
     pub fn up_with_failover() -> DevCluster {
-        Self::start(true, &[])
+        Self::start(true, &[], &[])
     }
 
-    fn start(every_manager: bool, args: &[&OsStr]) -> DevCluster {
+    fn start(every_manager: bool, args: &[&OsStr], env: &[(&str, &str)]) -> DevCluster {
         let mut dir = tempfile::tempdir().expect("tempdir");
         if std::env::var_os("SHORTHORN_KEEP_TEST_DIRS").is_some() {
             dir.disable_cleanup(true);
@@ -63,6 +68,7 @@ impl DevCluster {
             .arg("--dir")
             .arg(dir.path())
             .args(args)
+            .envs(env.iter().copied())
             .output()
             .expect("runs dev up");
         let managers = if every_manager { 1..=3 } else { 1..=1 };
