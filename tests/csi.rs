@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use shorthorn_csi::proto::{
-    self, controller_client::ControllerClient, identity_client::IdentityClient, volume_capability,
+    self, controller_client::ControllerClient, identity_client::IdentityClient,
+    node_client::NodeClient, volume_capability,
 };
-use testkit::{DevCluster, read_image, sha256, write_random};
+use testkit::{DevCluster, read_image, run, sha256, text, write_random};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -476,4 +477,302 @@ fn csi_sanity_passes_identity_controller_and_node_specs() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The CSI calls a kubelet and the external-attacher make to run a pod on `node` with the
+/// volume mounted at `target`: ControllerPublish, NodeStage, NodePublish.
+async fn mount_on(
+    ctl: &mut ControllerClient<Channel>,
+    node: &mut NodeClient<Channel>,
+    volume: &str,
+    node_id: &str,
+    staging: &Path,
+    target: &Path,
+) {
+    let cap = mount_cap("ext4");
+    let published = loop {
+        match ctl
+            .controller_publish_volume(proto::ControllerPublishVolumeRequest {
+                volume_id: volume.into(),
+                node_id: node_id.into(),
+                volume_capability: Some(cap.clone()),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(p) => break p.into_inner(),
+            // The attacher retries while the previous node's detach finishes.
+            Err(e) if e.code() == Code::FailedPrecondition => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("ControllerPublish on {node_id}: {e:?}"),
+        }
+    };
+    node.node_stage_volume(proto::NodeStageVolumeRequest {
+        volume_id: volume.into(),
+        publish_context: published.publish_context.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    })
+    .await
+    .expect("NodeStage");
+    node.node_publish_volume(proto::NodePublishVolumeRequest {
+        volume_id: volume.into(),
+        publish_context: published.publish_context,
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    })
+    .await
+    .expect("NodePublish");
+}
+
+/// NodeUnpublish, NodeUnstage, ControllerUnpublish: the pod is gone from `node_id`.
+async fn unmount_from(
+    ctl: &mut ControllerClient<Channel>,
+    node: &mut NodeClient<Channel>,
+    volume: &str,
+    node_id: &str,
+    staging: &Path,
+    target: &Path,
+) {
+    node.node_unpublish_volume(proto::NodeUnpublishVolumeRequest {
+        volume_id: volume.into(),
+        target_path: target.display().to_string(),
+    })
+    .await
+    .expect("NodeUnpublish");
+    node.node_unstage_volume(proto::NodeUnstageVolumeRequest {
+        volume_id: volume.into(),
+        staging_target_path: staging.display().to_string(),
+    })
+    .await
+    .expect("NodeUnstage");
+    ctl.controller_unpublish_volume(proto::ControllerUnpublishVolumeRequest {
+        volume_id: volume.into(),
+        node_id: node_id.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("ControllerUnpublish");
+}
+
+/// A MariaDB server (Debian's `mariadbd`) with its datadir at `datadir`, on a unix socket
+/// only; shut down cleanly on drop when still running.
+struct MariaDb {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl MariaDb {
+    fn start(datadir: &Path, run: &Path) -> MariaDb {
+        let socket = run.join("mysqld.sock");
+        if !datadir.join("mysql").exists() {
+            let out = Command::new("mariadb-install-db")
+                .args(["--no-defaults", "--user=root", "--skip-test-db"])
+                .arg("--auth-root-authentication-method=normal")
+                .arg(format!("--datadir={}", datadir.display()))
+                .output()
+                .expect("runs mariadb-install-db");
+            assert!(
+                out.status.success(),
+                "mariadb-install-db: {}{}",
+                text(&out.stdout),
+                text(&out.stderr)
+            );
+        }
+        let child = Command::new("mariadbd")
+            .args(["--no-defaults", "--user=root", "--skip-networking"])
+            .arg(format!("--datadir={}", datadir.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--pid-file={}", run.join("mysqld.pid").display()))
+            .arg(format!("--log-error={}", run.join("error.log").display()))
+            .args([
+                "--innodb-log-file-size=16M",
+                "--innodb-buffer-pool-size=32M",
+            ])
+            .arg("--innodb-flush-log-at-trx-commit=1")
+            .spawn()
+            .expect("starts mariadbd");
+        let db = MariaDb { child, socket };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while db.sql("select 1").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mariadbd never answered: {}",
+                std::fs::read_to_string(run.join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        db
+    }
+
+    /// Runs `sql` with the `mariadb` client; its output, or its error.
+    fn sql(&self, sql: &str) -> Result<String, String> {
+        mariadb_sql(&self.socket, sql)
+    }
+
+    fn stop(mut self) {
+        self.sql("shutdown").expect("shutdown");
+        self.child.wait().expect("mariadbd exits");
+    }
+}
+
+fn mariadb_sql(socket: &Path, sql: &str) -> Result<String, String> {
+    let out = Command::new("mariadb")
+        .args(["--no-defaults", "-uroot", "--batch", "--skip-column-names"])
+        .arg(format!("--socket={}", socket.display()))
+        .args(["-e", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.sql("shutdown");
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn the_seeds_mysql_example_runs_on_a_volume_and_survives_a_move_and_an_engine_kill() {
+    // The seed's mysql-pvc walk-through without Kubernetes: the CSI calls a kubelet makes
+    // put MariaDB's datadir on a 3-replica volume on node-1; `create database longhorn`;
+    // the pod moves to node-2 (unpublish, unstage, publish there) and MariaDB finds the
+    // database. Then the engine is SIGKILLed while MariaDB commits a stream of
+    // transactions: no statement fails, and every committed row is there, also after a
+    // restart of MariaDB.
+    let cluster = DevCluster::up();
+    let plugin1 = Plugin::start(&cluster, "node-1");
+    let plugin2 = Plugin::start(&cluster, "node-2");
+    let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
+    let paths = |n: u16| {
+        let (staging, target) = (
+            work.path().join(format!("staging-{n}")),
+            work.path().join(format!("pod-{n}/mysql")),
+        );
+        let run = work.path().join(format!("run-{n}"));
+        std::fs::create_dir_all(&run).expect("run dir");
+        (staging, target, run)
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut ctl = rt.block_on(async { ControllerClient::new(channel(&plugin1.socket).await) });
+    let mut node1 = rt.block_on(async { NodeClient::new(channel(&plugin1.socket).await) });
+    let mut node2 = rt.block_on(async { NodeClient::new(channel(&plugin2.socket).await) });
+    let volume = rt.block_on(async {
+        ctl.create_volume(create(
+            "mysql-pvc",
+            512 << 20,
+            &[("numberOfReplicas", "3"), ("staleReplicaTimeout", "30")],
+        ))
+        .await
+        .expect("CreateVolume mysql-pvc")
+        .into_inner()
+        .volume
+        .expect("volume")
+        .volume_id
+    });
+
+    let (staging1, target1, run1) = paths(1);
+    rt.block_on(mount_on(
+        &mut ctl, &mut node1, &volume, "node-1", &staging1, &target1,
+    ));
+    let db = MariaDb::start(&target1, &run1);
+    db.sql("create database longhorn").expect("create database");
+    db.stop();
+    rt.block_on(unmount_from(
+        &mut ctl, &mut node1, &volume, "node-1", &staging1, &target1,
+    ));
+
+    let (staging2, target2, run2) = paths(2);
+    rt.block_on(mount_on(
+        &mut ctl, &mut node2, &volume, "node-2", &staging2, &target2,
+    ));
+    let on_node2 = cluster.json(&["volume", "get", &volume]);
+    assert_eq!(on_node2["attachment"]["node"], "node-2", "{on_node2}");
+    let db = MariaDb::start(&target2, &run2);
+    let databases = db.sql("show databases").expect("show databases");
+    assert!(databases.lines().any(|l| l == "longhorn"), "{databases}");
+
+    db.sql("create table longhorn.t (id int primary key, pad varchar(200)) engine=innodb")
+        .expect("create table");
+    let socket = db.socket.clone();
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let killed = killed.clone();
+        std::thread::spawn(move || {
+            // One transaction a statement (autocommit, flushed at commit): each Ok is a
+            // commit MariaDB acknowledged. Goes on for 100 commits after the kill.
+            let mut committed = Vec::new();
+            let mut after = 0;
+            for id in 0.. {
+                let sql = format!("insert into longhorn.t values ({id}, repeat('x', 200))");
+                if let Err(e) = mariadb_sql(&socket, &sql) {
+                    return Err(format!("insert {id} failed: {e}"));
+                }
+                committed.push(id);
+                if killed.load(std::sync::atomic::Ordering::SeqCst) {
+                    after += 1;
+                    if after == 100 {
+                        break;
+                    }
+                }
+            }
+            Ok(committed)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let epoch = cluster.json(&["volume", "get", &volume])["epoch"]
+        .as_u64()
+        .expect("epoch");
+    run("kill", &["-9", &cluster.engine_pid(2, &volume)]);
+    killed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let restarted = cluster.wait_volume(&volume, "served by a new engine", |v| {
+        v["state"] == "attached" && v["epoch"].as_u64().is_some_and(|e| e > epoch)
+    });
+    assert_eq!(restarted["attachment"]["node"], "node-2", "{restarted}");
+    let committed = writer
+        .join()
+        .expect("writer thread")
+        .unwrap_or_else(|e| panic!("MariaDB stopped serving across the engine kill: {e}"));
+    assert!(committed.len() > 100, "{} commits", committed.len());
+    let device_log = std::fs::read_to_string(
+        cluster
+            .dir()
+            .join(format!("m2/disk/devices/{volume}/device.log")),
+    )
+    .unwrap_or_default();
+    assert!(
+        device_log.contains("replaying requests to the new engine")
+            || device_log.contains("connected to the new engine"),
+        "the device never went over to the new engine\n{device_log}"
+    );
+    eprintln!(
+        "{} commits, the last 100 after the engine was killed",
+        committed.len()
+    );
+    let count = |db: &MariaDb| -> usize {
+        db.sql("select count(*) from longhorn.t")
+            .expect("count")
+            .trim()
+            .parse()
+            .expect("a number")
+    };
+    assert_eq!(count(&db), committed.len(), "rows lost while serving");
+    db.stop();
+    let db = MariaDb::start(&target2, &run2);
+    assert_eq!(count(&db), committed.len(), "rows lost after a restart");
+    db.stop();
+    rt.block_on(unmount_from(
+        &mut ctl, &mut node2, &volume, "node-2", &staging2, &target2,
+    ));
 }
