@@ -686,3 +686,75 @@ fn engine_killed_behind_the_nbd_endpoint_comes_back_at_the_same_endpoint() {
     read_image(&endpoint, &back);
     assert_eq!(sha256(&written.data), sha256(&back));
 }
+
+#[test]
+fn a_device_process_killed_under_a_running_agent_is_set_up_again() {
+    // The device process alone is SIGKILLed (its device goes with it): the agent notices,
+    // detaches the dead loop device, unmounts the stale FUSE mount and sets up a new
+    // device behind the same engine; the log's attachment names the new one, and it reads
+    // the bytes written before.
+    let cluster = DevCluster::up();
+    cluster.create_volume("db", 32, 3, &[]);
+    let device = attach_device(&cluster, "db", "node-1", "fuse");
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data");
+    random_file(&data, 4);
+    run(
+        "dd",
+        &[
+            &format!("if={}", data.display()),
+            &format!("of={device}"),
+            "bs=1M",
+            "oflag=direct",
+            "conv=fsync",
+            "status=none",
+        ],
+    );
+    let m1 = cluster.dir().join("m1");
+    let record = std::fs::read_to_string(m1.join("disk/devices/db/process.json")).expect("record");
+    let old_pid = serde_json::from_str::<Value>(&record).expect("JSON")["pid"]
+        .as_i64()
+        .expect("pid");
+    kill(old_pid as i32);
+    let volume = cluster.wait_volume("db", "given a new device", |v| {
+        let pid = std::fs::read_to_string(m1.join("disk/devices/db/process.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|r| r["pid"].as_i64());
+        pid.is_some_and(|p| p != old_pid)
+            && std::fs::read_to_string(m1.join("disk/devices/db/device"))
+                .is_ok_and(|d| v["attachment"]["device"] == d.as_str())
+    });
+    assert_eq!(volume["state"], "attached", "{volume}");
+    assert_eq!(
+        loops_under(&m1).len(),
+        1,
+        "stale loop devices: {:?}",
+        loops_under(&m1)
+    );
+    assert_eq!(
+        mounts_under(&m1).len(),
+        1,
+        "stale mounts: {:?}",
+        mounts_under(&m1)
+    );
+    let device = volume["attachment"]["device"].as_str().expect("device");
+    let back = work.path().join("back");
+    run(
+        "dd",
+        &[
+            &format!("if={device}"),
+            &format!("of={}", back.display()),
+            "bs=1M",
+            "count=4",
+            "iflag=direct",
+            "status=none",
+        ],
+    );
+    assert_eq!(
+        sha256(&data),
+        sha256(&back),
+        "the new device reads other bytes"
+    );
+    cluster.detach("db");
+}
