@@ -65,6 +65,24 @@ impl Controller {
         }
     }
 
+    /// Waits up to [`STATE_WAIT`] while the managers have the volume attached internally
+    /// (for snapshot or backup work on a detached volume); they detach it by themselves
+    /// once the work is done. Returns the volume as it is then (None when gone).
+    async fn settle_internal(&self, name: &str) -> Result<Option<Volume>, Status> {
+        let deadline = tokio::time::Instant::now() + STATE_WAIT;
+        loop {
+            let v = self.volume(name).await?;
+            let internal = v
+                .as_ref()
+                .and_then(|v| v.attachment.as_ref())
+                .is_some_and(|a| a.internal);
+            if !internal || tokio::time::Instant::now() >= deadline {
+                return Ok(v);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     async fn nodes(&self) -> Result<Vec<Node>, Status> {
         api::call(&self.driver.api, "GET", "/v1/nodes".into(), None)
             .await
@@ -558,6 +576,8 @@ impl proto::controller_server::Controller for Controller {
         if id.is_empty() {
             return Err(invalid("the volume id is required"));
         }
+        // A snapshot just taken or deleted may still hold its internal attachment.
+        self.settle_internal(&id).await?;
         match api::call::<Value>(
             &self.driver.api,
             "DELETE",
@@ -589,7 +609,8 @@ impl proto::controller_server::Controller for Controller {
             .as_ref()
             .ok_or_else(|| invalid("the volume capability is required"))?;
         check_capabilities(std::slice::from_ref(cap)).map_err(invalid)?;
-        let volume = self.volume(&req.volume_id).await?.ok_or_else(|| {
+        // An internal attachment (a snapshot of the detached volume) ends by itself.
+        let volume = self.settle_internal(&req.volume_id).await?.ok_or_else(|| {
             Status::not_found(format!("volume \"{}\" does not exist", req.volume_id))
         })?;
         let nodes = self.nodes().await?;
@@ -622,6 +643,15 @@ impl proto::controller_server::Controller for Controller {
             )));
         }
         if let Some(a) = &volume.attachment {
+            if a.internal {
+                // Attached by the managers for snapshot or backup work: it detaches by
+                // itself; the attacher retries.
+                return Err(Status::aborted(format!(
+                    "volume \"{}\" is attached internally on node {} for snapshot or backup \
+                     work; try again once it detached by itself",
+                    volume.name, a.node
+                )));
+            }
             if a.node == req.node_id {
                 return Ok(Response::new(publish_context(&volume)));
             }
@@ -669,7 +699,8 @@ impl proto::controller_server::Controller for Controller {
         let attached_here = volume
             .attachment
             .as_ref()
-            .is_some_and(|a| req.node_id.is_empty() || a.node == req.node_id);
+            // An internal attachment (snapshot or backup work) is no publication.
+            .is_some_and(|a| !a.internal && (req.node_id.is_empty() || a.node == req.node_id));
         if attached_here {
             api::call::<Value>(
                 &self.driver.api,
@@ -867,6 +898,12 @@ impl proto::controller_server::Controller for Controller {
         )
         .await
         .map_err(|e| e.to_status(&format!("taking snapshot {} of {}", req.name, volume.name)))?;
+        // A detached volume was attached internally for the snapshot: let it detach, so
+        // that a publish or a delete right after finds it free.
+        let snapshot = match self.settle_internal(&volume.name).await? {
+            Some(v) => v.snapshots.get(&req.name).cloned().unwrap_or(snapshot),
+            None => snapshot,
+        };
         Ok(Response::new(proto::CreateSnapshotResponse {
             snapshot: Some(csi_snapshot(&snapshot)),
         }))
@@ -898,6 +935,7 @@ impl proto::controller_server::Controller for Controller {
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.to_status(&format!("deleting snapshot {id}"))),
             }
+            self.settle_internal(volume).await?;
         }
         Ok(Response::new(proto::DeleteSnapshotResponse {}))
     }

@@ -220,7 +220,10 @@ impl Agent {
             .and_then(|rest| rest.split_once('/'))
             .map(|(address, _)| address.to_string())
             .filter(|address| std::net::TcpListener::bind(address.as_str()).is_ok());
-        let nbd = match (volume.restoring(), previous) {
+        // An internal attachment (snapshot or backup work on a detached volume) serves none
+        // either.
+        let internal = volume.attachment.as_ref().is_some_and(|a| a.internal);
+        let nbd = match (volume.restoring() || internal, previous) {
             (true, _) => None,
             (false, Some(address)) => Some(address),
             (false, None) => Some(format!(

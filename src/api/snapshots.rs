@@ -1,5 +1,6 @@
-//! Snapshot routes. The log records what is asked; the node agent of the attached volume
-//! carries it out on the engine and reports back through the log. These handlers propose,
+//! Snapshot routes. The log records what is asked (attaching a detached volume internally
+//! for it); the node agent of the attached volume carries it out on the engine and reports
+//! back through the log. These handlers propose,
 //! then follow the event stream for the outcome, so a client sees the engine's answer
 //! (or 202 when the work is still pending after the wait).
 
@@ -124,18 +125,14 @@ pub(super) async fn create(
     Ok((status, Json(snapshot)).into_response())
 }
 
-/// 204 once merged away; 202 while it waits for an engine (a detached volume merges it at
-/// its next attach).
+/// 204 once merged away; 202 while it waits for an engine (a detached volume is attached
+/// internally for it; one that cannot be now merges it at its next attach).
 pub(super) async fn delete(
     State(api): State<Api>,
     Path((volume, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(current) = get_volume(State(api.clone()), Path(volume.clone())).await?;
-    let within = if current.attachment.is_some() {
-        SNAPSHOT_WAIT
-    } else {
-        Duration::ZERO
-    };
+    // A detached volume is attached internally for the merge: wait for it as well.
+    let within = SNAPSHOT_WAIT;
     let request = Request::DeleteSnapshot {
         volume: volume.clone(),
         name: name.clone(),

@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use crate::auto_attach;
 use crate::decide::live_volume;
 use crate::name::check_label;
 use crate::{
     Backup, BackupState, Bytes, Event, Rejection, Snapshot, SnapshotState, State, TargetBackup,
-    Timestamp, VolumeState,
+    Timestamp,
 };
 
 fn backup<'a>(state: &'a State, name: &str) -> Result<&'a Backup, Rejection> {
@@ -40,11 +41,6 @@ pub(crate) fn create(
     if let Some(why) = current.restore_blocks_use() {
         return Err(Rejection::precondition(why));
     }
-    if current.state != VolumeState::Attached {
-        return Err(Rejection::precondition(format!(
-            "volume \"{volume}\" is not attached; attach it to back it up (its engine uploads the backup)"
-        )));
-    }
     if let Some(running) = state
         .backups
         .values()
@@ -55,6 +51,8 @@ pub(crate) fn create(
             running.name
         )));
     }
+    // A detached volume is attached internally for its engine to upload the backup.
+    let attach = auto_attach::attach_for(state, volume, "back it up")?;
     let mut events = Vec::new();
     let snapshot = match snapshot {
         Some(snapshot) => match current.snapshots.get(snapshot) {
@@ -122,6 +120,7 @@ pub(crate) fn create(
             labels: labels.clone(),
         },
     });
+    events.extend(attach);
     Ok(events)
 }
 
@@ -246,7 +245,7 @@ pub(crate) fn synced(
 mod tests {
     use crate::RejectionKind::*;
     use crate::testkit::Cluster;
-    use crate::{BackupState, Request, SnapshotState};
+    use crate::{BackupState, Request, SnapshotState, VolumeState};
 
     fn create(name: &str, snapshot: Option<&str>) -> Request {
         Request::CreateBackup {
@@ -275,6 +274,55 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_of_a_detached_volume_attaches_it_internally_until_it_ends() {
+        let mut c = Cluster::with_attached_db();
+        target(&mut c, "file:///mnt/b");
+        c.ok(Request::DetachVolume { name: "db".into() });
+        let epoch = c.state.volumes["db"].epoch;
+        let stopped = |c: &mut Cluster| {
+            let epoch = c.state.volumes["db"].epoch;
+            c.ok(Request::ReportEngineStopped {
+                name: "db".into(),
+                epoch,
+            });
+        };
+        stopped(&mut c);
+        for (name, ok) in [("b1", true), ("b2", false)] {
+            c.ok(create(name, None));
+            let v = &c.state.volumes["db"];
+            assert!(v.attachment.as_ref().is_some_and(|a| a.internal), "{v:?}");
+            assert!(v.epoch > epoch);
+            let epoch = v.epoch;
+            c.ok(Request::ReportEngineStarted {
+                name: "db".into(),
+                epoch,
+                endpoint: String::new(),
+                frontend: Default::default(),
+                device: None,
+            });
+            // The snapshot it backs up is taken first; the upload keeps the engine.
+            c.ok(Request::ReportSnapshotTaken {
+                volume: "db".into(),
+                name: name.into(),
+            });
+            assert_eq!(c.state.volumes["db"].state, VolumeState::Attached);
+            if ok {
+                complete(&mut c, name);
+            } else {
+                c.ok(Request::ReportBackupFailed {
+                    name: name.into(),
+                    reason: "target unreachable".into(),
+                });
+            }
+            assert_eq!(c.state.volumes["db"].state, VolumeState::Detaching);
+            stopped(&mut c);
+            assert_eq!(c.state.volumes["db"].state, VolumeState::Detached);
+        }
+        assert_eq!(c.state.backups["b1"].state, BackupState::Completed);
+        assert_eq!(c.state.backups["b2"].state, BackupState::Error);
+    }
+
+    #[test]
     fn a_backup_needs_a_target_and_an_attached_volume() {
         let mut c = Cluster::with_attached_db();
         assert!(
@@ -285,7 +333,7 @@ mod tests {
         c.ok(Request::DetachVolume { name: "db".into() });
         assert!(
             c.rejected(create("b1", None), PreconditionFailed)
-                .contains("attach it to back it up")
+                .contains("is detaching; try again to back it up")
         );
         assert_eq!(
             c.rejected(

@@ -12,7 +12,7 @@ use crate::{
     Replica, ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec,
     VolumeState, evolve,
 };
-use crate::{backups, restore, salvage, snapshots};
+use crate::{auto_attach, backups, restore, salvage, snapshots};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
@@ -179,6 +179,9 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         }
         Request::DetachVolume { name } => {
             let volume = live_volume(state, name)?;
+            if let Some(why) = auto_attach::busy(state, volume) {
+                return Err(Rejection::conflict(why));
+            }
             match volume.state {
                 VolumeState::Attaching | VolumeState::Attached => {
                     Ok(vec![Event::VolumeDetaching { name: name.clone() }])
@@ -317,13 +320,21 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         }
         Request::CreateSnapshot { volume, name } => snapshots::create(state, volume, name, at),
         Request::DeleteSnapshot { volume, name } => snapshots::delete(state, volume, name),
-        Request::ReportSnapshotTaken { volume, name } => snapshots::taken(state, volume, name),
+        Request::ReportSnapshotTaken { volume, name } => {
+            auto_attach::then_detach(state, volume, snapshots::taken(state, volume, name))
+        }
         Request::ReportSnapshotFailed {
             volume,
             name,
             reason,
-        } => snapshots::failed(state, volume, name, reason),
-        Request::ReportSnapshotRemoved { volume, name } => snapshots::removed(state, volume, name),
+        } => auto_attach::then_detach(
+            state,
+            volume,
+            snapshots::failed(state, volume, name, reason),
+        ),
+        Request::ReportSnapshotRemoved { volume, name } => {
+            auto_attach::then_detach(state, volume, snapshots::removed(state, volume, name))
+        }
         Request::RevertSnapshot { volume, name } => snapshots::revert(state, volume, name),
         Request::ReportRevertDone { volume, name } => snapshots::reverted(state, volume, name),
         Request::ReportRevertFailed {
@@ -353,8 +364,16 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
             size,
             blocks,
             uploaded_bytes,
-        } => backups::completed(state, name, url, *size, *blocks, *uploaded_bytes),
-        Request::ReportBackupFailed { name, reason } => backups::failed(state, name, reason),
+        } => auto_attach::then_detach(
+            state,
+            &volume_of_backup(state, name),
+            backups::completed(state, name, url, *size, *blocks, *uploaded_bytes),
+        ),
+        Request::ReportBackupFailed { name, reason } => auto_attach::then_detach(
+            state,
+            &volume_of_backup(state, name),
+            backups::failed(state, name, reason),
+        ),
         Request::DeleteBackup { name } => backups::delete(state, name),
         Request::ReportBackupVolumes { target, volumes } => {
             backups::synced(state, target, volumes, at)
@@ -365,6 +384,15 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         Request::ReportRestoreCompleted { volume } => restore::completed(state, volume),
         Request::ReportRestoreFailed { volume, reason } => restore::failed(state, volume, reason),
     }
+}
+
+/// The volume backup `name` is of; empty for an unknown backup (its report is refused).
+fn volume_of_backup(state: &State, name: &str) -> String {
+    state
+        .backups
+        .get(name)
+        .map(|b| b.volume.clone())
+        .unwrap_or_default()
 }
 
 fn register_node(state: &State, spec: &NodeSpec, at: Timestamp) -> Result<Vec<Event>, Rejection> {
@@ -691,6 +719,9 @@ fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
     match volume.state {
         VolumeState::Deleting => return Ok(vec![]),
         VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+            if let Some(why) = auto_attach::busy(state, volume) {
+                return Err(Rejection::precondition(why));
+            }
             let node = volume.attachment.as_ref().map_or("", |a| a.node.as_str());
             return Err(Rejection::precondition(format!(
                 "volume \"{name}\" is attached to node \"{node}\"; detach it first"
@@ -731,6 +762,11 @@ fn attach_volume(
     let target = state.node(node)?;
     if let Some(why) = volume.restore_blocks_use() {
         return Err(Rejection::precondition(why));
+    }
+    // Refused rather than taken over: an engine with a frontend could write into a
+    // snapshot asked for before the attach. The work is short; the caller retries.
+    if let Some(why) = auto_attach::busy(state, volume) {
+        return Err(Rejection::conflict(why));
     }
     if let Some(attachment) = &volume.attachment {
         if attachment.node == node && volume.state != VolumeState::Detaching {
@@ -779,6 +815,7 @@ fn attach_volume(
         node: node.to_string(),
         epoch: Epoch(volume.epoch.0 + 1),
         frontend,
+        internal: false,
     }])
 }
 
@@ -1156,6 +1193,7 @@ mod tests {
                 node: "n1".into(),
                 epoch: Epoch(1),
                 frontend: Frontend::None,
+                internal: false,
             }]
         );
         assert_eq!(
@@ -1525,10 +1563,6 @@ mod tests {
             volume: "db".into(),
             name: name.into(),
         };
-        assert_eq!(
-            c.rejected(snap("s1"), PreconditionFailed),
-            "volume \"db\" is detached; attach it to take a snapshot"
-        );
         c.attach("db", "n1");
         let message = c.rejected(snap("Nightly"), InvalidArgument);
         assert!(

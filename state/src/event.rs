@@ -82,6 +82,9 @@ pub enum Event {
         epoch: Epoch,
         #[serde(default)]
         frontend: Frontend,
+        /// Attached by the log for snapshot or backup work on a detached volume.
+        #[serde(default)]
+        internal: bool,
     },
     VolumeAttached {
         name: String,

@@ -132,6 +132,7 @@ pub fn evolve(state: &mut State, event: &Event) {
             node,
             epoch,
             frontend,
+            internal,
         } => {
             if let Some(volume) = state.volumes.get_mut(name) {
                 volume.state = VolumeState::Attaching;
@@ -143,6 +144,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                     frontend: *frontend,
                     device: None,
                     error: None,
+                    internal: *internal,
                 });
             }
         }

@@ -8,6 +8,7 @@
 //! The two functions that matter are [`decide`] (may a command happen, and what events
 //! follow) and [`evolve`] (apply one event). [`apply`] chains them.
 
+mod auto_attach;
 mod backups;
 mod codec;
 mod command;

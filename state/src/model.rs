@@ -286,6 +286,12 @@ pub struct Attachment {
     /// the attachment waits (the node retries) until it is detached.
     #[serde(default)]
     pub error: Option<String>,
+    /// Attached by the log itself, with no frontend, to take or delete snapshots or run a
+    /// backup of a detached volume (Longhorn attaches for its snapshot and backup
+    /// controllers the same way); detached again by the log once that work is done. Users
+    /// can neither attach nor detach the volume meanwhile.
+    #[serde(default)]
+    pub internal: bool,
 }
 
 /// How an attached volume reaches the kernel of its node. Longhorn calls this the volume's

@@ -77,6 +77,7 @@ pub(crate) fn attach_new(
         node,
         epoch: Epoch(volume.epoch.0 + 1),
         frontend: crate::Frontend::None,
+        internal: false,
     })
 }
 

@@ -2,6 +2,7 @@
 //! revert) and the node agent of the attached volume carries it out on the engine and
 //! reports back. Nothing here talks to a replica.
 
+use crate::auto_attach;
 use crate::decide::live_volume;
 use crate::name::check_label;
 use crate::{Event, Rejection, Snapshot, SnapshotState, State, Timestamp, Volume, VolumeState};
@@ -15,17 +16,20 @@ fn snapshot<'a>(volume: &'a Volume, name: &str) -> Result<&'a Snapshot, Rejectio
 
 fn attached<'a>(state: &'a State, name: &str, doing: &str) -> Result<&'a Volume, Rejection> {
     let volume = live_volume(state, name)?;
-    if volume.state != VolumeState::Attached {
+    if volume.state != VolumeState::Attached || auto_attach::internal(volume) {
         return Err(Rejection::precondition(format!(
             "volume \"{name}\" is {}; attach it to {doing}",
-            volume_state_word(volume.state)
+            volume_state_word(volume)
         )));
     }
     Ok(volume)
 }
 
-fn volume_state_word(state: VolumeState) -> &'static str {
-    match state {
+fn volume_state_word(volume: &Volume) -> &'static str {
+    if auto_attach::internal(volume) {
+        return "attached internally (for snapshot or backup work, no frontend)";
+    }
+    match volume.state {
         VolumeState::Creating => "being created",
         VolumeState::Detached => "detached",
         VolumeState::Attaching => "still attaching",
@@ -42,7 +46,7 @@ pub(crate) fn create(
     at: Timestamp,
 ) -> Result<Vec<Event>, Rejection> {
     check_label("snapshot", name)?;
-    let current = attached(state, volume, "take a snapshot")?;
+    let current = live_volume(state, volume)?;
     if current.snapshots.contains_key(name) {
         return Err(Rejection::already_exists(
             "snapshot",
@@ -55,7 +59,9 @@ pub(crate) fn create(
             "volume \"{volume}\" already has {max} snapshots (snapshotMaxCount); delete some first"
         )));
     }
-    Ok(vec![Event::SnapshotCreated {
+    // A detached volume is attached internally for its engine to take the snapshot.
+    let attach = auto_attach::attach_for(state, volume, "take a snapshot")?;
+    let mut events = vec![Event::SnapshotCreated {
         snapshot: Snapshot {
             name: name.to_string(),
             volume: volume.to_string(),
@@ -63,7 +69,9 @@ pub(crate) fn create(
             size: current.size,
             state: SnapshotState::Pending,
         },
-    }])
+    }];
+    events.extend(attach);
+    Ok(events)
 }
 
 pub(crate) fn delete(state: &State, volume: &str, name: &str) -> Result<Vec<Event>, Rejection> {
@@ -79,7 +87,17 @@ pub(crate) fn delete(state: &State, volume: &str, name: &str) -> Result<Vec<Even
                 "volume \"{volume}\" is being reverted to snapshot \"{name}\""
             )))
         }
-        SnapshotState::Ready => Ok(vec![Event::SnapshotDeleting { volume, name }]),
+        SnapshotState::Ready => {
+            // A detached volume is attached internally for its engine to merge the
+            // snapshot away. When it cannot be now (detaching, no ready replica node), the
+            // delete is recorded and the next engine of the volume merges it.
+            let attach = auto_attach::attach_for(state, &volume, "delete a snapshot")
+                .ok()
+                .flatten();
+            let mut events = vec![Event::SnapshotDeleting { volume, name }];
+            events.extend(attach);
+            Ok(events)
+        }
     }
 }
 
@@ -187,7 +205,7 @@ pub(crate) fn revert_failed(
 mod tests {
     use crate::RejectionKind::*;
     use crate::testkit::Cluster;
-    use crate::{Event, Request, SnapshotState};
+    use crate::{Event, Frontend, Request, SnapshotState, VolumeState};
 
     fn take(c: &mut Cluster, name: &str) {
         c.ok(Request::CreateSnapshot {
@@ -328,5 +346,223 @@ mod tests {
             c.state.volumes["db"].snapshots["s1"].state,
             SnapshotState::Deleting
         );
+    }
+    fn detached_db() -> Cluster {
+        let mut c = Cluster::with_attached_db();
+        c.ok(Request::DetachVolume { name: "db".into() });
+        let epoch = c.state.volumes["db"].epoch;
+        c.ok(Request::ReportEngineStopped {
+            name: "db".into(),
+            epoch,
+        });
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Detached);
+        c
+    }
+
+    fn create(name: &str) -> Request {
+        Request::CreateSnapshot {
+            volume: "db".into(),
+            name: name.into(),
+        }
+    }
+
+    fn engine_started(c: &mut Cluster) {
+        let epoch = c.state.volumes["db"].epoch;
+        c.ok(Request::ReportEngineStarted {
+            name: "db".into(),
+            epoch,
+            endpoint: String::new(),
+            frontend: Default::default(),
+            device: None,
+        });
+    }
+
+    fn engine_stopped(c: &mut Cluster) {
+        let epoch = c.state.volumes["db"].epoch;
+        c.ok(Request::ReportEngineStopped {
+            name: "db".into(),
+            epoch,
+        });
+    }
+
+    #[test]
+    fn a_snapshot_of_a_detached_volume_attaches_it_internally_until_taken() {
+        // Detached volume, snapshot asked: the log attaches it without a frontend on a
+        // node of a replica, the engine takes it, the log detaches it again.
+        let mut c = detached_db();
+        let epoch = c.state.volumes["db"].epoch;
+        c.ok(create("s1"));
+        let v = &c.state.volumes["db"];
+        assert_eq!(v.state, VolumeState::Attaching);
+        assert!(v.epoch > epoch, "an internal attach fences like any other");
+        let a = v.attachment.clone().expect("attached internally");
+        assert!(a.internal);
+        assert_eq!(a.frontend, Frontend::None);
+        assert!(c.nodes_of("db").contains(&a.node));
+        engine_started(&mut c);
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Attached);
+        // A second snapshot asked meanwhile joins the same attachment.
+        c.ok(create("s2"));
+        assert_eq!(
+            c.state.volumes["db"].attachment.as_ref().unwrap().epoch,
+            a.epoch
+        );
+
+        let events = c.ok(Request::ReportSnapshotTaken {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        assert!(
+            !events.contains(&Event::VolumeDetaching { name: "db".into() }),
+            "s2 is left"
+        );
+        let events = c.ok(Request::ReportSnapshotTaken {
+            volume: "db".into(),
+            name: "s2".into(),
+        });
+        assert_eq!(
+            events.last(),
+            Some(&Event::VolumeDetaching { name: "db".into() })
+        );
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Detaching);
+        engine_stopped(&mut c);
+        let v = &c.state.volumes["db"];
+        assert_eq!(v.state, VolumeState::Detached);
+        assert_eq!(v.snapshots["s1"].state, SnapshotState::Ready);
+        assert_eq!(v.snapshots["s2"].state, SnapshotState::Ready);
+
+        // A delete attaches it the same way, and a failed snapshot detaches it too.
+        c.ok(Request::DeleteSnapshot {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        assert!(c.state.volumes["db"].attachment.as_ref().unwrap().internal);
+        engine_started(&mut c);
+        c.ok(Request::ReportSnapshotRemoved {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Detaching);
+        engine_stopped(&mut c);
+        c.ok(create("s3"));
+        engine_started(&mut c);
+        c.ok(Request::ReportSnapshotFailed {
+            volume: "db".into(),
+            name: "s3".into(),
+            reason: "replica refused".into(),
+        });
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Detaching);
+        engine_stopped(&mut c);
+        let names: Vec<&String> = c.state.volumes["db"].snapshots.keys().collect();
+        assert_eq!(names, ["s2"]);
+
+        // A user's attachment is never detached by snapshot work.
+        c.attach("db", "n2");
+        take(&mut c, "s4");
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Attached);
+        assert!(!c.state.volumes["db"].attachment.as_ref().unwrap().internal);
+    }
+
+    #[test]
+    fn users_cannot_attach_detach_or_delete_an_internally_attached_volume() {
+        let mut c = detached_db();
+        c.ok(create("s1"));
+        let node = c.state.volumes["db"]
+            .attachment
+            .as_ref()
+            .unwrap()
+            .node
+            .clone();
+        for n in [node.as_str(), "n3"] {
+            let why = c.rejected(
+                Request::AttachVolume {
+                    name: "db".into(),
+                    node: n.into(),
+                    frontend: Frontend::Auto,
+                },
+                Conflict,
+            );
+            assert!(
+                why.contains("attached internally")
+                    && why.contains("taking snapshot \"s1\"")
+                    && why.contains("try again"),
+                "{why}"
+            );
+        }
+        let why = c.rejected(Request::DetachVolume { name: "db".into() }, Conflict);
+        assert!(why.contains("detaches by itself"), "{why}");
+        let why = c.rejected(
+            Request::DeleteVolume { name: "db".into() },
+            PreconditionFailed,
+        );
+        assert!(why.contains("attached internally"), "{why}");
+        engine_started(&mut c);
+        assert!(
+            c.rejected(revert("s1"), PreconditionFailed)
+                .contains("attached internally")
+        );
+        c.ok(Request::ReportSnapshotTaken {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        // Detaching: a user attach waits for the engine to stop.
+        let why = c.rejected(
+            Request::AttachVolume {
+                name: "db".into(),
+                node: "n3".into(),
+                frontend: Frontend::Auto,
+            },
+            Conflict,
+        );
+        assert!(why.contains("detaches by itself"), "{why}");
+        engine_stopped(&mut c);
+        c.ok(Request::AttachVolume {
+            name: "db".into(),
+            node: "n3".into(),
+            frontend: Frontend::Auto,
+        });
+        assert!(!c.state.volumes["db"].attachment.as_ref().unwrap().internal);
+    }
+
+    #[test]
+    fn a_node_dying_mid_snapshot_leaves_the_volume_detached_and_usable() {
+        let mut c = detached_db();
+        c.ok(create("s1"));
+        let node = c.state.volumes["db"]
+            .attachment
+            .as_ref()
+            .unwrap()
+            .node
+            .clone();
+        engine_started(&mut c);
+        // Every node but the attachment's keeps beating; it misses its heartbeats.
+        c.clock += 60_000;
+        for n in ["n1", "n2", "n3"].into_iter().filter(|n| *n != node) {
+            c.ok(Request::Heartbeat { node: n.into() });
+        }
+        c.ok(Request::MarkDeadNodes { timeout_secs: 30 });
+        let v = &c.state.volumes["db"];
+        assert_eq!(v.state, VolumeState::Detached);
+        assert!(v.attachment.is_none());
+        assert!(v.snapshots.is_empty(), "the pending snapshot is dropped");
+        // A late report from the dead engine changes nothing.
+        let late = c.run(Request::ReportSnapshotTaken {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        assert!(late.is_err(), "{late:?}");
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Detached);
+        // Asked again, it attaches on a node that is alive.
+        c.ok(create("s1"));
+        let again = c.state.volumes["db"].attachment.clone().unwrap();
+        assert!(again.internal && again.node != node, "{again:?}");
+        engine_started(&mut c);
+        c.ok(Request::ReportSnapshotTaken {
+            volume: "db".into(),
+            name: "s1".into(),
+        });
+        engine_stopped(&mut c);
+        c.attach("db", "n3");
+        assert_eq!(c.state.volumes["db"].state, VolumeState::Attached);
     }
 }
