@@ -150,8 +150,8 @@ fn controller_answers_a_provisioner_and_an_attacher_with_the_right_codes() {
         let err = ctl
             .create_volume(create("restored", 64 << 20, &[("fromBackup", "s3://b/x")]))
             .await
-            .expect_err("fromBackup is not built");
-        assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+            .expect_err("a malformed backup URL");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         // Far beyond what the dev disks hold: no placement fits, and nothing is left behind.
         let err = ctl
             .create_volume(create("huge", 1 << 50, &[]))
