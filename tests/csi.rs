@@ -385,7 +385,11 @@ fn a_volume_from_a_backup_is_restored_before_it_can_be_published() {
             match ctl.controller_publish_volume(publish.clone()).await {
                 Ok(_) => break,
                 Err(e) if e.code() == Code::Aborted => {
-                    assert!(e.message().contains("being restored"), "{e:?}");
+                    assert!(
+                        e.message().contains("being restored")
+                            || e.message().contains("still detaching"),
+                        "{e:?}"
+                    );
                     assert!(
                         Instant::now() < deadline,
                         "the restore never completed: {e:?}"
@@ -499,7 +503,7 @@ async fn mount_on(
         {
             Ok(p) => break p.into_inner(),
             // The attacher retries while the previous node's detach finishes.
-            Err(e) if e.code() == Code::FailedPrecondition => {
+            Err(e) if matches!(e.code(), Code::FailedPrecondition | Code::Aborted) => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
             Err(e) => panic!("ControllerPublish on {node_id}: {e:?}"),

@@ -642,6 +642,14 @@ impl proto::controller_server::Controller for Controller {
                 volume.name
             )));
         }
+        if volume.state == VolumeState::Detaching {
+            // Its last user (or its restoring engine) is letting it go: a moment's wait.
+            return Err(Status::aborted(format!(
+                "volume \"{}\" is still detaching from node {}; try again once it is detached",
+                volume.name,
+                volume.attachment.as_ref().map_or("?", |a| a.node.as_str())
+            )));
+        }
         if let Some(a) = &volume.attachment {
             if a.internal {
                 // Attached by the managers for snapshot or backup work: it detaches by
