@@ -219,7 +219,8 @@ fn controller_answers_a_provisioner_and_an_attacher_with_the_right_codes() {
             .expect_err("no volume");
         assert_eq!(err.code(), Code::NotFound, "{err:?}");
 
-        // A snapshot of the attached volume; `type: bak` waits for backups.
+        // A snapshot of the attached volume; `type: bak` needs a backup target, which this
+        // cluster has not.
         let snap = ctl
             .create_snapshot(proto::CreateSnapshotRequest {
                 source_volume_id: "db".into(),
@@ -250,8 +251,9 @@ fn controller_answers_a_provisioner_and_an_attacher_with_the_right_codes() {
                 ..Default::default()
             })
             .await
-            .expect_err("backups are not built");
-        assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+            .expect_err("no backup target");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("no backup target is set"), "{err:?}");
 
         ctl.controller_expand_volume(proto::ControllerExpandVolumeRequest {
             volume_id: "db".into(),
@@ -419,6 +421,194 @@ fn a_volume_from_a_backup_is_restored_before_it_can_be_published() {
     assert!(
         bytes[12 << 20..].iter().all(|b| *b == 0),
         "past the backed-up data the volume reads zeros"
+    );
+}
+
+/// Publishes `volume_id` on `node`, retrying while the controller answers ABORTED (a
+/// restore running, a detach finishing), as the external-attacher does.
+async fn publish_retrying(ctl: &mut ControllerClient<Channel>, volume_id: &str, node: &str) {
+    let publish = proto::ControllerPublishVolumeRequest {
+        volume_id: volume_id.into(),
+        node_id: node.into(),
+        volume_capability: Some(mount_cap("ext4")),
+        ..Default::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match ctl.controller_publish_volume(publish.clone()).await {
+            Ok(_) => return,
+            Err(e) if e.code() == Code::Aborted => {
+                assert!(Instant::now() < deadline, "never published: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("publish of {volume_id}: {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_bak_snapshot_is_a_backup_that_restores_into_a_new_volume_and_is_deleted_with_it() {
+    // VolumeSnapshotClass `type: bak`: CreateSnapshot backs the detached volume up to the
+    // target (ready once completed), ListSnapshots shows it as `bak:`, CreateVolume from it
+    // restores the bytes, DeleteSnapshot removes the backup from the target and the log.
+    let cluster = DevCluster::up();
+    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let target = format!("file://{}", store.path().display());
+    cluster.ok(&["setting", "set", "backupTarget", &target]);
+    cluster.create_volume("src", 32, 2, &[]);
+    let endpoint = cluster.attach("src", "node-1");
+    let written = write_random(&endpoint, 12);
+    cluster.detach("src");
+
+    let plugin = Plugin::start(&cluster, "node-1");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (snapshot_id, restored) = rt.block_on(async {
+        let mut ctl = ControllerClient::new(channel(&plugin.socket).await);
+        let request = |kind: &str| proto::CreateSnapshotRequest {
+            source_volume_id: "src".into(),
+            name: "snapshot-bak-1".into(),
+            parameters: [("type".to_string(), kind.to_string())].into(),
+            ..Default::default()
+        };
+        // Repeated with the same name: the same backup, ready once it completed.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let snap = loop {
+            let snap = ctl
+                .create_snapshot(request("bak"))
+                .await
+                .expect("create a bak snapshot")
+                .into_inner()
+                .snapshot
+                .expect("snapshot");
+            assert_eq!(snap.snapshot_id, "bak:src/snapshot-bak-1");
+            assert_eq!(snap.source_volume_id, "src");
+            if snap.ready_to_use {
+                break snap;
+            }
+            assert!(Instant::now() < deadline, "the backup never completed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(snap.size_bytes, 32 << 20);
+        let taken = ctl
+            .create_snapshot(request("snap"))
+            .await
+            .expect_err("the name is the backup's");
+        assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
+
+        // Listed once, as the backup (its own snapshot is part of it), by volume and by id.
+        for list in [
+            proto::ListSnapshotsRequest {
+                source_volume_id: "src".into(),
+                ..Default::default()
+            },
+            proto::ListSnapshotsRequest {
+                snapshot_id: snap.snapshot_id.clone(),
+                ..Default::default()
+            },
+        ] {
+            let listed = ctl
+                .list_snapshots(list)
+                .await
+                .expect("list snapshots")
+                .into_inner();
+            let ids: Vec<_> = listed
+                .entries
+                .iter()
+                .filter_map(|e| e.snapshot.as_ref())
+                .map(|s| (s.snapshot_id.as_str(), s.ready_to_use))
+                .collect();
+            assert_eq!(ids, [("bak:src/snapshot-bak-1", true)]);
+        }
+
+        let mut from = create("pvc-from-bak", 32 << 20, &[("numberOfReplicas", "2")]);
+        from.volume_content_source = Some(proto::VolumeContentSource {
+            r#type: Some(proto::volume_content_source::Type::Snapshot(
+                proto::volume_content_source::SnapshotSource {
+                    snapshot_id: snap.snapshot_id.clone(),
+                },
+            )),
+        });
+        let made = ctl
+            .create_volume(from.clone())
+            .await
+            .expect("create from the bak snapshot")
+            .into_inner()
+            .volume
+            .expect("volume");
+        ctl.create_volume(from)
+            .await
+            .expect("idempotent create from the bak snapshot");
+        publish_retrying(&mut ctl, &made.volume_id, "node-1").await;
+        (snap.snapshot_id, made.volume_id)
+    });
+    let volume = cluster.wait_volume(&restored, "attached", |v| v["state"] == "attached");
+    assert_eq!(volume["restore"]["state"], "completed", "{volume}");
+    assert!(
+        volume["restore"]["url"]
+            .as_str()
+            .is_some_and(|u| u.contains("backup=snapshot-bak-1")),
+        "{volume}"
+    );
+    let back = written.work.path().join("back.img");
+    read_image(
+        volume["attachment"]["endpoint"].as_str().expect("endpoint"),
+        &back,
+    );
+    let head = written.work.path().join("head.img");
+    let bytes = std::fs::read(&back).expect("read back");
+    std::fs::write(&head, &bytes[..12 << 20]).expect("head");
+    assert_eq!(
+        sha256(&written.data),
+        sha256(&head),
+        "restored bytes differ"
+    );
+
+    let listed = |cluster: &DevCluster| {
+        cluster
+            .json(&["backup", "ls"])
+            .as_array()
+            .expect("backups")
+            .iter()
+            .filter_map(|b| b["name"].as_str().map(str::to_string))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&cluster), ["snapshot-bak-1"]);
+    rt.block_on(async {
+        let mut ctl = ControllerClient::new(channel(&plugin.socket).await);
+        let delete = proto::DeleteSnapshotRequest {
+            snapshot_id: snapshot_id.clone(),
+            ..Default::default()
+        };
+        ctl.delete_snapshot(delete.clone())
+            .await
+            .expect("delete the bak snapshot");
+        ctl.delete_snapshot(delete).await.expect("delete it again");
+        let listed = ctl
+            .list_snapshots(proto::ListSnapshotsRequest {
+                source_volume_id: "src".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list snapshots")
+            .into_inner();
+        assert!(listed.entries.is_empty(), "{listed:?}");
+        let mut from = create("pvc-from-gone", 32 << 20, &[]);
+        from.volume_content_source = Some(proto::VolumeContentSource {
+            r#type: Some(proto::volume_content_source::Type::Snapshot(
+                proto::volume_content_source::SnapshotSource { snapshot_id },
+            )),
+        });
+        let gone = ctl
+            .create_volume(from)
+            .await
+            .expect_err("the backup is deleted");
+        assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    });
+    assert!(listed(&cluster).is_empty(), "the backup is still listed");
+    let src = cluster.json(&["volume", "get", "src"]);
+    assert!(
+        src["snapshots"].get("snapshot-bak-1").is_none(),
+        "the backup's own snapshot is left behind: {src}"
     );
 }
 

@@ -1,10 +1,14 @@
 //! The Controller service: volumes and snapshots as the managers' API has them. The CSI
-//! volume id is the Shorthorn volume name; a snapshot id is `snap:<volume>/<snapshot>`.
+//! volume id is the Shorthorn volume name. A CSI snapshot is either a Shorthorn snapshot
+//! (VolumeSnapshotClass `type: snap`, the default), id `snap:<volume>/<snapshot>`, or a
+//! Shorthorn backup on the backup target (`type: bak`), id `bak:<volume>/<backup>`. A backup
+//! takes a snapshot of its own, named like it; that snapshot is part of the CSI backup (not
+//! listed as a snapshot of its own, and deleted with it).
 
 use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Value, json};
-use shorthorn_state::{Node, RestoreState, Snapshot, Volume, VolumeState};
+use shorthorn_state::{Backup, BackupState, Node, RestoreState, Snapshot, Volume, VolumeState};
 use tonic::{Request, Response, Status};
 
 use crate::api::{self, segment};
@@ -80,6 +84,67 @@ impl Controller {
                 return Ok(v);
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// This cluster's backups, from the log (no backup target needed).
+    async fn backups(&self) -> Result<Vec<Backup>, Status> {
+        api::call(&self.driver.api, "GET", "/v1/backups".into(), None)
+            .await
+            .map_err(|e| e.to_status("listing backups"))
+    }
+
+    /// Backup `name` of `volume`; None when there is none (or it is another volume's).
+    async fn backup_of(&self, volume: &str, name: &str) -> Result<Option<Backup>, Status> {
+        match api::call::<Backup>(
+            &self.driver.api,
+            "GET",
+            format!("/v1/backups/{}", segment(name)),
+            None,
+        )
+        .await
+        {
+            Ok(b) => Ok((b.volume == volume).then_some(b)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.to_status(&format!("reading backup {name}"))),
+        }
+    }
+
+    /// CreateSnapshot with `type: bak`: backup `name` of `volume` (which exists), asked
+    /// for once; a repeat answers the backup's current state (ready once completed).
+    async fn create_backup(
+        &self,
+        volume: &str,
+        name: &str,
+    ) -> Result<proto::CreateSnapshotResponse, Status> {
+        let answer = |b: Backup| match b.state {
+            BackupState::Error => Err(Status::internal(format!(
+                "backup \"{name}\" of volume {volume} failed: {}; delete the snapshot and take \
+                 it again",
+                b.error.as_deref().unwrap_or("no reason given")
+            ))),
+            _ => Ok(proto::CreateSnapshotResponse {
+                snapshot: Some(csi_backup(&b)),
+            }),
+        };
+        if let Some(b) = self.backup_of(volume, name).await? {
+            return answer(b);
+        }
+        let created = api::call::<Backup>(
+            &self.driver.api,
+            "POST",
+            "/v1/backups".into(),
+            Some(json!({ "volume": volume, "name": name })),
+        )
+        .await;
+        match created {
+            Ok(b) => answer(b),
+            // Asked for at the same moment by a retry of this call: the same backup.
+            Err(e) if e.status == Some(409) => match self.backup_of(volume, name).await? {
+                Some(b) => answer(b),
+                None => Err(e.to_status(&format!("backing up volume {volume} as {name}"))),
+            },
+            Err(e) => Err(e.to_status(&format!("backing up volume {volume} as {name}"))),
         }
     }
 
@@ -303,31 +368,74 @@ fn csi_volume(v: &Volume, context: HashMap<String, String>, nodes: &[Node]) -> p
     }
 }
 
-fn snapshot_id(volume: &str, name: &str) -> String {
-    format!("snap:{volume}/{name}")
+/// What a CSI snapshot is in Shorthorn: the VolumeSnapshotClass parameter `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotKind {
+    /// `snap`: a snapshot in the volume's replicas.
+    Snap,
+    /// `bak`: a backup on the backup target.
+    Bak,
 }
 
-/// `(volume, snapshot)` of a snapshot id; None when it is not one of ours.
-pub fn parse_snapshot_id(id: &str) -> Option<(&str, &str)> {
-    let rest = id.strip_prefix("snap:")?;
+impl SnapshotKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            SnapshotKind::Snap => "snap:",
+            SnapshotKind::Bak => "bak:",
+        }
+    }
+}
+
+fn snapshot_id(kind: SnapshotKind, volume: &str, name: &str) -> String {
+    format!("{}{volume}/{name}", kind.prefix())
+}
+
+/// `(kind, volume, name)` of a snapshot id; None when it is not one of ours.
+pub fn parse_snapshot_id(id: &str) -> Option<(SnapshotKind, &str, &str)> {
+    let (kind, rest) = [SnapshotKind::Snap, SnapshotKind::Bak]
+        .into_iter()
+        .find_map(|k| id.strip_prefix(k.prefix()).map(|rest| (k, rest)))?;
     let (v, s) = rest.split_once('/')?;
-    (!v.is_empty() && !s.is_empty()).then_some((v, s))
+    (!v.is_empty() && !s.is_empty()).then_some((kind, v, s))
+}
+
+fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
 }
 
 fn csi_snapshot(s: &Snapshot) -> proto::Snapshot {
     use shorthorn_state::SnapshotState;
-    let ms = s.created_at.0;
     proto::Snapshot {
         size_bytes: s.size as i64,
-        snapshot_id: snapshot_id(&s.volume, &s.name),
+        snapshot_id: snapshot_id(SnapshotKind::Snap, &s.volume, &s.name),
         source_volume_id: s.volume.clone(),
-        creation_time: Some(prost_types::Timestamp {
-            seconds: (ms / 1000) as i64,
-            nanos: ((ms % 1000) * 1_000_000) as i32,
-        }),
+        creation_time: Some(timestamp(s.created_at.0)),
         ready_to_use: s.state == SnapshotState::Ready,
         group_snapshot_id: String::new(),
     }
+}
+
+/// A backup as a CSI snapshot: ready once its manifest is on the target.
+fn csi_backup(b: &Backup) -> proto::Snapshot {
+    proto::Snapshot {
+        size_bytes: b.size as i64,
+        snapshot_id: snapshot_id(SnapshotKind::Bak, &b.volume, &b.name),
+        source_volume_id: b.volume.clone(),
+        creation_time: Some(timestamp(b.created_at.0)),
+        ready_to_use: b.state == BackupState::Completed,
+        group_snapshot_id: String::new(),
+    }
+}
+
+/// Whether `s` is the snapshot a backup took of its own (named like the backup): it
+/// belongs to the `bak:` CSI snapshot, not listed as a `snap:` one.
+fn taken_for_backup(s: &Snapshot, backups: &[Backup]) -> bool {
+    backups
+        .iter()
+        .any(|b| b.volume == s.volume && b.name == s.name && b.snapshot == s.name)
 }
 
 /// The Shorthorn name (a DNS-1123 label) for a CSI name. The external-provisioner's names
@@ -403,7 +511,7 @@ impl proto::controller_server::Controller for Controller {
         let mut req = request.into_inner();
         req.name = shorthorn_name("volume", &req.name)?;
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
-        let params = parse_parameters(&req.parameters)?;
+        let mut params = parse_parameters(&req.parameters)?;
         let size = size_for(req.capacity_range.as_ref())?;
         if params.recurring_job_selector.is_some() {
             return Err(Status::unimplemented(
@@ -417,9 +525,55 @@ impl proto::controller_server::Controller for Controller {
             .and_then(|s| s.r#type.as_ref())
         {
             None => {}
+            Some(proto::volume_content_source::Type::Snapshot(s))
+                if matches!(
+                    parse_snapshot_id(&s.snapshot_id),
+                    Some((SnapshotKind::Bak, _, _))
+                ) =>
+            {
+                // A backup: restored as the fromBackup parameter restores it.
+                let backup = match parse_snapshot_id(&s.snapshot_id) {
+                    Some((_, v, name)) => self.backup_of(v, name).await?,
+                    None => None,
+                };
+                let Some(backup) = backup else {
+                    return Err(Status::not_found(format!(
+                        "snapshot \"{}\" does not exist",
+                        s.snapshot_id
+                    )));
+                };
+                match backup.state {
+                    BackupState::Completed => {}
+                    BackupState::InProgress => {
+                        return Err(Status::unavailable(format!(
+                            "backup \"{}\" is in progress ({}%); retry once it is completed",
+                            backup.name, backup.progress
+                        )));
+                    }
+                    BackupState::Error => {
+                        return Err(Status::failed_precondition(format!(
+                            "backup \"{}\" failed ({}); it cannot be restored",
+                            backup.name,
+                            backup.error.as_deref().unwrap_or("no reason given")
+                        )));
+                    }
+                }
+                if params
+                    .from_backup
+                    .as_ref()
+                    .is_some_and(|u| *u != backup.url)
+                {
+                    return Err(invalid(format!(
+                        "the content source is backup {} but the parameter fromBackup names \
+                         another: give one of the two",
+                        backup.url
+                    )));
+                }
+                params.from_backup = Some(backup.url);
+            }
             Some(proto::volume_content_source::Type::Snapshot(s)) => {
                 let exists = match parse_snapshot_id(&s.snapshot_id) {
-                    Some((v, name)) => self
+                    Some((_, v, name)) => self
                         .volume(v)
                         .await?
                         .is_some_and(|v| v.snapshots.contains_key(name)),
@@ -852,15 +1006,11 @@ impl proto::controller_server::Controller for Controller {
             return Err(invalid("the source volume id is required"));
         }
         req.name = shorthorn_name("snapshot", &req.name)?;
+        let mut kind = SnapshotKind::Snap;
         for (key, value) in &req.parameters {
             match (key.as_str(), value.as_str()) {
                 ("type", "snap") | ("type", "") => {}
-                ("type", "bak") => {
-                    return Err(Status::unimplemented(
-                        "type bak: backups are not built in this version (issue 9); use \
-                         type snap",
-                    ));
-                }
+                ("type", "bak") => kind = SnapshotKind::Bak,
                 ("type", other) => {
                     return Err(invalid(format!(
                         "snapshot type \"{other}\" is unknown: use snap or bak"
@@ -874,10 +1024,11 @@ impl proto::controller_server::Controller for Controller {
                 }
             }
         }
-        // A snapshot name is unique across volumes in CSI.
+        // A snapshot name is unique across volumes and kinds in CSI.
         let volumes: Vec<Volume> = api::call(&self.driver.api, "GET", "/v1/volumes".into(), None)
             .await
             .map_err(|e| e.to_status("listing volumes"))?;
+        let backups = self.backups().await?;
         if let Some(other) = volumes
             .iter()
             .find(|v| v.name != req.source_volume_id && v.snapshots.contains_key(&req.name))
@@ -887,12 +1038,35 @@ impl proto::controller_server::Controller for Controller {
                 req.name, other.name
             )));
         }
+        if let Some(other) = backups.iter().find(|b| {
+            b.name == req.name && (b.volume != req.source_volume_id || kind == SnapshotKind::Snap)
+        }) {
+            return Err(Status::already_exists(format!(
+                "snapshot \"{}\" exists already, as a backup (type bak) of volume {}",
+                req.name, other.volume
+            )));
+        }
         let Some(volume) = volumes.iter().find(|v| v.name == req.source_volume_id) else {
             return Err(Status::not_found(format!(
                 "volume \"{}\" does not exist",
                 req.source_volume_id
             )));
         };
+        if kind == SnapshotKind::Bak {
+            let own = volume
+                .snapshots
+                .get(&req.name)
+                .is_some_and(|s| !taken_for_backup(s, &backups));
+            if own {
+                return Err(Status::already_exists(format!(
+                    "snapshot \"{}\" exists already, as a snapshot (type snap) of volume {}",
+                    req.name, volume.name
+                )));
+            }
+            return Ok(Response::new(
+                self.create_backup(&volume.name, &req.name).await?,
+            ));
+        }
         if let Some(s) = volume.snapshots.get(&req.name) {
             return Ok(Response::new(proto::CreateSnapshotResponse {
                 snapshot: Some(csi_snapshot(s)),
@@ -926,7 +1100,29 @@ impl proto::controller_server::Controller for Controller {
             return Err(invalid("the snapshot id is required"));
         }
         // An id that is not ours names nothing, and deleting nothing succeeds.
-        if let Some((volume, name)) = parse_snapshot_id(&id) {
+        if let Some((kind, volume, name)) = parse_snapshot_id(&id) {
+            if kind == SnapshotKind::Bak {
+                let Some(backup) = self.backup_of(volume, name).await? else {
+                    return Ok(Response::new(proto::DeleteSnapshotResponse {}));
+                };
+                // From the target, then from the log; an in-progress one is refused.
+                match api::call::<Value>(
+                    &self.driver.api,
+                    "DELETE",
+                    format!("/v1/backups/{}", segment(name)),
+                    None,
+                )
+                .await
+                {
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.to_status(&format!("deleting backup {id}"))),
+                }
+                if backup.snapshot != name {
+                    return Ok(Response::new(proto::DeleteSnapshotResponse {}));
+                }
+                // Then the snapshot it took of its own (below).
+            }
             match api::call::<Value>(
                 &self.driver.api,
                 "DELETE",
@@ -956,25 +1152,36 @@ impl proto::controller_server::Controller for Controller {
         let volumes: Vec<Volume> = api::call(&self.driver.api, "GET", "/v1/volumes".into(), None)
             .await
             .map_err(|e| e.to_status("listing volumes"))?;
+        let backups = self.backups().await?;
         let wanted = (!req.snapshot_id.is_empty()).then(|| parse_snapshot_id(&req.snapshot_id));
-        let mut snapshots: Vec<&Snapshot> = volumes
+        let chosen = |kind: SnapshotKind, volume: &str, name: &str| {
+            (req.source_volume_id.is_empty() || volume == req.source_volume_id)
+                && match &wanted {
+                    None => true,
+                    Some(None) => false,
+                    Some(Some(w)) => *w == (kind, volume, name),
+                }
+        };
+        let mut snapshots: Vec<proto::Snapshot> = volumes
             .iter()
-            .filter(|v| req.source_volume_id.is_empty() || v.name == req.source_volume_id)
             .flat_map(|v| v.snapshots.values())
-            .filter(|s| match &wanted {
-                None => true,
-                Some(None) => false,
-                Some(Some((v, n))) => s.volume == *v && s.name == *n,
-            })
+            .filter(|s| !taken_for_backup(s, &backups))
+            .filter(|s| chosen(SnapshotKind::Snap, &s.volume, &s.name))
+            .map(csi_snapshot)
+            .chain(
+                backups
+                    .iter()
+                    // A backup outlives its volume: it still restores.
+                    .filter(|b| chosen(SnapshotKind::Bak, &b.volume, &b.name))
+                    .map(csi_backup),
+            )
             .collect();
-        snapshots.sort_by(|a, b| (&a.volume, &a.name).cmp(&(&b.volume, &b.name)));
+        snapshots.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
         let (chunk, next_token) = page(snapshots, req.max_entries, &req.starting_token)?;
         Ok(Response::new(proto::ListSnapshotsResponse {
             entries: chunk
                 .into_iter()
-                .map(|s| proto::list_snapshots_response::Entry {
-                    snapshot: Some(csi_snapshot(s)),
-                })
+                .map(|s| proto::list_snapshots_response::Entry { snapshot: Some(s) })
                 .collect(),
             next_token,
         }))
@@ -1127,8 +1334,19 @@ mod tests {
 
     #[test]
     fn snapshot_ids_round_trip_and_pages_end() {
-        assert_eq!(parse_snapshot_id(&snapshot_id("v", "s")), Some(("v", "s")));
+        for kind in [SnapshotKind::Snap, SnapshotKind::Bak] {
+            assert_eq!(
+                parse_snapshot_id(&snapshot_id(kind, "v", "s")),
+                Some((kind, "v", "s"))
+            );
+        }
+        assert_eq!(
+            parse_snapshot_id("bak:v/s").map(|s| s.0),
+            Some(SnapshotKind::Bak)
+        );
         assert_eq!(parse_snapshot_id("v/s"), None);
+        assert_eq!(parse_snapshot_id("bak:/s"), None);
+        assert_eq!(parse_snapshot_id("other:v/s"), None);
         let (a, t) = page(vec![1, 2, 3], 2, "").unwrap();
         assert_eq!((a, t.as_str()), (vec![1, 2], "2"));
         let (b, t) = page(vec![1, 2, 3], 2, "2").unwrap();
