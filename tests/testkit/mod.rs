@@ -376,6 +376,7 @@ impl DevCluster {
             .stderr(log)
             .spawn()
             .expect("restarts the manager");
+        let pid_of_new = child.id();
         std::fs::write(dir.join("pid"), child.id().to_string()).expect("pid file");
         // Reaped by nobody: `dev down` stops it by its pid file, as it stops the others.
         std::mem::forget(child);
@@ -386,7 +387,15 @@ impl DevCluster {
             .call()
             .is_err()
         {
-            assert!(Instant::now() < deadline, "manager {n} did not come back");
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let alive = Path::new(&format!("/proc/{}", pid_of_new)).exists();
+                panic!(
+                    "manager {n} did not come back (process alive: {alive}); its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
