@@ -324,6 +324,19 @@ fn concurrent_backups_with_delete_and_gc() {
         .expect("b1");
     t.block_on(store.delete_backup("volb", "old"))
         .expect("delete old");
+    // A collection before the jobs' markers are up may take the old backup's blocks the
+    // jobs were about to reuse (they upload them again then); wait for the markers, or for
+    // a job to have finished (its manifest then names the shared blocks).
+    loop {
+        let marked = t.block_on(store.in_progress()).expect("in progress").len();
+        let running = [(&mut a, &ja), (&mut b, &jb)]
+            .into_iter()
+            .all(|(v, j)| v.ctl.job(j).expect("status").state == proto::JobState::Running as i32);
+        if marked == 2 || !running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let mut deferred = 0;
     let mut deleted = 0;
     loop {

@@ -234,44 +234,6 @@ pub async fn run_backup(
         Err(BackupError::BackupNotFound { .. }) => {}
         Err(e) => return Err(e),
     }
-    // The base: its blocks stand for every chunk not changed since its snapshot.
-    let base = match &p.base_backup {
-        Some(b) => match store.get_manifest(&volume, b).await {
-            Ok(m) if m.block_size == bs => Some(m),
-            Ok(_) => None,
-            Err(BackupError::BackupNotFound { .. }) => None,
-            Err(e) => return Err(e),
-        },
-        None => None,
-    };
-    let base_snapshot = p
-        .base_snapshot
-        .clone()
-        .or_else(|| base.as_ref().map(|m| m.snapshot.clone()));
-    let usable_base = match (&base, &base_snapshot) {
-        (Some(m), Some(bsnap)) => snapshots
-            .iter()
-            .position(|s| &s.name == bsnap)
-            .filter(|&i| i < snap_idx)
-            .map(|_| (m, bsnap.as_str())),
-        _ => None,
-    };
-    let size = engine.size();
-    let nblocks = size.div_ceil(bs);
-    let bits = changed_chunks(engine, bs, usable_base.map(|(_, s)| s), &p.snapshot).await?;
-    let changed = |i: u64| {
-        bits.get((i / 8) as usize)
-            .is_some_and(|b| b & (1 << (i % 8)) != 0)
-    };
-    let from_base: HashMap<u64, &String> = usable_base
-        .map(|(m, _)| m.blocks.iter().map(|(o, h)| (*o, h)).collect())
-        .unwrap_or_default();
-    let todo: Vec<u64> = (0..nblocks).filter(|&i| changed(i)).collect();
-    progress
-        .total_bytes
-        .store(todo.len() as u64 * bs, Ordering::Relaxed);
-    tracing::info!(volume, backup = %p.name, snapshot = %p.snapshot, base = ?usable_base.map(|(m, _)| &m.name), changed = todo.len(), of = nblocks, "backup started");
-
     retrying("mark in progress", || {
         store.mark_in_progress(&volume, &p.name)
     })
@@ -291,6 +253,48 @@ pub async fn run_backup(
     });
     let result = async {
         store.wait_for_gc(Duration::from_secs(600)).await?;
+        // The base is read only now: with the marker up and no collection holding the
+        // lock, no block is collected until the marker comes down, so the base's blocks
+        // stay. Read before, a base deleted and collected meanwhile would leave this
+        // backup naming blocks that are gone.
+        // The base: its blocks stand for every chunk not changed since its snapshot.
+        let base = match &p.base_backup {
+            Some(b) => match store.get_manifest(&volume, b).await {
+                Ok(m) if m.block_size == bs => Some(m),
+                Ok(_) => None,
+                Err(BackupError::BackupNotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let base_snapshot = p
+            .base_snapshot
+            .clone()
+            .or_else(|| base.as_ref().map(|m| m.snapshot.clone()));
+        let usable_base = match (&base, &base_snapshot) {
+            (Some(m), Some(bsnap)) => snapshots
+                .iter()
+                .position(|s| &s.name == bsnap)
+                .filter(|&i| i < snap_idx)
+                .map(|_| (m, bsnap.as_str())),
+            _ => None,
+        };
+        let size = engine.size();
+        let nblocks = size.div_ceil(bs);
+        let bits = changed_chunks(engine, bs, usable_base.map(|(_, s)| s), &p.snapshot).await?;
+        let changed = |i: u64| {
+            bits.get((i / 8) as usize)
+                .is_some_and(|b| b & (1 << (i % 8)) != 0)
+        };
+        let from_base: HashMap<u64, &String> = usable_base
+            .map(|(m, _)| m.blocks.iter().map(|(o, h)| (*o, h)).collect())
+            .unwrap_or_default();
+        let todo: Vec<u64> = (0..nblocks).filter(|&i| changed(i)).collect();
+        progress
+            .total_bytes
+            .store(todo.len() as u64 * bs, Ordering::Relaxed);
+        tracing::info!(volume, backup = %p.name, snapshot = %p.snapshot, base = ?usable_base.map(|(m, _)| &m.name), changed = todo.len(), of = nblocks, "backup started");
+
         let snapshot = p.snapshot.as_str();
         let uploaded: Vec<(u64, Option<String>)> = futures::stream::iter(todo)
             .map(|i| async move {

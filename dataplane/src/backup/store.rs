@@ -583,7 +583,9 @@ impl Store {
         }
     }
 
-    async fn live_markers(&self) -> Result<Vec<String>, BackupError> {
+    /// The backups in progress on this target (their live markers; abandoned ones are
+    /// removed on the way).
+    pub async fn in_progress(&self) -> Result<Vec<String>, BackupError> {
         let prefix = self.path("inprogress");
         let metas: Vec<_> = {
             self.count();
@@ -627,7 +629,7 @@ impl Store {
 
     async fn gc_locked(&self, grace: Duration) -> Result<GcReport, BackupError> {
         let mut report = GcReport {
-            deferred_by: self.live_markers().await?,
+            deferred_by: self.in_progress().await?,
             ..Default::default()
         };
         if !report.deferred_by.is_empty() {
