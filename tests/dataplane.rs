@@ -10,10 +10,17 @@ mod testkit;
 #[path = "testkit/s3.rs"]
 mod s3;
 
+// Shared with the dev-cluster backup tests.
+#[allow(dead_code)]
+#[path = "testkit/nfs.rs"]
+mod nfs;
+
 #[path = "dataplane/backup.rs"]
 mod backup;
 #[path = "dataplane/backup_kit.rs"]
 mod backup_kit;
+#[path = "dataplane/backup_nfs.rs"]
+mod backup_nfs;
 #[path = "dataplane/device_replay.rs"]
 mod device_replay;
 #[path = "dataplane/disk_full.rs"]

@@ -686,9 +686,11 @@ pub struct Backup {
     pub labels: BTreeMap<String, String>,
 }
 
-/// The backup URL of `name` of `volume` on `target`, as Longhorn spells it.
+/// The backup URL of `name` of `volume` on `target`, as Longhorn spells it (a target
+/// with options of its own, `nfs://...?mountport=N`, gets the keys after `&`).
 pub fn backup_url(target: &str, volume: &str, name: &str) -> String {
-    format!("{target}?backup={name}&volume={volume}")
+    let sep = if target.contains('?') { '&' } else { '?' };
+    format!("{target}{sep}backup={name}&volume={volume}")
 }
 
 /// A backup volume on the backup target, as the leader's last sync saw its index.

@@ -97,7 +97,7 @@ fn backup_target(value: &String) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "\"{value}\" is not a backup target (s3://bucket@region/path, nfs://server:/path or file:///path)"
+            "\"{value}\" is not a backup target (s3://bucket@region/path, nfs://server:/export/path or file:///path)"
         ))
     }
 }
@@ -206,7 +206,9 @@ settings! {
     /// replacement is scheduled anyway, when that is sooner than its volume's
     /// staleReplicaTimeout: a volume is not left degraded for days by a dead node.
     replica_replenishment_wait_interval: u64 = 600, "replicaReplenishmentWaitInterval", range(0, 604_800);
-    /// Where backups go: s3://bucket@region/path, nfs://server:/path or file:///path; empty for none.
+    /// Where backups go: s3://bucket@region/path, nfs://server[:port]:/export/path (NFSv3,
+    /// reached from userspace; ports from the server's portmapper, or :port and
+    /// ?mountport=N) or file:///path; empty for none.
     backup_target: String = String::new(), "backupTarget", backup_target;
     /// Name of the Secret holding the backup target's credentials.
     backup_target_credential_secret: String = String::new(), "backupTargetCredentialSecret", any;

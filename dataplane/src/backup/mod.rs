@@ -1,4 +1,4 @@
-//! Backups of snapshots to a target (S3, a directory; NFS not yet) and restores from them.
+//! Backups of snapshots to a target (S3, an NFS export, a directory) and restores from them.
 //! The store's layout and formats are in `BACKUP.md`.
 //!
 //! # API for callers
@@ -15,6 +15,7 @@
 //!   is [`job::run_backup`] / [`job::run_restore`] with a [`job::Progress`].
 
 pub mod job;
+pub mod nfs;
 pub mod store;
 pub mod target;
 
@@ -40,6 +41,10 @@ pub enum BackupError {
     AccessDenied { target: String, reason: String },
     #[error("backup target {target}: the bucket does not exist: {reason}")]
     NoSuchBucket { target: String, reason: String },
+    #[error("backup target {target}: the NFS export does not exist: {reason}")]
+    NoSuchExport { target: String, reason: String },
+    #[error("backup target {target}: permission denied: {reason}")]
+    PermissionDenied { target: String, reason: String },
     #[error("backup target {target}: {op} failed: {reason}")]
     Store {
         target: String,
@@ -72,30 +77,42 @@ pub(crate) fn now_unix_ms() -> u64 {
     crate::layer::now_unix_ms()
 }
 
-/// Splits a backup URL `<target>?backup=NAME&volume=VOL` into (target, volume, name).
+/// Splits a backup URL `<target>?backup=NAME&volume=VOL` into (target, volume, name). A
+/// target's own options (`nfs://...?mountport=N`) stay with the target.
 pub fn parse_backup_url(url: &str) -> Result<(String, String, String), BackupError> {
     let bad = |reason: &str| BackupError::BadTarget {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
-    let (target, query) = url
+    let (base, query) = url
         .split_once('?')
         .ok_or_else(|| bad("a backup URL is TARGET?backup=NAME&volume=VOLUME"))?;
     let (mut name, mut volume) = (None, None);
+    let mut own = Vec::new();
     for kv in query.split('&') {
         match kv.split_once('=') {
             Some(("backup", v)) => name = Some(v.to_owned()),
             Some(("volume", v)) => volume = Some(v.to_owned()),
-            _ => {}
+            _ if kv.is_empty() => {}
+            _ => own.push(kv),
         }
     }
-    BackupTarget::parse(target)?;
+    let target = if own.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", own.join("&"))
+    };
+    BackupTarget::parse(&target)?;
     match (volume, name) {
-        (Some(v), Some(n)) if valid_component(&v) && valid_component(&n) => {
-            Ok((target.to_owned(), v, n))
-        }
+        (Some(v), Some(n)) if valid_component(&v) && valid_component(&n) => Ok((target, v, n)),
         _ => Err(bad("backup= and volume= must both name something")),
     }
+}
+
+/// The URL of backup `name` of `volume` on `target` (Longhorn's form).
+pub fn backup_url(target: &str, volume: &str, name: &str) -> String {
+    let sep = if target.contains('?') { '&' } else { '?' };
+    format!("{target}{sep}backup={name}&volume={volume}")
 }
 
 #[cfg(test)]
@@ -109,6 +126,17 @@ mod tests {
             ("s3://b@us-east-1/p", "vol1", "backup-1")
         );
         assert!(super::parse_backup_url("s3://b@r/p?backup=x").is_err());
+        let nfs = "nfs://127.0.0.1:20490:/backups?mountport=20491";
+        let url = super::backup_url(nfs, "vol1", "backup-1");
+        assert_eq!(
+            url,
+            "nfs://127.0.0.1:20490:/backups?mountport=20491&backup=backup-1&volume=vol1"
+        );
+        let (t, v, n) = super::parse_backup_url(&url).unwrap();
+        assert_eq!(
+            (t.as_str(), v.as_str(), n.as_str()),
+            (nfs, "vol1", "backup-1")
+        );
         assert!(super::parse_backup_url("s3://b@r/p").is_err());
     }
 }

@@ -24,6 +24,9 @@ pub const CODEC_NONE: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
 /// The default block size: 2 MiB.
 pub const DEFAULT_BLOCK_SIZE: u64 = 2 << 20;
+/// TCP connections to an NFS server per opened store (one RPC in flight on each): more than
+/// the default job concurrency, so block transfers never wait for a connection.
+const NFS_CONNECTIONS: usize = 16;
 /// An in-progress marker (or the collector's lock) older than this is abandoned.
 pub const MARKER_EXPIRY: Duration = Duration::from_secs(6 * 3600);
 
@@ -161,73 +164,88 @@ impl Store {
         retry: RetryConfig,
     ) -> Result<Store, BackupError> {
         let url = target.to_string();
-        let (os, prefix): (Arc<dyn ObjectStore>, String) = match target {
-            BackupTarget::File { path } => {
-                std::fs::create_dir_all(path).map_err(|e| BackupError::Unreachable {
-                    target: url.clone(),
-                    reason: format!("cannot create {path}: {e}"),
-                })?;
-                let fs =
-                    object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| {
-                        BackupError::Unreachable {
+        let (os, prefix): (Arc<dyn ObjectStore>, String) =
+            match target {
+                BackupTarget::File { path } => {
+                    std::fs::create_dir_all(path).map_err(|e| BackupError::Unreachable {
+                        target: url.clone(),
+                        reason: format!("cannot create {path}: {e}"),
+                    })?;
+                    let fs = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(
+                        |e| BackupError::Unreachable {
                             target: url.clone(),
+                            reason: chain(&e),
+                        },
+                    )?;
+                    (Arc::new(fs), String::new())
+                }
+                BackupTarget::S3 {
+                    bucket,
+                    region,
+                    prefix,
+                } => {
+                    let mut options = ClientOptions::new()
+                        .with_connect_timeout(Duration::from_secs(5))
+                        .with_timeout(Duration::from_secs(60));
+                    let mut b = object_store::aws::AmazonS3Builder::new()
+                        .with_bucket_name(bucket)
+                        .with_region(region)
+                        .with_virtual_hosted_style_request(credentials.virtual_hosted_style)
+                        .with_retry(retry);
+                    if let Some(endpoint) = &credentials.endpoint {
+                        if endpoint.starts_with("http://") {
+                            options = options.with_allow_http(true);
+                        }
+                        b = b.with_endpoint(endpoint.trim_end_matches('/'));
+                    }
+                    if let Some(pem) = &credentials.cert {
+                        let cert =
+                            object_store::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
+                                BackupError::BadCredentials(format!("AWS_CERT: {}", chain(&e)))
+                            })?;
+                        options = options.with_root_certificate(cert);
+                    }
+                    match (&credentials.access_key_id, &credentials.secret_access_key) {
+                        (Some(k), Some(s)) => {
+                            b = b.with_access_key_id(k).with_secret_access_key(s);
+                        }
+                        (None, None) => b = b.with_skip_signature(true),
+                        _ => {
+                            return Err(BackupError::BadCredentials(
+                                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together".into(),
+                            ));
+                        }
+                    }
+                    let s3 = b.with_client_options(options).build().map_err(|e| {
+                        BackupError::BadTarget {
+                            url: url.clone(),
                             reason: chain(&e),
                         }
                     })?;
-                (Arc::new(fs), String::new())
-            }
-            BackupTarget::S3 {
-                bucket,
-                region,
-                prefix,
-            } => {
-                let mut options = ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(60));
-                let mut b = object_store::aws::AmazonS3Builder::new()
-                    .with_bucket_name(bucket)
-                    .with_region(region)
-                    .with_virtual_hosted_style_request(credentials.virtual_hosted_style)
-                    .with_retry(retry);
-                if let Some(endpoint) = &credentials.endpoint {
-                    if endpoint.starts_with("http://") {
-                        options = options.with_allow_http(true);
-                    }
-                    b = b.with_endpoint(endpoint.trim_end_matches('/'));
+                    (Arc::new(s3), prefix.clone())
                 }
-                if let Some(pem) = &credentials.cert {
-                    let cert =
-                        object_store::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
-                            BackupError::BadCredentials(format!("AWS_CERT: {}", chain(&e)))
-                        })?;
-                    options = options.with_root_certificate(cert);
+                BackupTarget::Nfs {
+                    server,
+                    port,
+                    mount_port,
+                    export,
+                } => {
+                    let quick = retry.max_retries <= 1;
+                    let nfs = super::nfs::NfsStore::new(super::nfs::NfsConfig {
+                        server: server.clone(),
+                        port: *port,
+                        mount_port: *mount_port,
+                        export: export.clone(),
+                        url: url.clone(),
+                        connect_timeout: Duration::from_secs(5),
+                        rpc_timeout: Duration::from_secs(if quick { 10 } else { 60 }),
+                        max_retries: retry.max_retries,
+                        retry_timeout: retry.retry_timeout,
+                        connections: NFS_CONNECTIONS,
+                    });
+                    (Arc::new(nfs), String::new())
                 }
-                match (&credentials.access_key_id, &credentials.secret_access_key) {
-                    (Some(k), Some(s)) => {
-                        b = b.with_access_key_id(k).with_secret_access_key(s);
-                    }
-                    (None, None) => b = b.with_skip_signature(true),
-                    _ => {
-                        return Err(BackupError::BadCredentials(
-                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY go together".into(),
-                        ));
-                    }
-                }
-                let s3 =
-                    b.with_client_options(options)
-                        .build()
-                        .map_err(|e| BackupError::BadTarget {
-                            url: url.clone(),
-                            reason: chain(&e),
-                        })?;
-                (Arc::new(s3), prefix.clone())
-            }
-            BackupTarget::Nfs { .. } => {
-                return Err(BackupError::Unsupported(format!(
-                    "{url}: NFS targets are not implemented yet; mount the export and use file://"
-                )));
-            }
-        };
+            };
         let root = if prefix.is_empty() {
             ROOT.to_owned()
         } else {
@@ -255,7 +273,7 @@ impl Store {
 
     /// The URL of one backup, Longhorn's form.
     pub fn backup_url(&self, volume: &str, name: &str) -> String {
-        format!("{}?backup={name}&volume={volume}", self.url)
+        super::backup_url(&self.url, volume, name)
     }
 
     fn path(&self, rel: &str) -> Path {
@@ -286,6 +304,29 @@ impl Store {
         let reason = chain(&e);
         let lower = reason.to_ascii_lowercase();
         let target = self.url.clone();
+        if let Some(n) = super::nfs::nfs_cause(&e) {
+            use super::nfs::NfsError;
+            // The NFS error names the operation and path itself.
+            let reason = n.to_string();
+            return match n {
+                NfsError::Connect { .. }
+                | NfsError::Resolve { .. }
+                | NfsError::Timeout { .. }
+                | NfsError::Portmap { .. } => BackupError::Unreachable { target, reason },
+                NfsError::NoSuchExport { .. } => BackupError::NoSuchExport { target, reason },
+                NfsError::PermissionDenied { .. } => {
+                    BackupError::PermissionDenied { target, reason }
+                }
+                _ if matches!(e, object_store::Error::PermissionDenied { .. }) => {
+                    BackupError::PermissionDenied { target, reason }
+                }
+                _ => BackupError::Store {
+                    target,
+                    op: what.to_owned(),
+                    reason,
+                },
+            };
+        }
         match e {
             object_store::Error::Unauthenticated { .. }
             | object_store::Error::PermissionDenied { .. } => {

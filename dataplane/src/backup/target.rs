@@ -15,8 +15,18 @@ pub enum BackupTarget {
         region: String,
         prefix: String,
     },
-    /// An NFS export, reached from userspace (no kernel client).
-    Nfs { server: String, export: String },
+    /// An NFS export (NFSv3), reached from userspace (no kernel client). The ports are
+    /// found through the server's portmapper unless given.
+    Nfs {
+        /// Host name or address (an IPv6 address without its brackets).
+        server: String,
+        /// The NFS service's port (`nfs://server:PORT:/export`).
+        port: Option<u16>,
+        /// The MOUNT service's port (`?mountport=PORT`).
+        mount_port: Option<u16>,
+        /// The directory to mount: an export, or a directory below one.
+        export: String,
+    },
     /// A local (or mounted) directory.
     File { path: String },
 }
@@ -65,19 +75,7 @@ impl BackupTarget {
             });
         }
         if let Some(rest) = url_t.strip_prefix("nfs://") {
-            let Some((server, export)) = rest.split_once(":/") else {
-                return Err(malformed(
-                    url,
-                    "an NFS target is nfs://SERVER:/EXPORT/PATH (the ':/' is missing)",
-                ));
-            };
-            if server.is_empty() {
-                return Err(malformed(url, "the NFS server is empty"));
-            }
-            return Ok(BackupTarget::Nfs {
-                server: server.to_owned(),
-                export: format!("/{}", export.trim_end_matches('/')),
-            });
+            return parse_nfs(url, rest);
         }
         if let Some(rest) = url_t.strip_prefix("file://") {
             if !rest.starts_with('/') {
@@ -102,6 +100,105 @@ impl BackupTarget {
     }
 }
 
+/// `SERVER[:PORT]:/EXPORT/PATH` or `SERVER[:PORT]/EXPORT/PATH`, then optionally
+/// `?mountport=PORT` (libnfs's option name; `nfsport=` is the same as `:PORT`).
+fn parse_nfs(url: &str, rest: &str) -> Result<BackupTarget, BackupError> {
+    const FORM: &str =
+        "an NFS target is nfs://SERVER:/EXPORT/PATH (or nfs://SERVER:PORT:/EXPORT/PATH)";
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let port_of = |s: &str, what: &str| -> Result<u16, BackupError> {
+        match s.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(malformed(
+                url,
+                &format!("{what} {s:?} is not a port (1-65535)"),
+            )),
+        }
+    };
+    // The server: a bracketed IPv6 address, or everything up to the first ':' or '/'.
+    let (server, after) = if let Some(v6) = rest.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return Err(malformed(url, "an IPv6 server is written [ADDRESS]"));
+        };
+        (addr, after)
+    } else {
+        let end = rest.find([':', '/']).unwrap_or(rest.len());
+        rest.split_at(end)
+    };
+    if server.is_empty() {
+        return Err(malformed(url, &format!("the NFS server is empty; {FORM}")));
+    }
+    if server.contains(['@', ' ']) {
+        return Err(malformed(
+            url,
+            &format!("{server:?} is not a host name; {FORM}"),
+        ));
+    }
+    let mut port = None;
+    let path = if let Some(p) = after.strip_prefix(":/") {
+        p
+    } else if let Some(p) = after.strip_prefix('/') {
+        p
+    } else if let Some(p) = after.strip_prefix(':') {
+        let Some((digits, path)) = p.split_once('/') else {
+            return Err(malformed(
+                url,
+                &format!("the export path is missing; {FORM}"),
+            ));
+        };
+        let digits = digits.strip_suffix(':').unwrap_or(digits);
+        port = Some(port_of(digits, "the NFS port")?);
+        path
+    } else {
+        return Err(malformed(
+            url,
+            &format!("the export path is missing; {FORM}"),
+        ));
+    };
+    let export = path.trim_matches('/');
+    if export.is_empty() {
+        return Err(malformed(
+            url,
+            &format!("the export path is missing; {FORM}"),
+        ));
+    }
+    if export
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(malformed(
+            url,
+            "the export path has an empty, '.' or '..' component",
+        ));
+    }
+    let mut mount_port = None;
+    for kv in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|kv| !kv.is_empty())
+    {
+        match kv.split_once('=') {
+            Some(("mountport", v)) => mount_port = Some(port_of(v, "mountport")?),
+            Some(("nfsport", v)) => port = Some(port_of(v, "nfsport")?),
+            _ => {
+                return Err(malformed(
+                    url,
+                    &format!("unknown NFS option {kv:?} (known: mountport=PORT, nfsport=PORT)"),
+                ));
+            }
+        }
+    }
+    Ok(BackupTarget::Nfs {
+        server: server.to_owned(),
+        port,
+        mount_port,
+        export: format!("/{export}"),
+    })
+}
+
 impl fmt::Display for BackupTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -110,7 +207,26 @@ impl fmt::Display for BackupTarget {
                 region,
                 prefix,
             } => write!(f, "s3://{bucket}@{region}/{prefix}"),
-            BackupTarget::Nfs { server, export } => write!(f, "nfs://{server}:{export}"),
+            BackupTarget::Nfs {
+                server,
+                port,
+                mount_port,
+                export,
+            } => {
+                if server.contains(':') {
+                    write!(f, "nfs://[{server}]")?;
+                } else {
+                    write!(f, "nfs://{server}")?;
+                }
+                if let Some(p) = port {
+                    write!(f, ":{p}")?;
+                }
+                write!(f, ":{export}")?;
+                if let Some(m) = mount_port {
+                    write!(f, "?mountport={m}")?;
+                }
+                Ok(())
+            }
             BackupTarget::File { path } => write!(f, "file://{path}"),
         }
     }
@@ -239,13 +355,44 @@ mod tests {
                 prefix: "backupstore".into()
             }
         );
-        assert_eq!(
-            BackupTarget::parse("nfs://10.0.0.1:/exports/bk/").unwrap(),
-            BackupTarget::Nfs {
-                server: "10.0.0.1".into(),
-                export: "/exports/bk".into()
-            }
-        );
+        let nfs = |server: &str, port, mount_port, export: &str| BackupTarget::Nfs {
+            server: server.into(),
+            port,
+            mount_port,
+            export: export.into(),
+        };
+        for (url, want, shown) in [
+            (
+                "nfs://10.0.0.1:/exports/bk/",
+                nfs("10.0.0.1", None, None, "/exports/bk"),
+                "nfs://10.0.0.1:/exports/bk",
+            ),
+            (
+                "nfs://nas.local/exports/bk",
+                nfs("nas.local", None, None, "/exports/bk"),
+                "nfs://nas.local:/exports/bk",
+            ),
+            (
+                "nfs://127.0.0.1:20490:/backups?mountport=20491",
+                nfs("127.0.0.1", Some(20490), Some(20491), "/backups"),
+                "nfs://127.0.0.1:20490:/backups?mountport=20491",
+            ),
+            (
+                "nfs://h:2049/e",
+                nfs("h", Some(2049), None, "/e"),
+                "nfs://h:2049:/e",
+            ),
+            (
+                "nfs://[::1]:/e?nfsport=2049&mountport=20048",
+                nfs("::1", Some(2049), Some(20048), "/e"),
+                "nfs://[::1]:2049:/e?mountport=20048",
+            ),
+        ] {
+            let t = BackupTarget::parse(url).unwrap();
+            assert_eq!(t, want, "{url}");
+            assert_eq!(t.to_string(), shown, "{url}");
+            assert_eq!(BackupTarget::parse(shown).unwrap(), want, "{shown}");
+        }
         assert_eq!(
             BackupTarget::parse("file:///mnt/backups").unwrap(),
             BackupTarget::File {
@@ -256,7 +403,14 @@ mod tests {
             "s3://bucket/prefix",
             "s3://@r/p",
             "s3://Bad_Bucket@r",
-            "nfs://server/export",
+            "nfs://:/export",
+            "nfs://server",
+            "nfs://server:/",
+            "nfs://server:x:/export",
+            "nfs://server:0:/export",
+            "nfs://server:/export?mountport=big",
+            "nfs://server:/export?vers=4",
+            "nfs://server:/a/../b",
             "file://relative",
             "ftp://x",
             "",
