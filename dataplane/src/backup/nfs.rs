@@ -104,6 +104,12 @@ pub enum NfsError {
         path: String,
         source: RpcError,
     },
+    #[error(
+        "{path}: the server's write verifier changed (it restarted before the data was committed)"
+    )]
+    VerifierChanged { path: String },
+    #[error("{op}: the connection to {addr} broke earlier in this operation")]
+    Broken { op: &'static str, addr: String },
     #[error("{0}")]
     Protocol(String),
 }
@@ -135,7 +141,7 @@ impl NfsError {
     /// Worth another try: the server went away, is restarting, or dropped a handle.
     fn transient(&self) -> bool {
         match self {
-            NfsError::Connect { .. } | NfsError::Timeout { .. } => true,
+            NfsError::Connect { .. } | NfsError::Timeout { .. } | NfsError::Broken { .. } => true,
             NfsError::Rpc { source, .. } => !source.is_connection_reusable(),
             NfsError::Status { status, .. } => matches!(
                 status,
@@ -145,7 +151,7 @@ impl NfsError {
                     | nfsstat3::NFS3ERR_SERVERFAULT
                     | nfsstat3::NFS3ERR_IO
             ),
-            NfsError::Protocol(m) => m.contains("verifier"),
+            NfsError::VerifierChanged { .. } => true,
             _ => false,
         }
     }
@@ -310,8 +316,8 @@ fn hostname() -> String {
     }
 }
 
-/// Connects to `addr`; as root from a reserved port (below 1024), as servers that export
-/// with `secure` (the Linux default) demand.
+/// Connects to `addr`; as root from a reserved port (665-1023, the Linux client's range),
+/// as servers that export with `secure` (the Linux default) demand.
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStream>, NfsError> {
     let err = |source: std::io::Error| NfsError::Connect {
         addr: addr.to_string(),
@@ -324,7 +330,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStrea
             static NEXT: AtomicU64 = AtomicU64::new(0);
             let start = u64::from(std::process::id()) * 7 + crate::backup::now_unix_ms();
             for _ in 0..64 {
-                let port = 600 + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % 424) as u16;
+                let port = 665 + ((start + NEXT.fetch_add(1, Ordering::Relaxed)) % 359) as u16;
                 let socket = if addr.is_ipv4() {
                     TcpSocket::new_v4()
                 } else {
@@ -367,40 +373,50 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TokioIo<TcpStrea
     Ok(TokioIo::new(stream))
 }
 
-/// Runs one RPC under the deadline; a connection whose RPC failed midway is not reused.
+/// Runs one RPC under the deadline. A connection whose RPC did not end cleanly (timed out,
+/// broke, or answered out of turn) is marked broken: never used again, never pooled.
 macro_rules! rpc {
     ($conn:expr, $op:literal, $path:expr, $method:ident, $args:expr) => {{
         let conn: &mut Conn = $conn;
-        conn.busy = true;
         let timeout = conn.session.rpc_timeout;
         let addr = conn.session.addr;
-        match tokio::time::timeout(timeout, conn.client().$method($args)).await {
-            Ok(Ok(r)) => {
-                conn.busy = false;
-                Ok(r)
-            }
-            Ok(Err(e)) => {
-                conn.busy = !e.is_connection_reusable();
-                Err(NfsError::Rpc {
-                    op: $op,
-                    path: $path.to_string(),
-                    source: e,
-                })
-            }
-            Err(_) => Err(NfsError::Timeout {
-                op: $op.to_string(),
+        if conn.broken {
+            Err(NfsError::Broken {
+                op: $op,
                 addr: addr.to_string(),
-                secs: timeout.as_secs(),
-            }),
+            })
+        } else {
+            conn.broken = true;
+            match tokio::time::timeout(timeout, conn.client().$method($args)).await {
+                Ok(Ok(r)) => {
+                    conn.broken = false;
+                    Ok(r)
+                }
+                Ok(Err(e)) => {
+                    conn.broken = !e.is_connection_reusable()
+                        || matches!(e, RpcError::UnexpectedXid | RpcError::NotFullyParsed { .. });
+                    Err(NfsError::Rpc {
+                        op: $op,
+                        path: $path.to_string(),
+                        source: e,
+                    })
+                }
+                Err(_) => Err(NfsError::Timeout {
+                    op: $op.to_string(),
+                    addr: addr.to_string(),
+                    secs: timeout.as_secs(),
+                }),
+            }
         }
     }};
 }
 
-/// One pooled connection, given back on drop unless an RPC on it did not finish cleanly.
+/// One pooled connection, given back on drop unless it broke (an RPC on it did not end
+/// cleanly, or its future was dropped mid-call).
 struct Conn {
     session: Arc<Session>,
     client: Option<Client>,
-    busy: bool,
+    broken: bool,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -414,7 +430,7 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        if !self.busy
+        if !self.broken
             && let Some(c) = self.client.take()
             && let Ok(mut idle) = self.session.idle.lock()
         {
@@ -480,7 +496,7 @@ impl Session {
         Ok(Conn {
             session: self.clone(),
             client: Some(client),
-            busy: false,
+            broken: false,
             _permit: permit,
         })
     }
@@ -652,9 +668,9 @@ impl Session {
             match verf {
                 None => verf = Some(ok.verf.0),
                 Some(v) if v != ok.verf.0 => {
-                    return Err(NfsError::Protocol(format!(
-                        "WRITE {path}: the write verifier changed (the server restarted); writing again"
-                    )));
+                    return Err(NfsError::VerifierChanged {
+                        path: path.to_owned(),
+                    });
                 }
                 Some(_) => {}
             }
@@ -668,9 +684,9 @@ impl Session {
             };
             let ok = check(rpc!(c, "COMMIT", path, commit, &args)?, "COMMIT", path)?;
             if verf.is_some_and(|v| v != ok.verf.0) {
-                return Err(NfsError::Protocol(format!(
-                    "COMMIT {path}: the write verifier changed (the server restarted); writing again"
-                )));
+                return Err(NfsError::VerifierChanged {
+                    path: path.to_owned(),
+                });
             }
         }
         Ok(())
@@ -1136,7 +1152,15 @@ impl Inner {
                 }
                 .await;
                 if let Err(e) = placed {
-                    let _ = s.remove(&mut c, &dir, &tmp, path).await;
+                    // Best effort, on a connection that still works.
+                    if c.broken {
+                        drop(c);
+                        if let Ok(mut fresh) = s.conn().await {
+                            let _ = s.remove(&mut fresh, &dir, &tmp, path).await;
+                        }
+                    } else {
+                        let _ = s.remove(&mut c, &dir, &tmp, path).await;
+                    }
                     return Err(e);
                 }
                 let a = s.getattr(&mut c, &fh, path).await?;
