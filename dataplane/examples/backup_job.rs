@@ -2,6 +2,8 @@
 //!   backup_job SOCKET snapshot NAME
 //!   backup_job SOCKET backup NAME SNAPSHOT BASE|- TARGET CREDFILE CONCURRENCY
 //!   backup_job SOCKET restore VOLUME NAME TARGET CREDFILE CONCURRENCY
+//!   backup_job - verify VOLUME NAME TARGET CREDFILE CONCURRENCY   (no engine: reads and
+//!     checks every block in this process, to tell the target's speed from the engine's)
 //! Waits for the job and prints `seconds=… done_bytes=… uploaded_bytes=… blocks=…
 //! requests=…`; exits 1 with the error when the job fails.
 
@@ -9,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use shorthorn_dataplane::address::Address;
-use shorthorn_dataplane::backup::Credentials;
+use shorthorn_dataplane::backup::{Credentials, Store};
 use shorthorn_dataplane::{control, proto};
 
 fn creds(path: &str) -> Result<HashMap<String, String>, Box<dyn std::error::Error>> {
@@ -25,6 +27,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .cloned()
             .ok_or("missing argument; see the source")
     };
+    if arg(1)? == "verify" {
+        let store = Store::open_url(
+            &arg(4)?,
+            &Credentials::parse_lines(&std::fs::read_to_string(arg(5)?)?)?,
+        )?;
+        let started = Instant::now();
+        let bad = store.verify(&arg(2)?, &arg(3)?, arg(6)?.parse()?).await?;
+        println!(
+            "seconds={:.2} bad_blocks={} requests={}",
+            started.elapsed().as_secs_f64(),
+            bad.len(),
+            store
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
+        return Ok(());
+    }
     let mut c = control::connect(&Address::Unix(arg(0)?.into())).await?;
     let started = Instant::now();
     let job = match arg(1)?.as_str() {

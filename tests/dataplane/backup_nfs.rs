@@ -67,10 +67,10 @@ fn backup_restore_nfs_ganesha() {
                 .arg(&out),
         );
         let raw = std::fs::read(&out).expect("copied block");
-        let plain = decode_block(&raw, &hash).expect("the block nfs-cp read decodes");
+        let plain = decode_block(raw.into(), &hash).expect("the block nfs-cp read decodes");
         let at = offset as usize;
         assert_eq!(
-            plain.as_slice(),
+            &plain[..],
             &image[at..at + plain.len()],
             "block at {offset}"
         );

@@ -451,13 +451,13 @@ impl Store {
 
     /// Reads block `hash`, decompresses it and checks its blake3. `Ok(Err(reason))` when the
     /// block is missing or does not match its name.
-    pub async fn get_block(&self, hash: &str) -> Result<Result<Vec<u8>, String>, BackupError> {
+    pub async fn get_block(&self, hash: &str) -> Result<Result<Bytes, String>, BackupError> {
         let Some(raw) = self.get(&self.block_path(hash)).await? else {
             return Ok(Err("the block is missing from the target".into()));
         };
         Ok(tokio::task::spawn_blocking({
             let hash = hash.to_owned();
-            move || decode_block(&raw, &hash)
+            move || decode_block(raw, &hash)
         })
         .await
         .unwrap_or_else(|e| Err(format!("decoding task failed: {e}"))))
@@ -780,8 +780,9 @@ pub fn encode_block(plain: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Undoes [`encode_block`] and checks the content against `hash`.
-pub fn decode_block(raw: &[u8], hash: &str) -> Result<Vec<u8>, String> {
+/// Undoes [`encode_block`] and checks the content against `hash`. A plain block's content
+/// is a slice of `raw` (no copy).
+pub fn decode_block(raw: Bytes, hash: &str) -> Result<Bytes, String> {
     if raw.len() < BLOCK_HEADER || &raw[..4] != BLOCK_MAGIC {
         return Err("not a block (bad header)".into());
     }
@@ -791,9 +792,11 @@ pub fn decode_block(raw: &[u8], hash: &str) -> Result<Vec<u8>, String> {
     let plain_len = u32::from_be_bytes([raw[8], raw[9], raw[10], raw[11]]) as usize;
     let body = &raw[BLOCK_HEADER..];
     let plain = match raw[5] {
-        CODEC_NONE => body.to_vec(),
-        CODEC_ZSTD => zstd::bulk::decompress(body, plain_len)
-            .map_err(|e| format!("zstd decompression failed: {e}"))?,
+        CODEC_NONE => raw.slice(BLOCK_HEADER..),
+        CODEC_ZSTD => Bytes::from(
+            zstd::bulk::decompress(body, plain_len)
+                .map_err(|e| format!("zstd decompression failed: {e}"))?,
+        ),
         c => return Err(format!("unknown codec {c}")),
     };
     if plain.len() != plain_len {
@@ -820,22 +823,19 @@ mod tests {
         let enc = encode_block(&compressible);
         assert_eq!(enc[5], CODEC_ZSTD);
         assert!(enc.len() < 10_000);
-        assert_eq!(decode_block(&enc, &h).unwrap(), compressible);
+        let enc = Bytes::from(enc);
+        assert_eq!(decode_block(enc.clone(), &h).unwrap(), compressible);
         let random: Vec<u8> = (0..65536u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
         let hr = blake3::hash(&random).to_hex().to_string();
         let enc_r = encode_block(&random);
-        assert_eq!(decode_block(&enc_r, &hr).unwrap(), random);
-        let mut bad = enc.clone();
+        assert_eq!(decode_block(Bytes::from(enc_r), &hr).unwrap(), random);
+        let mut bad = enc.to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert!(decode_block(&bad, &h).is_err());
-        assert!(
-            decode_block(&enc, &hr)
-                .unwrap_err()
-                .contains("not its name")
-        );
+        assert!(decode_block(Bytes::from(bad), &h).is_err());
+        assert!(decode_block(enc, &hr).unwrap_err().contains("not its name"));
     }
 
     #[tokio::test]
