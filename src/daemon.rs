@@ -36,6 +36,25 @@ pub struct ServiceArgs {
     /// VIRTUAL_HOSTED_STYLE); without it they come from this process's environment.
     #[arg(long)]
     pub credentials: Option<PathBuf>,
+    /// Mirror the log into the shorthorn.io objects of a Kubernetes API server reached with
+    /// this kubeconfig (only the Raft leader writes).
+    #[arg(long, env = "SHORTHORN_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Mirror into the API server of the cluster this manager runs in (its service
+    /// account), instead of --kubeconfig.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub in_cluster: bool,
+    /// The namespace of the mirrored objects.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "shorthorn-system")]
+    pub namespace: String,
+    /// A YAML file of `key: value` settings (the chart's `defaultSettings`, Longhorn's
+    /// spellings) applied once the log has a leader, to every setting still at its built-in
+    /// default: a value changed since with `setting set` or `kubectl` is kept.
+    #[arg(long)]
+    pub default_settings: Option<PathBuf>,
+    /// Most writes per second the mirror makes to the API server.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub kube_writes_per_second: u32,
 }
 
 /// Starts the REST API and the node agent as asked; returns their tasks.
@@ -76,6 +95,29 @@ pub async fn start(
             }
         }));
     }
+    if let Some(path) = &args.default_settings {
+        let wanted = read_default_settings(path)?;
+        let handle = handle.clone();
+        let proposer = format!("manager/{name}/default-settings");
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = apply_default_settings(&handle, &wanted, &proposer).await {
+                tracing::error!("default settings not applied: {err:#}");
+            }
+        }));
+    }
+    if args.kubeconfig.is_some() || args.in_cluster {
+        let client = kube_client(args).await?;
+        let config = shorthorn_k8s_bridge::mirror::MirrorConfig {
+            namespace: args.namespace.clone(),
+            node: name.clone(),
+            writes_per_second: args.kube_writes_per_second,
+        };
+        tasks.push(tokio::spawn(shorthorn_k8s_bridge::mirror::run(
+            handle.clone(),
+            client,
+            config,
+        )));
+    }
     if args.agent || args.disk.is_some() {
         let disk = match &args.disk {
             Some(disk) => Some(std::path::absolute(disk).context("resolving the disk path")?),
@@ -107,6 +149,94 @@ pub async fn start(
         }));
     }
     Ok(tasks)
+}
+
+/// The `key: value` pairs of a default-settings file, each checked (unknown keys and bad
+/// values stop the manager with the key named: a typo in values.yaml should not go unseen).
+fn read_default_settings(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the default settings {}", path.display()))?;
+    let map: std::collections::BTreeMap<String, serde_yaml_ng::Value> = if text.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("{} is not a YAML map of settings", path.display()))?
+    };
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let value = match value {
+            serde_yaml_ng::Value::Null => continue,
+            serde_yaml_ng::Value::String(s) => s,
+            serde_yaml_ng::Value::Bool(b) => b.to_string(),
+            serde_yaml_ng::Value::Number(n) => n.to_string(),
+            other => anyhow::bail!(
+                "{}: setting {key} has a value that is not a string, number or boolean: {other:?}",
+                path.display()
+            ),
+        };
+        let (canonical, value) = shorthorn_state::Settings::validate(&key, &value)
+            .map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.message))?;
+        out.push((canonical.to_string(), value));
+    }
+    Ok(out)
+}
+
+/// Proposes every wanted setting whose current value is still the built-in default.
+async fn apply_default_settings(
+    handle: &Handle,
+    wanted: &[(String, String)],
+    proposer: &str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let settings = loop {
+        match handle.read(|state| state.settings.clone()).await {
+            Ok(settings) => break settings,
+            Err(err) if std::time::Instant::now() > deadline => {
+                return Err(err).context("reading the settings");
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+        }
+    };
+    let defaults = shorthorn_state::Settings::default();
+    let mut applied = 0;
+    for (key, value) in wanted {
+        let current = settings.get(key);
+        if current.as_deref() == Some(value.as_str()) || current != defaults.get(key) {
+            continue;
+        }
+        let request = shorthorn_state::Request::SetSetting {
+            key: key.clone(),
+            value: value.clone(),
+        };
+        let at = shorthorn_state::Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        );
+        handle
+            .propose(shorthorn_state::Command::new(at, proposer, request))
+            .await
+            .with_context(|| format!("setting {key} to {value:?}"))?;
+        applied += 1;
+    }
+    tracing::info!(applied, of = wanted.len(), "default settings applied");
+    Ok(())
+}
+
+/// A client of the API server the manager mirrors into.
+async fn kube_client(args: &ServiceArgs) -> anyhow::Result<kube::Client> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::incluster().context("reading the in-cluster service account")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 /// The cluster's `defaultDataPath` setting, waiting (up to two minutes) for the log to

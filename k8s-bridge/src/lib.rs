@@ -1,1 +1,7 @@
-//! The Kubernetes adapter: CRD types, the log -> CRD mirror, CRD spec edits -> commands (not built yet).
+//! The Kubernetes adapter: the `shorthorn.io` CRD types, the mirror of the log into those
+//! objects (run by the Raft leader's manager), and spec edits turned into commands.
+
+pub mod crd;
+pub mod edits;
+pub mod mirror;
+pub mod project;

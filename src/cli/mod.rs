@@ -2,6 +2,7 @@
 //! None of the subcommands panics on bad input: each fails with a message and a non-zero exit.
 
 mod backup;
+mod check;
 mod client;
 mod csi;
 mod dev;
@@ -62,6 +63,11 @@ pub enum Command {
     Watch(watch::WatchArgs),
     /// Run the CSI driver (controller and node services) on a unix socket.
     Csi(csi::CsiArgs),
+    /// Print the shorthorn.io CustomResourceDefinitions as YAML (the chart's crds/).
+    Crds,
+    /// Check this node before installing: block frontends, mount propagation, SEEK_DATA on
+    /// the data path, filesystem tools, root.
+    Check(check::CheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -149,5 +155,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(args) => backup::backup(args.command, &args.target),
         Command::Watch(args) => watch::watch(args),
         Command::Csi(args) => csi::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Crds => {
+            print!("{}", shorthorn_k8s_bridge::crd::crds_yaml());
+            Ok(())
+        }
     }
 }
