@@ -45,6 +45,8 @@ mod replica_restart;
 mod replica_timeout;
 #[path = "dataplane/scrub.rs"]
 mod scrub;
+#[path = "dataplane/snapshot_copy.rs"]
+mod snapshot_copy;
 #[path = "dataplane/snapshot_crash.rs"]
 mod snapshot_crash;
 #[path = "dataplane/snapshot_revert.rs"]

@@ -1,7 +1,7 @@
 //! The engine's gRPC control endpoint (`proto/control.proto`): replica list with modes and
 //! rebuild progress, add and remove replica, snapshot create / list / delete / revert,
-//! expand, and I/O stats. It only translates between protobuf and the engine; every
-//! decision is the engine's. Also the client side, over TCP or a unix socket.
+//! expand, I/O stats, and backup, restore and copy jobs. It only translates between
+//! protobuf and the engine; every decision is the engine's. Also the client side, over TCP or a unix socket.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -277,6 +277,30 @@ impl EngineControl for ControlService {
                 r.backup_name,
                 concurrency(r.concurrency),
             )
+            .map_err(backup_status)?;
+        Ok(Response::new(proto::JobName { name }))
+    }
+
+    async fn start_copy(
+        &self,
+        r: Request<proto::StartCopyRequest>,
+    ) -> Result<Response<proto::JobName>, Status> {
+        let r = r.into_inner();
+        let replicas = r
+            .source_replicas
+            .iter()
+            .map(|a| address(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let params = crate::copy::CopyParams {
+            source_volume: r.source_volume,
+            snapshot: r.snapshot,
+            replicas,
+            size: r.size_bytes,
+            concurrency: concurrency(r.concurrency),
+        };
+        let name = self
+            .jobs
+            .start_copy(self.engine.clone(), params)
             .map_err(backup_status)?;
         Ok(Response::new(proto::JobName { name }))
     }

@@ -1,6 +1,7 @@
 //! The block data path of one volume: the replica store and its server, the per-volume
 //! engine that fans writes out to replicas, the engine <-> replica wire protocol, the NBD
-//! frontend, snapshots, rebuild and the engine's gRPC control endpoint.
+//! frontend, snapshots, rebuild, copies of another volume's snapshot and the engine's gRPC
+//! control endpoint.
 //!
 //! The on-disk format is described in `FORMAT.md`, the wire protocol in `PROTOCOL.md`.
 //! This crate knows nothing of Raft or Kubernetes: the engine is handed its replica set and
@@ -9,6 +10,7 @@
 pub mod address;
 pub mod backup;
 pub mod control;
+pub mod copy;
 pub mod device;
 pub mod engine;
 pub mod layer;

@@ -108,12 +108,18 @@ impl Status {
     }
 }
 
+/// Hello flag: the connection only reads snapshots (`PROTOCOL.md`, read-only connections).
+pub const HELLO_READ_ONLY: u16 = 1;
+
 /// What the engine says first on every connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub epoch: Epoch,
     pub volume: String,
     pub token: String,
+    /// A read-only connection: it reads snapshot layers only, is neither fenced nor
+    /// recorded by epoch, and every other request on it is refused.
+    pub read_only: bool,
 }
 
 /// What the replica answers to a hello.
@@ -172,7 +178,8 @@ impl Hello {
         b.extend_from_slice(&VERSION.to_be_bytes());
         b.extend_from_slice(&(self.volume.len() as u16).to_be_bytes());
         b.extend_from_slice(&(self.token.len() as u16).to_be_bytes());
-        b.extend_from_slice(&0u16.to_be_bytes());
+        let flags = if self.read_only { HELLO_READ_ONLY } else { 0 };
+        b.extend_from_slice(&flags.to_be_bytes());
         b.extend_from_slice(&self.epoch.0.to_be_bytes());
         b.extend_from_slice(self.volume.as_bytes());
         b.extend_from_slice(self.token.as_bytes());
@@ -191,6 +198,7 @@ impl Hello {
         }
         let volume_len = be16(&h[10..12]);
         let token_len = be16(&h[12..14]);
+        let flags = be16(&h[14..16]);
         let epoch = Epoch(be64(&h[16..24]));
         let volume = read_text(r, volume_len).await?;
         let token = read_text(r, token_len).await?;
@@ -198,6 +206,7 @@ impl Hello {
             epoch,
             volume,
             token,
+            read_only: flags & HELLO_READ_ONLY != 0,
         })
     }
 }
@@ -391,13 +400,16 @@ mod tests {
 
     #[tokio::test]
     async fn hello_round_trips() {
-        let h = Hello {
-            epoch: Epoch(3),
-            volume: "db".into(),
-            token: "t".into(),
-        };
-        let bytes = h.encode();
-        assert_eq!(Hello::decode(&mut bytes.as_slice()).await.unwrap(), h);
+        for read_only in [false, true] {
+            let h = Hello {
+                epoch: Epoch(3),
+                volume: "db".into(),
+                token: "t".into(),
+                read_only,
+            };
+            let bytes = h.encode();
+            assert_eq!(Hello::decode(&mut bytes.as_slice()).await.unwrap(), h);
+        }
         let w = Welcome {
             status: Status::StaleEpoch,
             newest_epoch: Epoch(4),

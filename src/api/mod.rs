@@ -33,7 +33,8 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use shorthorn_consensus::Handle;
 use shorthorn_state::{
-    Command, DataLocality, Event, Replica, Request, Settings, Timestamp, Volume, VolumeSpec,
+    Command, DataLocality, DataSource, Event, Replica, Request, Settings, Timestamp, Volume,
+    VolumeSpec,
 };
 
 pub use error::ApiError;
@@ -257,7 +258,8 @@ impl SizeField {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateVolumeBody {
     name: String,
-    /// Required unless restoring; a restore defaults to the backup's size.
+    /// Required unless restoring or copying; a restore defaults to the backup's size, a copy
+    /// to its snapshot's (a clone: its source's).
     #[serde(default)]
     size: Option<SizeField>,
     #[serde(default)]
@@ -275,6 +277,10 @@ struct CreateVolumeBody {
     /// Restore the new volume from this backup URL (`<target>?backup=NAME&volume=VOL`).
     #[serde(default)]
     from_backup: Option<String>,
+    /// Copy the new volume from a snapshot of another volume (`{"volume", "snapshot"}`),
+    /// or clone a volume (`{"volume"}`: a snapshot of it is taken first).
+    #[serde(default)]
+    data_source: Option<DataSource>,
 }
 
 async fn list_volumes(State(api): State<Api>) -> Result<Json<Vec<Volume>>, ApiError> {
@@ -299,10 +305,11 @@ async fn create_volume(
     State(api): State<Api>,
     Body(body): Body<CreateVolumeBody>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
-    let size = match (&body.size, &body.from_backup) {
-        (Some(size), None) => size.bytes()?,
-        (None, None) => return Err(ApiError::BadRequest("a volume needs a size".into())),
-        (size, Some(url)) => {
+    let size = match (&body.size, &body.from_backup, &body.data_source) {
+        (Some(size), None, _) => size.bytes()?,
+        (None, None, None) => return Err(ApiError::BadRequest("a volume needs a size".into())),
+        (None, None, Some(source)) => api.copy_size(source.clone()).await?,
+        (size, Some(url), _) => {
             let asked = size.as_ref().map(SizeField::bytes).transpose()?;
             api.restore_size(url, asked).await?
         }
@@ -317,10 +324,34 @@ async fn create_volume(
         stale_replica_timeout: body.stale_replica_timeout,
         standby: body.standby,
         from_backup: body.from_backup,
+        data_source: body.data_source,
     };
     api.propose(Request::CreateVolume(spec)).await?;
     let Json(volume) = get_volume(State(api), Path(body.name)).await?;
     Ok((StatusCode::CREATED, Json(volume)))
+}
+
+impl Api {
+    /// The size of a volume copied from `source` when none is asked: the snapshot's (the
+    /// source's size when it was taken), or for a clone the source's now.
+    async fn copy_size(&self, source: DataSource) -> Result<u64, ApiError> {
+        self.read(move |s| {
+            let volume = s
+                .volumes
+                .get(&source.volume)
+                .ok_or_else(|| format!("volume \"{}\" not found", source.volume))?;
+            match &source.snapshot {
+                None => Ok(volume.size),
+                Some(name) => volume
+                    .snapshots
+                    .get(name)
+                    .map(|s| s.size)
+                    .ok_or_else(|| format!("snapshot \"{}/{name}\" not found", source.volume)),
+            }
+        })
+        .await?
+        .map_err(ApiError::NotFound)
+    }
 }
 
 async fn delete_volume(

@@ -5,7 +5,7 @@ use crate::State;
 
 /// Version of the encoded state. Bump it when a change to the state types changes the
 /// archive layout, and teach [`State::decode`] to read the old one.
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 const MAGIC: &[u8; 4] = b"SHST";
 const HEADER: usize = 8;
 
@@ -79,10 +79,10 @@ mod tests {
             Err(DecodeError::BadMagic)
         ));
         let mut bytes = State::default().encode();
-        bytes[4] = 9;
+        bytes[4] = 99;
         assert!(matches!(
             State::decode(&bytes),
-            Err(DecodeError::UnknownVersion { found: 9 })
+            Err(DecodeError::UnknownVersion { found: 99 })
         ));
         let mut bytes = State::default().encode();
         bytes.truncate(bytes.len() - 3);

@@ -355,4 +355,20 @@ pub struct VolumeSpec {
     /// the API checks that the backup exists and fits.
     #[serde(default)]
     pub from_backup: Option<String>,
+    /// Copy the new volume's data from another volume's snapshot, or clone the volume (a
+    /// new snapshot of it is taken first); the size must hold the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<DataSource>,
+}
+
+/// Where a new volume's data is copied from (Longhorn's `dataSource`, Kubernetes'
+/// `VolumeContentSource`): a snapshot of `volume`, or with no `snapshot` a clone of
+/// `volume` as it is now (the log takes a snapshot of it for the copy, named
+/// `clone-<new volume>`, and keeps it on the source afterwards).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSource {
+    pub volume: String,
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }

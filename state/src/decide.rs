@@ -12,7 +12,7 @@ use crate::{
     Replica, ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec,
     VolumeState, evolve,
 };
-use crate::{auto_attach, backups, restore, salvage, snapshots};
+use crate::{auto_attach, backups, copy, restore, salvage, snapshots};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
@@ -573,9 +573,23 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
     if state.volumes.contains_key(&spec.name) {
         return Err(Rejection::already_exists("volume", &spec.name));
     }
-    if let Some(url) = &spec.from_backup {
-        restore::check_url(url)?;
-    }
+    let (restore, mut source_events) = match (&spec.from_backup, &spec.data_source) {
+        (Some(_), Some(_)) => {
+            return Err(Rejection::invalid(format!(
+                "volume \"{}\" is restored from a backup or copied from a snapshot, not both",
+                spec.name
+            )));
+        }
+        (Some(url), None) => {
+            restore::check_url(url)?;
+            (Some(restore::new(url)), vec![])
+        }
+        (None, Some(source)) => {
+            let (restore, events) = copy::start(state, &spec.name, spec.size, source, at)?;
+            (Some(restore), events)
+        }
+        (None, None) => (None, vec![]),
+    };
     let stale_minutes = spec
         .stale_replica_timeout
         .unwrap_or(state.settings.stale_replica_timeout);
@@ -599,7 +613,7 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         condition: None,
         created_at: at,
         revert_to: None,
-        restore: spec.from_backup.as_deref().map(restore::new),
+        restore,
     };
     let mut events = vec![Event::VolumeCreated {
         volume: volume.clone(),
@@ -615,8 +629,8 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         at,
         &mut events,
     );
-    // A volume restored from a backup goes from creating straight to attaching, for the
-    // engine that restores it.
+    // A volume restored from a backup (or copied from a snapshot) goes from creating
+    // straight to attaching, for the engine that restores it.
     let ready = match volume.restore {
         Some(_) => restore::attach_new(state, &volume, &events)?,
         None => Event::VolumeDetached {
@@ -624,7 +638,9 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         },
     };
     events.push(ready);
-    Ok(events)
+    // A clone's snapshot of its source comes first.
+    source_events.extend(events);
+    Ok(source_events)
 }
 
 fn update_volume(
@@ -716,8 +732,21 @@ fn expand_volume(state: &State, name: &str, size: u64) -> Result<Vec<Event>, Rej
 
 fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
     let volume = state.volume(name)?;
+    if volume.state != VolumeState::Deleting {
+        copy::check_volume_unused(state, name)?;
+    }
+    let mut events = vec![];
     match volume.state {
         VolumeState::Deleting => return Ok(vec![]),
+        // Only the engine restoring it has it (users cannot attach it before the restore
+        // completed): the restore stops with the volume.
+        VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching
+            if volume.restoring() && !auto_attach::internal(volume) =>
+        {
+            events.push(Event::VolumeDetached {
+                name: name.to_string(),
+            });
+        }
         VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
             if let Some(why) = auto_attach::busy(state, volume) {
                 return Err(Rejection::precondition(why));
@@ -729,9 +758,9 @@ fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
         }
         VolumeState::Creating | VolumeState::Detached => {}
     }
-    let mut events = vec![Event::VolumeDeleting {
+    events.push(Event::VolumeDeleting {
         name: name.to_string(),
-    }];
+    });
     // Replicas on nodes that are down are let go at once: no agent is there to remove
     // them, and the volume must not wait for the node. A node that returns reports their
     // directories as orphans.

@@ -12,6 +12,7 @@ mod auto_attach;
 mod backups;
 mod codec;
 mod command;
+mod copy;
 mod decide;
 mod event;
 mod evolve;
@@ -26,7 +27,7 @@ mod setting;
 mod snapshots;
 
 pub use codec::{DecodeError, FORMAT_VERSION};
-pub use command::{Command, DiskSpec, NodeSpec, Request, VolumeSpec};
+pub use command::{Command, DataSource, DiskSpec, NodeSpec, Request, VolumeSpec};
 pub use decide::decide;
 pub use event::Event;
 pub use evolve::evolve;
@@ -36,8 +37,8 @@ pub use idempotency::{
 };
 pub use model::{
     Attachment, Backup, BackupState, BackupVolume, Bytes, DataLocality, Disk, Epoch, Frontend,
-    Node, Replica, ReplicaMode, Restore, RestoreState, Robustness, Snapshot, SnapshotState, State,
-    TargetBackup, Timestamp, Volume, VolumeState, backup_url,
+    Node, Replica, ReplicaMode, Restore, RestoreState, Robustness, Snapshot, SnapshotSource,
+    SnapshotState, State, TargetBackup, Timestamp, Volume, VolumeState, backup_url,
 };
 pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
 pub use rejection::{Rejection, RejectionKind};

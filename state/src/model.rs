@@ -394,9 +394,9 @@ pub struct Volume {
     /// A revert to this snapshot waits for the volume's engine.
     #[serde(default)]
     pub revert_to: Option<String>,
-    /// The backup this volume is restored from, and how far. While the restore is not
-    /// completed the volume is attached only to the engine restoring it (no frontend) and
-    /// a user cannot attach it.
+    /// Where this volume's first data comes from (a backup, or a snapshot of another
+    /// volume), and how far it is. While the restore is not completed the volume is
+    /// attached only to the engine restoring it (no frontend) and a user cannot attach it.
     #[serde(default)]
     pub restore: Option<Restore>,
 }
@@ -424,7 +424,9 @@ pub enum RestoreState {
     Error,
 }
 
-/// The restore of a volume from a backup (Longhorn's `fromBackup`).
+/// The restore of a new volume: from a backup (Longhorn's `fromBackup`), or copied from a
+/// snapshot of another volume (a volume created from a snapshot, or a clone; Longhorn's
+/// `dataSource`).
 #[derive(
     Debug,
     Clone,
@@ -438,23 +440,78 @@ pub enum RestoreState {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct Restore {
-    /// The backup's URL: `<target>?backup=<name>&volume=<volume>`.
+    /// The backup's URL, `<target>?backup=<name>&volume=<volume>`; empty when the data is
+    /// copied from a snapshot.
     pub url: String,
+    /// The snapshot of another volume the data is copied from, when not from a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSource>,
     pub state: RestoreState,
     /// Percent done while in progress.
     pub progress: u8,
     pub error: Option<String>,
 }
 
+/// A snapshot of another volume that a new volume's data is copied from. The copy reads
+/// the snapshot's layers from the source's replicas; while it runs the snapshot cannot be
+/// deleted, the source cannot be reverted past it, and the source cannot be deleted.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSource {
+    pub volume: String,
+    pub snapshot: String,
+}
+
+impl Restore {
+    /// Where the data comes from, for users: the backup URL, or `snapshot "vol/snap"`.
+    pub fn source(&self) -> String {
+        match &self.snapshot {
+            Some(s) => format!("snapshot \"{}/{}\"", s.volume, s.snapshot),
+            None => self.url.clone(),
+        }
+    }
+
+    /// Whether the data is copied from `volume`'s snapshot `snapshot` (any of its
+    /// snapshots when `None`).
+    pub fn copies_from(&self, volume: &str, snapshot: Option<&str>) -> bool {
+        self.snapshot
+            .as_ref()
+            .is_some_and(|s| s.volume == volume && snapshot.is_none_or(|n| n == s.snapshot))
+    }
+}
+
 impl Volume {
     /// Why a user cannot use this volume yet because of its restore, if so.
     pub fn restore_blocks_use(&self) -> Option<String> {
         let restore = self.restore.as_ref()?;
+        let copy = restore.snapshot.is_some();
         match restore.state {
             RestoreState::Completed => None,
+            RestoreState::InProgress if copy => Some(format!(
+                "volume \"{}\" is being copied from {} ({}%); it can be used once the copy completed",
+                self.name,
+                restore.source(),
+                restore.progress
+            )),
             RestoreState::InProgress => Some(format!(
                 "volume \"{}\" is being restored from {} ({}%); it can be used once the restore completed",
                 self.name, restore.url, restore.progress
+            )),
+            RestoreState::Error if copy => Some(format!(
+                "the copy of {} into volume \"{}\" failed: {}; delete the volume and create it again",
+                restore.source(),
+                self.name,
+                restore.error.as_deref().unwrap_or("unknown reason")
             )),
             RestoreState::Error => Some(format!(
                 "the restore of volume \"{}\" from {} failed: {}; delete the volume and restore it again",

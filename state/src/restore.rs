@@ -5,8 +5,10 @@
 //! A user cannot attach it before the restore completed, and a volume whose restore failed
 //! (or was detached mid-restore, or whose node went down) is never presented as restored:
 //! it is deleted and restored again. An engine that dies mid-restore is restarted under a
-//! new epoch on the same node, and the new engine restores from the start. Nothing here talks to the target; the API checked the backup exists and
-//! fits before the volume was created.
+//! new epoch on the same node, and the new engine restores from the start. Nothing here
+//! talks to the target; the API checked the backup exists and fits before the volume was
+//! created. A volume copied from a snapshot of another volume (`copy`) goes the same way,
+//! with the same reports.
 
 use crate::decide::live_volume;
 use crate::{Epoch, Event, Rejection, Restore, RestoreState, State, Volume, VolumeState};
@@ -38,6 +40,7 @@ fn bad_url(url: &str) -> Rejection {
 pub(crate) fn new(url: &str) -> Restore {
     Restore {
         url: url.to_string(),
+        snapshot: None,
         state: RestoreState::InProgress,
         progress: 0,
         error: None,

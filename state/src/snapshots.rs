@@ -88,6 +88,7 @@ pub(crate) fn delete(state: &State, volume: &str, name: &str) -> Result<Vec<Even
             )))
         }
         SnapshotState::Ready => {
+            crate::copy::check_snapshot_unused(state, &volume, &name, "delete it")?;
             // A detached volume is attached internally for its engine to merge the
             // snapshot away. When it cannot be now (detaching, no ready replica node), the
             // delete is recorded and the next engine of the volume merges it.
@@ -151,6 +152,14 @@ pub(crate) fn revert(state: &State, volume: &str, name: &str) -> Result<Vec<Even
             "snapshot \"{volume}/{name}\" is not ready (it is {:?})",
             target.state
         )));
+    }
+    // The layers form one chain: snapshots taken after the target go with the revert.
+    for newer in current
+        .snapshots
+        .values()
+        .filter(|s| s.created_at > target.created_at)
+    {
+        crate::copy::check_snapshot_unused(state, volume, &newer.name, "revert the volume")?;
     }
     match current.revert_to.as_deref() {
         Some(pending) if pending == name => Ok(vec![]),

@@ -369,6 +369,13 @@ impl Control {
             .map_err(|e| e.message().to_owned())
     }
 
+    /// Starts copying another volume's snapshot into the engine's volume (`StartCopy`).
+    pub fn start_copy(&mut self, req: proto::StartCopyRequest) -> Result<String, String> {
+        let r = self.rt.block_on(self.client.start_copy(req));
+        r.map(|r| r.into_inner().name)
+            .map_err(|e| e.message().to_owned())
+    }
+
     pub fn job(&mut self, name: &str) -> Result<proto::JobStatusReply, String> {
         let r = self
             .rt

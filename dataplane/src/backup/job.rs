@@ -1,5 +1,6 @@
 //! Backup and restore jobs, run inside the engine of an attached volume (it holds the
-//! connections to every replica). A backup reads one RW replica as of a snapshot, only the
+//! connections to every replica); the job table also runs copies of another volume's
+//! snapshot (`crate::copy`). A backup reads one RW replica as of a snapshot, only the
 //! blocks changed since its base snapshot, uploads only blocks the target lacks, and
 //! writes the manifest last. A restore writes through the engine to every replica, checks
 //! every block's blake3, and flushes at the end. Both run `concurrency` blocks at a time,
@@ -521,6 +522,28 @@ impl Jobs {
             let m = run_backup(&engine, &store, &params, &progress).await?;
             Ok(store.backup_url(&m.volume, &m.name))
         })
+    }
+
+    /// Starts copying a snapshot of another volume into the engine's volume in the
+    /// background (`crate::copy`); the job is named [`CopyParams::job_name`].
+    pub fn start_copy(
+        &self,
+        engine: Arc<Engine>,
+        params: crate::copy::CopyParams,
+    ) -> Result<String, BackupError> {
+        let job = params.job_name();
+        let progress = self.register(&job, "copy")?;
+        let name = job.clone();
+        tokio::spawn(async move {
+            match crate::copy::run_copy(&engine, &params, &progress).await {
+                Ok(()) => progress.finish(JobState::Completed, String::new(), String::new()),
+                Err(e) => {
+                    tracing::warn!(event = "copy_failed", job = %name, error = %e, "copy failed");
+                    progress.finish(JobState::Error, e.to_string(), String::new())
+                }
+            }
+        });
+        Ok(job)
     }
 
     /// Starts a restore of `volume/name` in the background; the job is named

@@ -104,8 +104,35 @@ impl ReplicaLink {
         epoch: Epoch,
         token: &str,
     ) -> Result<ReplicaLink, LinkError> {
-        let (addr, volume, token) = (addr.clone(), volume.to_owned(), token.to_owned());
-        let dial = async move { Self::dial(&addr, &volume, epoch, &token).await };
+        let hello = Hello {
+            epoch,
+            volume: volume.to_owned(),
+            token: token.to_owned(),
+            read_only: false,
+        };
+        Self::connect_with(addr, hello).await
+    }
+
+    /// Connects to `addr` read-only (`PROTOCOL.md`): the connection reads `volume`'s
+    /// snapshot layers and nothing else, and neither takes nor is fenced by an epoch, so it
+    /// disturbs no engine of that volume. For copying a snapshot into another volume.
+    pub async fn connect_read_only(
+        addr: &Address,
+        volume: &str,
+        token: &str,
+    ) -> Result<ReplicaLink, LinkError> {
+        let hello = Hello {
+            epoch: Epoch(0),
+            volume: volume.to_owned(),
+            token: token.to_owned(),
+            read_only: true,
+        };
+        Self::connect_with(addr, hello).await
+    }
+
+    async fn connect_with(addr: &Address, hello: Hello) -> Result<ReplicaLink, LinkError> {
+        let addr = addr.clone();
+        let dial = async move { Self::dial(&addr, hello).await };
         let connecting = crate::runtime::handle().spawn(dial);
         // Dropping the caller's future (a timeout) must not leave a connection behind.
         let _abort = AbortOnDrop(connecting.abort_handle());
@@ -114,23 +141,13 @@ impl ReplicaLink {
             .map_err(|e| LinkError::Closed(format!("connect task: {e}")))?
     }
 
-    async fn dial(
-        addr: &Address,
-        volume: &str,
-        epoch: Epoch,
-        token: &str,
-    ) -> Result<ReplicaLink, LinkError> {
+    async fn dial(addr: &Address, hello: Hello) -> Result<ReplicaLink, LinkError> {
         let stream = Stream::connect(addr)
             .await
             .map_err(|e| LinkError::Connect(addr.to_string(), e.to_string()))?;
         let (r, w) = stream.into_split();
         let mut r = BufReader::with_capacity(BUFFER, r);
         let mut w = BufWriter::with_capacity(BUFFER, w);
-        let hello = Hello {
-            epoch,
-            volume: volume.to_owned(),
-            token: token.to_owned(),
-        };
         let closed_err = |e: FrameError| LinkError::Closed(e.to_string());
         w.write_all(&hello.encode())
             .await

@@ -279,6 +279,16 @@ impl Engine {
         self.size.load(Ordering::Acquire)
     }
 
+    /// How long a replica may take to answer before it is marked failed.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The token this engine presents to replicas.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }

@@ -96,6 +96,8 @@ pub enum ReplicaError {
     Shrink { size: u64, requested: u64 },
     #[error("size {0} is not a multiple of 4096 bytes")]
     Unaligned(u64),
+    #[error("{0:?} is refused on a read-only connection, which only reads snapshots")]
+    ReadOnly(crate::protocol::Op),
 }
 
 impl ReplicaError {
@@ -110,6 +112,7 @@ impl ReplicaError {
             | ReplicaError::BadSnapshotName(_)
             | ReplicaError::Shrink { .. }
             | ReplicaError::Unaligned(_)
+            | ReplicaError::ReadOnly(_)
             | ReplicaError::SizeMismatch { .. } => Status::Invalid,
             _ => Status::Io,
         }
@@ -332,6 +335,19 @@ impl Replica {
             volume: self.meta.volume.clone(),
             head: self.meta.head.clone(),
             snapshots: self.meta.snapshots.clone(),
+        }
+    }
+
+    /// Accepts a read-only connection of `volume`: only the volume name must match (a
+    /// replica that never served a volume has no snapshot to read anyway). Nothing is
+    /// recorded.
+    pub fn check_volume(&self, volume: &str) -> Result<(), ReplicaError> {
+        match &self.meta.volume {
+            Some(have) if have != volume => Err(ReplicaError::WrongVolume {
+                have: have.clone(),
+                asked: volume.to_owned(),
+            }),
+            _ => Ok(()),
         }
     }
 

@@ -134,8 +134,9 @@ impl ReplicaServer {
             tracing::warn!(volume = %hello.volume, epoch = %hello.epoch, reason = %welcome.message, "refused engine");
             return Ok(());
         }
-        tracing::info!(volume = %hello.volume, epoch = %hello.epoch, "accepted engine");
+        tracing::info!(volume = %hello.volume, epoch = %hello.epoch, read_only = hello.read_only, "accepted engine");
         let epoch = hello.epoch;
+        let read_only = hello.read_only;
         // Requests are parsed from `input` where they were read (a payload is written to
         // the layer from there, never copied); replies go out once per batch of requests.
         let mut input = BytesMut::with_capacity(BUFFER);
@@ -161,13 +162,18 @@ impl ReplicaServer {
                     break;
                 }
                 let newest = Epoch(self.newest_epoch.load(Ordering::Acquire));
-                if newest > epoch {
+                if newest > epoch && !read_only {
                     reply(&mut w, Status::StaleEpoch, h.id, &[]).await?;
                     w.flush().await?;
                     return Err(ConnError::Superseded(epoch, newest));
                 }
                 let body = &input[REQUEST_HEADER_LEN..frame];
-                match self.execute(&h, body, &mut out) {
+                let executed = if read_only && !reads_snapshots_only(h.op) {
+                    Outcome::Now(Err(ReplicaError::ReadOnly(h.op)))
+                } else {
+                    self.execute(&h, body, &mut out)
+                };
+                match executed {
                     Outcome::Now(result) => {
                         let (status, len) = outcome(&h, result);
                         reply(&mut w, status, h.id, &out[..len]).await?;
@@ -233,7 +239,14 @@ impl ReplicaServer {
         {
             return refuse(Status::Invalid, "bad token".into(), store.epoch());
         }
-        match store.accept_epoch(&hello.volume, hello.epoch) {
+        let accepted = if hello.read_only {
+            // Reads of snapshot layers, which no engine changes under them: no epoch is
+            // taken or checked.
+            store.check_volume(&hello.volume)
+        } else {
+            store.accept_epoch(&hello.volume, hello.epoch)
+        };
+        match accepted {
             Ok(()) => {
                 self.newest_epoch.fetch_max(hello.epoch.0, Ordering::AcqRel);
                 (
@@ -412,6 +425,15 @@ impl ReplicaServer {
     }
 }
 
+/// Whether `op` may run on a read-only connection: it reads snapshot layers (or the
+/// replica's description) and changes nothing.
+fn reads_snapshots_only(op: Op) -> bool {
+    matches!(
+        op,
+        Op::ReadSnapshot | Op::ChangedChunks | Op::SnapshotList | Op::Info | Op::Ping
+    )
+}
+
 /// The status and reply payload length of a request executed now.
 fn outcome(h: &RequestHeader, result: Result<usize, ReplicaError>) -> (Status, usize) {
     match result {
@@ -468,7 +490,71 @@ mod tests {
 
     use super::*;
     use crate::address::Address;
-    use crate::engine::link::ReplicaLink;
+    use crate::engine::link::{LinkError, ReplicaLink};
+
+    /// A read-only connection reads a snapshot as of when it was taken, is refused every
+    /// change, takes no epoch, and is not cut off when an engine of a newer epoch connects.
+    #[tokio::test]
+    async fn a_read_only_connection_reads_snapshots_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let replica = Replica::open(&dir.path().join("r"), Some(1 << 20)).unwrap();
+        let addr = Address::Unix(dir.path().join("r.sock"));
+        let listener = Listener::bind(&addr).await.unwrap();
+        tokio::spawn(ReplicaServer::new(replica, None).serve(listener));
+        let engine = ReplicaLink::connect(&addr, "v", Epoch(2), "")
+            .await
+            .unwrap();
+        let write = |byte: u8| engine.call(Op::Write, 0, 0, 4096, Bytes::from(vec![byte; 4096]));
+        assert_eq!(write(1).await.unwrap().status, Status::Ok);
+        let snap = Bytes::from_static(b"s1");
+        let taken = engine.call(Op::SnapshotCreate, 0, 0, 0, snap.clone());
+        assert_eq!(taken.await.unwrap().status, Status::Ok);
+        assert_eq!(write(2).await.unwrap().status, Status::Ok);
+
+        let reader = ReplicaLink::connect_read_only(&addr, "v", "")
+            .await
+            .unwrap();
+        let read = reader
+            .call(Op::ReadSnapshot, 0, 0, 4096, snap.clone())
+            .await
+            .unwrap();
+        assert_eq!((read.status, read.payload), (Status::Ok, vec![1u8; 4096]));
+        for op in [
+            Op::Write,
+            Op::Read,
+            Op::SnapshotDelete,
+            Op::Trim,
+            Op::Expand,
+        ] {
+            let refused = reader.call(op, 0, 0, 4096, Bytes::from(vec![9u8; 4096]));
+            assert_eq!(refused.await.unwrap().status, Status::Invalid, "{op:?}");
+        }
+        let wrong = ReplicaLink::connect_read_only(&addr, "other", "").await;
+        assert!(
+            matches!(wrong, Err(LinkError::Refused { .. })),
+            "another volume's"
+        );
+
+        // An engine of a newer epoch fences the old engine, not the reader.
+        let newer = ReplicaLink::connect(&addr, "v", Epoch(3), "")
+            .await
+            .unwrap();
+        let old = engine.call(Op::Write, 0, 0, 4096, Bytes::from(vec![3u8; 4096]));
+        assert_eq!(old.await.unwrap().status, Status::StaleEpoch);
+        let read = reader
+            .call(Op::ReadSnapshot, 0, 0, 4096, snap)
+            .await
+            .unwrap();
+        assert_eq!((read.status, read.payload), (Status::Ok, vec![1u8; 4096]));
+        let head = newer
+            .call(Op::Read, 0, 0, 4096, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(head.payload, vec![2u8; 4096], "the reader wrote nothing");
+        let info = newer.call(Op::Info, 0, 0, 0, Bytes::new()).await.unwrap();
+        let info: crate::replica::ReplicaInfo = serde_json::from_slice(&info.payload).unwrap();
+        assert_eq!(info.epoch, 3, "the reader took no epoch");
+    }
 
     /// Flushes and FUA writes pipelined among plain writes are all answered, and every
     /// write reads back: a flush holds up neither the requests behind it nor their replies.
