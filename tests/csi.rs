@@ -14,7 +14,7 @@ use shorthorn_csi::proto::{
     self, controller_client::ControllerClient, identity_client::IdentityClient,
     node_client::NodeClient, volume_capability,
 };
-use testkit::{DevCluster, read_image, run, sha256, text, write_random};
+use testkit::{DevCluster, read_image, run, sha256, text, text_of, write_random};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -612,6 +612,121 @@ fn a_bak_snapshot_is_a_backup_that_restores_into_a_new_volume_and_is_deleted_wit
     );
 }
 
+#[test]
+fn volumes_from_a_snap_snapshot_and_clones_are_copied_before_they_can_be_published() {
+    // CreateVolume with a `snap:` content source copies the snapshot's bytes (not the
+    // writes after it) into the new volume; with a volume content source it clones the
+    // volume as it is; a size below the source's is OUT_OF_RANGE, an unknown source
+    // NOT_FOUND; ControllerPublish answers ABORTED until the copy completed; the response
+    // names its content source.
+    let cluster = DevCluster::up();
+    cluster.create_volume("src", 32, 2, &[]);
+    let endpoint = cluster.attach("src", "node-1");
+    let first = write_random(&endpoint, 12);
+    let plugin = Plugin::start(&cluster, "node-1");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let snapshot_id = rt.block_on(async {
+        let mut ctl = ControllerClient::new(channel(&plugin.socket).await);
+        let snap = ctl
+            .create_snapshot(proto::CreateSnapshotRequest {
+                source_volume_id: "src".into(),
+                name: "snapshot-1".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("snapshot")
+            .into_inner()
+            .snapshot
+            .expect("snapshot");
+        assert!(snap.ready_to_use, "{snap:?}");
+        snap.snapshot_id
+    });
+    // Written after the snapshot: the clone has these, the copy of the snapshot not.
+    let later = write_random(&endpoint, 12);
+    cluster.detach("src");
+
+    let source =
+        |t: proto::volume_content_source::Type| proto::VolumeContentSource { r#type: Some(t) };
+    let of_snapshot = source(proto::volume_content_source::Type::Snapshot(
+        proto::volume_content_source::SnapshotSource {
+            snapshot_id: snapshot_id.clone(),
+        },
+    ));
+    let of_volume = |id: &str| {
+        source(proto::volume_content_source::Type::Volume(
+            proto::volume_content_source::VolumeSource {
+                volume_id: id.into(),
+            },
+        ))
+    };
+    let made = rt.block_on(async {
+        let mut ctl = ControllerClient::new(channel(&plugin.socket).await);
+        let mut made = Vec::new();
+        for (name, content) in [
+            ("pvc-from-snap", of_snapshot.clone()),
+            ("pvc-clone", of_volume("src")),
+        ] {
+            let mut small = create(name, 16 << 20, &[]);
+            small.volume_content_source = Some(content.clone());
+            let err = ctl.create_volume(small).await.expect_err("too small");
+            assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+            let mut req = create(name, 32 << 20, &[("numberOfReplicas", "2")]);
+            req.volume_content_source = Some(content.clone());
+            let volume = ctl
+                .create_volume(req.clone())
+                .await
+                .expect("create from the source")
+                .into_inner()
+                .volume
+                .expect("volume");
+            assert_eq!(volume.content_source.as_ref(), Some(&content));
+            ctl.create_volume(req).await.expect("idempotent");
+            let other = ctl
+                .create_volume(create(name, 32 << 20, &[("numberOfReplicas", "2")]))
+                .await
+                .expect_err("same name, no source");
+            assert_eq!(other.code(), Code::AlreadyExists, "{other:?}");
+            made.push(volume.volume_id);
+        }
+        for content in [
+            of_volume("ghost"),
+            source(proto::volume_content_source::Type::Snapshot(
+                proto::volume_content_source::SnapshotSource {
+                    snapshot_id: "snap:src/nope".into(),
+                },
+            )),
+        ] {
+            let mut req = create("pvc-nothing", 32 << 20, &[]);
+            req.volume_content_source = Some(content);
+            let err = ctl.create_volume(req).await.expect_err("unknown source");
+            assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        }
+        for (id, node) in made.iter().zip(["node-1", "node-2"]) {
+            publish_retrying(&mut ctl, id, node).await;
+        }
+        made
+    });
+    for (id, want) in made.iter().zip([&first, &later]) {
+        let volume = cluster.wait_volume(id, "attached", |v| v["state"] == "attached");
+        assert_eq!(volume["restore"]["state"], "completed", "{volume}");
+        let work = want.work.path();
+        let back = work.join(format!("{id}.img"));
+        read_image(text_of(&volume["attachment"]["endpoint"]).as_str(), &back);
+        let bytes = std::fs::read(&back).expect("read back");
+        let head = work.join(format!("{id}-head.img"));
+        std::fs::write(&head, &bytes[..12 << 20]).expect("head");
+        assert_eq!(
+            sha256(&want.data),
+            sha256(&head),
+            "{id}: copied bytes differ"
+        );
+        assert!(
+            bytes[12 << 20..].iter().all(|b| *b == 0),
+            "{id}: zeros after"
+        );
+    }
+}
+
 /// Builds csi-sanity (cached under /var/tmp/shorthorn-tools) and returns its path.
 fn csi_sanity() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/csi-sanity/build.sh");
@@ -638,8 +753,8 @@ fn csi_sanity_passes_identity_controller_and_node_specs() {
         let work = cluster.dir().join(format!("sanity-{access}"));
         std::fs::create_dir_all(&work).expect("sanity dir");
         // Snapshot specs snapshot detached volumes: the managers attach them internally
-        // for it. Creating a volume from a snapshot needs a copy of the snapshot's data,
-        // which is not built: those specs are skipped.
+        // for it. Volumes from a snapshot, and clones, are copied from the source's
+        // replicas before they can be published; every spec runs.
         let out = Command::new(&sanity)
             .arg(format!("--csi.endpoint={endpoint}"))
             .arg(format!("--csi.mountdir={}", work.join("mount").display()))
@@ -651,7 +766,6 @@ fn csi_sanity_passes_identity_controller_and_node_specs() {
             .arg(format!("--csi.testvolumeexpandsize={}", 128 << 20))
             .arg(format!("--csi.testvolumeaccesstype={access}"))
             .arg("--csi.testvolumeparameters=")
-            .arg("--ginkgo.skip=from an existing source snapshot")
             .arg("--ginkgo.no-color")
             .output()
             .expect("runs csi-sanity");

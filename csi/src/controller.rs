@@ -3,7 +3,9 @@
 //! (VolumeSnapshotClass `type: snap`, the default), id `snap:<volume>/<snapshot>`, or a
 //! Shorthorn backup on the backup target (`type: bak`), id `bak:<volume>/<backup>`. A backup
 //! takes a snapshot of its own, named like it; that snapshot is part of the CSI backup (not
-//! listed as a snapshot of its own, and deleted with it).
+//! listed as a snapshot of its own, and deleted with it). A volume created from a `snap:`
+//! snapshot, or cloned from a volume, has the snapshot's data copied into it by the
+//! managers (a clone snapshots its source first) before it can be published.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -82,6 +84,45 @@ impl Controller {
                 .is_some_and(|a| a.internal);
             if !internal || tokio::time::Instant::now() >= deadline {
                 return Ok(v);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits up to [`STATE_WAIT`] while a volume of this name is being deleted (its
+    /// replicas removed by their node agents).
+    async fn settle_deleting(&self, name: &str) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + STATE_WAIT;
+        loop {
+            let deleting = match api::call::<Volume>(
+                &self.driver.api,
+                "GET",
+                format!("/v1/volumes/{}", segment(name)),
+                None,
+            )
+            .await
+            {
+                Ok(v) => v.state == VolumeState::Deleting,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e.to_status(&format!("reading volume {name}"))),
+            };
+            if !deleting || tokio::time::Instant::now() >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits up to [`STATE_WAIT`] while the volume is detaching (its engine stopping).
+    async fn settle_detaching(&self, name: &str) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + STATE_WAIT;
+        loop {
+            let detaching = self
+                .volume(name)
+                .await?
+                .is_some_and(|v| v.state == VolumeState::Detaching);
+            if !detaching || tokio::time::Instant::now() >= deadline {
+                return Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
@@ -513,6 +554,10 @@ impl proto::controller_server::Controller for Controller {
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
         let mut params = parse_parameters(&req.parameters)?;
         let size = size_for(req.capacity_range.as_ref())?;
+        // The (volume, snapshot) a snapshot or volume content source copies (no snapshot: a
+        // clone), and the bytes it holds.
+        let mut copy: Option<(String, Option<String>)> = None;
+        let mut copy_size = 0;
         if params.recurring_job_selector.is_some() {
             return Err(Status::unimplemented(
                 "recurringJobSelector: recurring jobs are not built in this version; remove \
@@ -572,36 +617,52 @@ impl proto::controller_server::Controller for Controller {
                 params.from_backup = Some(backup.url);
             }
             Some(proto::volume_content_source::Type::Snapshot(s)) => {
-                let exists = match parse_snapshot_id(&s.snapshot_id) {
+                // A snapshot: its data is copied into the new volume.
+                let found = match parse_snapshot_id(&s.snapshot_id) {
                     Some((_, v, name)) => self
                         .volume(v)
                         .await?
-                        .is_some_and(|v| v.snapshots.contains_key(name)),
-                    None => false,
+                        .and_then(|v| v.snapshots.get(name).cloned()),
+                    None => None,
                 };
-                if !exists {
+                let Some(snapshot) = found else {
                     return Err(Status::not_found(format!(
                         "snapshot \"{}\" does not exist",
                         s.snapshot_id
                     )));
-                }
-                return Err(Status::unimplemented(
-                    "creating a volume from a snapshot needs a copy of the snapshot's data \
-                     into a new volume, which the data path cannot do yet",
-                ));
+                };
+                copy = Some((snapshot.volume.clone(), Some(snapshot.name.clone())));
+                copy_size = snapshot.size;
             }
             Some(proto::volume_content_source::Type::Volume(s)) => {
-                if self.volume(&s.volume_id).await?.is_none() {
+                // A clone: a snapshot of the source is taken and copied.
+                let Some(source) = self.volume(&s.volume_id).await? else {
                     return Err(Status::not_found(format!(
                         "source volume \"{}\" does not exist",
                         s.volume_id
                     )));
-                }
-                return Err(Status::unimplemented(
-                    "cloning a volume is not built: the data path cannot copy a volume into a \
-                     new one yet",
-                ));
+                };
+                copy = Some((source.name.clone(), None));
+                copy_size = source.size;
             }
+        }
+        if copy.is_some() && params.from_backup.is_some() {
+            return Err(invalid(
+                "the content source is a snapshot or a volume but the parameter fromBackup \
+                 names a backup: give one of the two",
+            ));
+        }
+        let size = match req.capacity_range.as_ref() {
+            // No size asked: the source's, when it is bigger than the default.
+            None => size.max(copy_size),
+            Some(r) if r.required_bytes == 0 && r.limit_bytes == 0 => size.max(copy_size),
+            Some(_) => size,
+        };
+        if size < copy_size {
+            return Err(Status::out_of_range(format!(
+                "{size} bytes cannot hold the content source of {copy_size} bytes; ask for at \
+                 least that"
+            )));
         }
         let nodes = self.nodes().await?;
         if let Some(req_topo) = &req.accessibility_requirements
@@ -624,17 +685,29 @@ impl proto::controller_server::Controller for Controller {
         if let Some(f) = &params.frontend {
             context.insert("frontend".to_string(), f.clone());
         }
+        let content_source = req.volume_content_source.clone();
+        // A volume of that name deleted a moment ago is let go first.
+        self.settle_deleting(&req.name).await?;
         if let Some(existing) = self.volume(&req.name).await? {
-            let restored_from = existing.restore.as_ref().map(|r| r.url.as_str());
-            if restored_from != params.from_backup.as_deref() {
+            let restore = existing.restore.as_ref();
+            let same = match (&copy, &params.from_backup) {
+                (Some((volume, snapshot)), _) => {
+                    restore.is_some_and(|r| r.copies_from(volume, snapshot.as_deref()))
+                }
+                (None, Some(url)) => restore.is_some_and(|r| r.snapshot.is_none() && r.url == *url),
+                (None, None) => restore.is_none(),
+            };
+            if !same {
+                let asked = match (&copy, &params.from_backup) {
+                    (Some((v, Some(s))), _) => format!("copied from snapshot {v}/{s}"),
+                    (Some((v, None)), _) => format!("cloned from volume {v}"),
+                    (None, Some(u)) => format!("restored from {u}"),
+                    (None, None) => "empty".into(),
+                };
                 return Err(Status::already_exists(format!(
-                    "volume \"{}\" exists {}, not {}",
+                    "volume \"{}\" exists {}, not {asked}",
                     req.name,
-                    restored_from.map_or("empty".into(), |u| format!("restored from {u}")),
-                    params
-                        .from_backup
-                        .as_ref()
-                        .map_or("empty".into(), |u| format!("restored from {u}")),
+                    restore.map_or("empty".into(), |r| format!("from {}", r.source())),
                 )));
             }
             if existing.size != size {
@@ -643,8 +716,10 @@ impl proto::controller_server::Controller for Controller {
                     req.name, existing.size
                 )));
             }
+            let mut volume = csi_volume(&existing, context, &nodes);
+            volume.content_source = content_source;
             return Ok(Response::new(proto::CreateVolumeResponse {
-                volume: Some(csi_volume(&existing, context, &nodes)),
+                volume: Some(volume),
             }));
         }
         let mut body = json!({ "name": req.name, "size": size });
@@ -661,6 +736,14 @@ impl proto::controller_server::Controller for Controller {
             // Restored by an engine with no frontend; ControllerPublish answers ABORTED
             // until the restore completed, and the external-attacher retries.
             body["fromBackup"] = json!(url);
+        }
+        if let Some((volume, snapshot)) = &copy {
+            // Copied by an engine with no frontend from the source's replicas, as a restore
+            // is; ControllerPublish answers ABORTED until the copy completed.
+            body["dataSource"] = match snapshot {
+                Some(snapshot) => json!({ "volume": volume, "snapshot": snapshot }),
+                None => json!({ "volume": volume }),
+            };
         }
         if !params.node_selector.is_empty() {
             body["nodeSelector"] = json!(params.node_selector);
@@ -717,8 +800,10 @@ impl proto::controller_server::Controller for Controller {
                 req.name
             )));
         }
+        let mut volume = csi_volume(&volume, context, &nodes);
+        volume.content_source = content_source;
         Ok(Response::new(proto::CreateVolumeResponse {
-            volume: Some(csi_volume(&volume, context, &nodes)),
+            volume: Some(volume),
         }))
     }
 
@@ -730,8 +815,10 @@ impl proto::controller_server::Controller for Controller {
         if id.is_empty() {
             return Err(invalid("the volume id is required"));
         }
-        // A snapshot just taken or deleted may still hold its internal attachment.
+        // A snapshot just taken or deleted may still hold its internal attachment, and the
+        // engine of a restore or copy that just completed may still be stopping.
         self.settle_internal(&id).await?;
+        self.settle_detaching(&id).await?;
         match api::call::<Value>(
             &self.driver.api,
             "DELETE",
@@ -778,9 +865,16 @@ impl proto::controller_server::Controller for Controller {
             match restore.state {
                 RestoreState::Completed => {}
                 RestoreState::InProgress => {
+                    let doing = if restore.snapshot.is_some() {
+                        "copied"
+                    } else {
+                        "restored"
+                    };
                     return Err(Status::aborted(format!(
-                        "volume \"{}\" is being restored from {} ({}%); try again once it is done",
-                        volume.name, restore.url, restore.progress
+                        "volume \"{}\" is being {doing} from {} ({}%); try again once it is done",
+                        volume.name,
+                        restore.source(),
+                        restore.progress
                     )));
                 }
                 RestoreState::Error => {
@@ -983,6 +1077,7 @@ impl proto::controller_server::Controller for Controller {
             Type::GetCapacity,
             Type::CreateDeleteSnapshot,
             Type::ListSnapshots,
+            Type::CloneVolume,
             Type::ExpandVolume,
             Type::ListVolumesPublishedNodes,
             Type::VolumeCondition,

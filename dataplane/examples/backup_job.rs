@@ -4,6 +4,8 @@
 //!   backup_job SOCKET restore VOLUME NAME TARGET CREDFILE CONCURRENCY
 //!   backup_job - verify VOLUME NAME TARGET CREDFILE CONCURRENCY   (no engine: reads and
 //!     checks every block in this process, to tell the target's speed from the engine's)
+//!   backup_job SOCKET copy SOURCE_VOLUME SNAPSHOT SIZE CONCURRENCY REPLICA...
+//! (`bench/copy` uses `copy`: a snapshot of another volume copied from its replicas.)
 //! Waits for the job and prints `seconds=… done_bytes=… uploaded_bytes=… blocks=…
 //! requests=…`; exits 1 with the error when the job fails.
 
@@ -76,6 +78,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 target_url: arg(4)?,
                 credentials: creds(&arg(5)?)?,
                 concurrency: arg(6)?.parse()?,
+            })
+            .await?
+            .into_inner()
+            .name
+        }
+        "copy" => {
+            c.start_copy(proto::StartCopyRequest {
+                source_volume: arg(2)?,
+                snapshot: arg(3)?,
+                size_bytes: arg(4)?.parse()?,
+                concurrency: arg(5)?.parse()?,
+                source_replicas: args.get(6..).unwrap_or_default().to_vec(),
             })
             .await?
             .into_inner()

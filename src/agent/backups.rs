@@ -2,20 +2,24 @@
 //! once its snapshot is taken, polled each tick, their progress (at most once a second),
 //! completion or failure reported to the log. A job the engine no longer knows after it
 //! had started (the engine was restarted) fails the backup with that reason; a new backup
-//! is the retry. Restores of volumes created from a backup are run the same way on the
-//! engine started for them (with no frontend).
+//! is the retry. Restores of volumes created from a backup, and copies of volumes created
+//! from a snapshot of another volume (or cloned), are run the same way on the engine
+//! started for them (with no frontend).
 
 use std::time::{Duration, Instant};
 
 use shorthorn_dataplane::backup::{Manifest, Store, parse_backup_url};
-use shorthorn_dataplane::proto::{JobName, JobState, StartBackupRequest, StartRestoreRequest};
+use shorthorn_dataplane::proto::{
+    JobName, JobState, StartBackupRequest, StartCopyRequest, StartRestoreRequest,
+};
 use shorthorn_state::{
-    Backup, BackupState, Request, SnapshotState, TargetBackup, Timestamp, Volume,
+    Backup, BackupState, ReplicaMode, Request, Robustness, SnapshotSource, SnapshotState, State,
+    TargetBackup, Timestamp, Volume,
 };
 use tonic::Code;
 
-use super::Agent;
 use super::engines::EngineClient;
+use super::{Agent, NodeView};
 
 /// Shortest time between two progress reports of one backup.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -160,22 +164,126 @@ impl Agent {
     /// one started again after this manager restarted: a restore rewrites every block, so
     /// it simply starts over), reports its progress at most once a second, then its
     /// completion or its failure with the engine's reason.
+    ///
+    /// A volume copied from a snapshot of another volume is run the same way with a copy
+    /// job, started once the snapshot is taken (a clone's is taken in the same command that
+    /// created the volume) and handed the source's read-write replicas.
     pub(super) async fn carry_out_restore(
         &self,
         volume: &Volume,
-        concurrency: u64,
+        view: &NodeView,
         client: &mut EngineClient,
     ) {
         let Some(restore) = volume.restore.as_ref() else {
             return;
         };
-        if let Some(request) = self
-            .follow_restore(&volume.name, &restore.url, concurrency, client)
-            .await
+        let concurrency = view.restore_concurrency;
+        let request = match (&restore.snapshot, view.copy_sources.get(&volume.name)) {
+            (Some(from), Some(source)) => {
+                self.follow_copy(&volume.name, from, source, concurrency, client)
+                    .await
+            }
+            (Some(_), None) => None,
+            (None, _) => {
+                self.follow_restore(&volume.name, &restore.url, concurrency, client)
+                    .await
+            }
+        };
+        if let Some(request) = request
             && let Err(err) = self.propose(request).await
         {
             tracing::warn!(volume = %volume.name, "reporting the restore: {err}");
         }
+    }
+
+    async fn follow_copy(
+        &self,
+        volume: &str,
+        from: &SnapshotSource,
+        source: &CopySource,
+        concurrency: u64,
+        client: &mut EngineClient,
+    ) -> Option<Request> {
+        let failed = |reason: String| {
+            Some(Request::ReportRestoreFailed {
+                volume: volume.to_string(),
+                reason,
+            })
+        };
+        let what = format!("snapshot \"{}/{}\"", from.volume, from.snapshot);
+        // The engine's name for the job (see `CopyParams::job_name`).
+        let job = format!("copy-{}-{}", from.volume, from.snapshot);
+        let reply = match client.job_status(JobName { name: job }).await {
+            Ok(reply) => reply.into_inner(),
+            Err(status) if status.code() == Code::NotFound => {
+                let size = match source.snapshot {
+                    None => {
+                        return failed(format!(
+                            "{what} is gone (it failed, or its volume was detached or deleted before it was taken)"
+                        ));
+                    }
+                    Some((SnapshotState::Pending, _)) => return None,
+                    Some((_, size)) => size,
+                };
+                if source.replicas.is_empty() {
+                    if source.faulted {
+                        return failed(format!(
+                            "volume \"{}\" has no healthy replica to copy {what} from",
+                            from.volume
+                        ));
+                    }
+                    tracing::debug!(volume, "waiting for the source replicas' addresses");
+                    return None;
+                }
+                let start = StartCopyRequest {
+                    source_volume: from.volume.clone(),
+                    snapshot: from.snapshot.clone(),
+                    source_replicas: source.replicas.iter().map(|a| format!("tcp:{a}")).collect(),
+                    size_bytes: size,
+                    concurrency: concurrency.min(u32::MAX as u64) as u32,
+                };
+                return match client.start_copy(start).await {
+                    Ok(_) => {
+                        tracing::info!(volume, source = %what, "copy started");
+                        None
+                    }
+                    Err(status) if status.code() == Code::AlreadyExists => None,
+                    Err(status) => failed(status.message().to_string()),
+                };
+            }
+            Err(status) => {
+                tracing::debug!(volume, "copy job status: {}", status.message());
+                return None;
+            }
+        };
+        match reply.state() {
+            JobState::Completed => {
+                tracing::info!(volume, source = %what, written_bytes = reply.uploaded_bytes, "copy completed");
+                Some(Request::ReportRestoreCompleted {
+                    volume: volume.to_string(),
+                })
+            }
+            JobState::Error => failed(reply.error),
+            _ => self.restore_progress(volume, reply.done_bytes, reply.total_bytes),
+        }
+    }
+
+    /// The progress report of a restore or copy, at most once a second.
+    fn restore_progress(&self, volume: &str, done: u64, total: u64) -> Option<Request> {
+        let key = format!("restore/{volume}");
+        let mut reported = self.progress_reported.lock().ok()?;
+        if reported
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+        {
+            return None;
+        }
+        reported.insert(key, Instant::now());
+        let progress = (done * 100).checked_div(total).unwrap_or(0).min(99) as u8;
+        Some(Request::ReportRestoreProgress {
+            volume: volume.to_string(),
+            progress,
+        })
     }
 
     async fn follow_restore(
@@ -233,25 +341,42 @@ impl Agent {
                 })
             }
             JobState::Error => failed(reply.error),
-            _ => {
-                let key = format!("restore/{volume}");
-                let mut reported = self.progress_reported.lock().ok()?;
-                if reported
-                    .get(&key)
-                    .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
-                {
-                    return None;
-                }
-                reported.insert(key, Instant::now());
-                let progress = (reply.done_bytes * 100)
-                    .checked_div(reply.total_bytes)
-                    .unwrap_or(0)
-                    .min(99) as u8;
-                Some(Request::ReportRestoreProgress {
-                    volume: volume.to_string(),
-                    progress,
-                })
-            }
+            _ => self.restore_progress(volume, reply.done_bytes, reply.total_bytes),
+        }
+    }
+}
+
+/// What a copy from a snapshot of another volume needs from the log: the snapshot's state
+/// and size (`None` once it is gone), and the source's read-write replicas.
+#[derive(Debug, Clone)]
+pub(super) struct CopySource {
+    snapshot: Option<(SnapshotState, u64)>,
+    /// Addresses (host:port) of the source's read-write replicas that reported one.
+    replicas: Vec<String>,
+    /// The source has no read-write replica at all.
+    faulted: bool,
+}
+
+impl CopySource {
+    pub(super) fn of(state: &State, from: &SnapshotSource) -> CopySource {
+        let Some(volume) = state.volumes.get(&from.volume) else {
+            return CopySource {
+                snapshot: None,
+                replicas: vec![],
+                faulted: true,
+            };
+        };
+        CopySource {
+            snapshot: volume
+                .snapshots
+                .get(&from.snapshot)
+                .map(|s| (s.state, s.size)),
+            replicas: state
+                .replicas_of(volume)
+                .filter(|r| r.mode == ReplicaMode::ReadWrite)
+                .filter_map(|r| r.address.clone())
+                .collect(),
+            faulted: volume.robustness == Robustness::Faulted,
         }
     }
 }

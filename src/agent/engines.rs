@@ -398,8 +398,7 @@ impl Agent {
             }
         }
         if volume.state == VolumeState::Attached && volume.restoring() {
-            self.carry_out_restore(volume, view.restore_concurrency, &mut client)
-                .await;
+            self.carry_out_restore(volume, view, &mut client).await;
         } else if volume.state == VolumeState::Attached {
             if grow_engine(volume, &mut client).await
                 && let Some(device) = self.devices.get(&volume.name)

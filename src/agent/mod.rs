@@ -286,6 +286,9 @@ struct NodeView {
     backup_concurrency: u64,
     /// The `restoreConcurrentLimit` setting.
     restore_concurrency: u64,
+    /// What the volumes attached here that are being copied from a snapshot copy from, by
+    /// volume.
+    copy_sources: BTreeMap<String, backups::CopySource>,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
 }
@@ -336,8 +339,18 @@ impl NodeView {
             })
             .cloned()
             .collect();
+        let copy_sources = state
+            .volumes
+            .values()
+            .filter(|v| v.attachment.as_ref().is_some_and(|a| a.node == node))
+            .filter_map(|v| {
+                let from = v.restore.as_ref()?.snapshot.as_ref()?;
+                Some((v.name.clone(), backups::CopySource::of(state, from)))
+            })
+            .collect();
         NodeView {
             backups,
+            copy_sources,
             backup_concurrency: state.settings.backup_concurrent_limit,
             restore_concurrency: state.settings.restore_concurrent_limit,
             heartbeats,

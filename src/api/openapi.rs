@@ -107,7 +107,7 @@ pub fn build() -> Value {
         "/v1/cluster": { "get": operation("Raft status of this manager", ("200", ok("status", json!({"type": "object"}))), None) },
         "/v1/volumes": {
             "get": operation("List volumes", ("200", ok("volumes", list(volume.clone()))), None),
-            "post": operation("Create a volume; its replicas are scheduled at once. With fromBackup it is restored from that backup (checked first: 404 when it is not on the target, 400 when size is smaller) by an engine with no frontend; it can be attached once restore.state is completed", ("201", ok("created", volume.clone())), Some(json!({
+            "post": operation("Create a volume; its replicas are scheduled at once. With fromBackup it is restored from that backup (checked first: 404 when it is not on the target, 400 when size is smaller) by an engine with no frontend; with dataSource it is copied from a snapshot of another volume (or, with no snapshot, cloned: a snapshot clone-<name> of the source is taken first) from the source's replicas (404 for an unknown volume or snapshot, 400 when size is smaller, 409 while the snapshot is still being taken); either way it can be attached once restore.state is completed, and while a copy runs its snapshot cannot be deleted nor its source deleted or reverted past it (412)", ("201", ok("created", volume.clone())), Some(json!({
                 "type": "object", "required": ["name"], "additionalProperties": false,
                 "properties": {
                     "name": { "type": "string", "description": "DNS-1123 label" },
@@ -118,7 +118,12 @@ pub fn build() -> Value {
                     "diskSelector": { "type": "array", "items": { "type": "string" } },
                     "staleReplicaTimeout": { "type": "integer", "description": "minutes" },
                     "standby": { "type": "boolean" },
-                    "fromBackup": { "type": "string", "description": "backup URL <target>?backup=<name>&volume=<volume>; size defaults to the backup's" }
+                    "fromBackup": { "type": "string", "description": "backup URL <target>?backup=<name>&volume=<volume>; size defaults to the backup's" },
+                    "dataSource": { "type": "object", "required": ["volume"], "additionalProperties": false,
+                        "description": "copy the data from a snapshot of another volume; size defaults to the snapshot's (a clone: the source's)",
+                        "properties": {
+                            "volume": { "type": "string", "description": "the source volume" },
+                            "snapshot": { "type": "string", "description": "its snapshot; none: clone the volume as it is now" } } }
                 }
             }))),
         },
@@ -281,7 +286,10 @@ pub fn build() -> Value {
                     "replicas": { "type": "array", "items": { "type": "string" } },
                     "condition": { "type": ["string", "null"] },
                     "restore": { "type": ["object", "null"], "properties": {
-                        "url": { "type": "string" }, "state": { "enum": ["inProgress", "completed", "error"] },
+                        "url": { "type": "string", "description": "the backup restored from; empty for a copy" },
+                        "snapshot": { "type": "object", "description": "the snapshot copied from (a volume created from a snapshot, or a clone)",
+                            "properties": { "volume": { "type": "string" }, "snapshot": { "type": "string" } } },
+                        "state": { "enum": ["inProgress", "completed", "error"] },
                         "progress": { "type": "integer" }, "error": { "type": ["string", "null"] } } } } },
                 "Node": { "type": "object", "properties": {
                     "id": { "type": "string" }, "address": { "type": "string" }, "zone": { "type": "string" },

@@ -28,8 +28,9 @@ pub enum Goal {
     /// Every replica placed (no scheduling condition); for `volume create --wait`.
     #[value(skip)]
     Scheduled,
-    /// Its restore from a backup completed and the restoring engine stopped: it can be
-    /// attached.
+    /// Its restore from a backup (or copy from a snapshot: `copied` is the same) completed
+    /// and the restoring engine stopped: it can be attached.
+    #[value(alias = "copied")]
     Restored,
 }
 
@@ -214,24 +215,31 @@ fn see(client: &Client, volume: &Value, goal: Goal) -> anyhow::Result<Seen> {
         Goal::Restored => {
             let restore = &volume["restore"];
             let progress = restore["progress"].as_u64().unwrap_or(0);
+            let (doing, from) = restore_source(restore);
             match restore["state"].as_str() {
                 None => anyhow::bail!(
-                    "volume \"{}\" is not restored from a backup",
+                    "volume \"{}\" is not restored from a backup nor copied from a snapshot",
                     text(&volume["name"])
                 ),
                 Some("error") => anyhow::bail!(
-                    "the restore of volume \"{}\" from {} failed: {}",
+                    "the {doing} of volume \"{}\" from {from} failed: {}",
                     text(&volume["name"]),
-                    text(&restore["url"]),
                     text(&restore["error"])
                 ),
                 Some(restoring) => Seen {
                     done: restoring == "completed" && state == "detached",
-                    describe: format!("{quoted}, restore {restoring} ({progress}%)"),
+                    describe: format!("{quoted}, {doing} {restoring} ({progress}%)"),
                     bar: Some((
                         progress,
                         100,
-                        format!("restoring from {}", text(&restore["url"])),
+                        format!(
+                            "{} from {from}",
+                            if doing == "copy" {
+                                "copying"
+                            } else {
+                                "restoring"
+                            }
+                        ),
                     )),
                 },
             }
@@ -258,4 +266,19 @@ fn see(client: &Client, volume: &Value, goal: Goal) -> anyhow::Result<Seen> {
             }
         }
     })
+}
+
+/// ("restore", the backup URL) or ("copy", `snapshot "vol/snap"`) of a volume's `restore`.
+pub fn restore_source(restore: &Value) -> (&'static str, String) {
+    match restore["snapshot"].as_object() {
+        Some(from) => (
+            "copy",
+            format!(
+                "snapshot \"{}/{}\"",
+                text(&from["volume"]),
+                text(&from["snapshot"])
+            ),
+        ),
+        None => ("restore", text(&restore["url"])),
+    }
 }

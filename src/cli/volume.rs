@@ -15,14 +15,22 @@ pub enum VolumeCommand {
     /// Create a volume; its replicas are placed at once.
     Create {
         name: String,
-        /// Size with Ki, Mi, Gi or Ti (a multiple of 2 MiB); with --from-backup at least
-        /// the backup's (its size by default).
-        #[arg(long, required_unless_present = "from_backup")]
+        /// Size with Ki, Mi, Gi or Ti (a multiple of 2 MiB); with --from-backup,
+        /// --from-snapshot or --clone at least the source's (its size by default).
+        #[arg(long, required_unless_present_any = ["from_backup", "from_snapshot", "clone"])]
         size: Option<String>,
         /// Restore the new volume from this backup: the URL `shorthorn backup get` prints
         /// (`<target>?backup=<name>&volume=<volume>`). With --wait, waits until restored.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["from_snapshot", "clone"])]
         from_backup: Option<String>,
+        /// Copy the new volume from snapshot SNAP of volume VOL (`VOL/SNAP`): it can be
+        /// attached once the copy completed. With --wait, waits until copied.
+        #[arg(long, value_name = "VOL/SNAP", conflicts_with = "clone")]
+        from_snapshot: Option<String>,
+        /// Clone volume VOL as it is now: a snapshot of it (`clone-<name>`, kept on VOL) is
+        /// taken and copied into the new volume. With --wait, waits until copied.
+        #[arg(long, value_name = "VOL")]
+        clone: Option<String>,
         /// Number of replicas (default: the defaultReplicaCount setting).
         #[arg(long)]
         replicas: Option<u8>,
@@ -30,11 +38,12 @@ pub enum VolumeCommand {
         /// (default: the staleReplicaTimeout setting).
         #[arg(long)]
         stale_replica_timeout: Option<u64>,
-        /// Wait until every replica is placed (and, restoring, until the restore completed,
-        /// with a progress bar).
+        /// Wait until every replica is placed (and, restoring or copying, until that
+        /// completed, with a progress bar).
         #[arg(long)]
         wait: bool,
-        /// Seconds to wait with --wait before failing (default: 120, 3600 for a restore).
+        /// Seconds to wait with --wait before failing (default: 120, 3600 for a restore or
+        /// a copy).
         #[arg(long)]
         timeout: Option<u64>,
     },
@@ -130,6 +139,8 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             name,
             size,
             from_backup,
+            from_snapshot,
+            clone,
             replicas,
             stale_replica_timeout,
             wait,
@@ -139,12 +150,31 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             if let Some(size) = size {
                 body["size"] = json!(parse_size(&size).map_err(anyhow::Error::msg)?);
             }
-            let goal = match &from_backup {
-                Some(url) => {
+            let source = match (&from_snapshot, &clone) {
+                (Some(path), _) => {
+                    let Some((volume, snapshot)) = path
+                        .split_once('/')
+                        .filter(|(v, s)| !v.is_empty() && !s.is_empty())
+                    else {
+                        anyhow::bail!(
+                            "--from-snapshot takes VOLUME/SNAPSHOT (as `shorthorn snapshot ls VOLUME` lists them), not \"{path}\""
+                        );
+                    };
+                    Some(json!({ "volume": volume, "snapshot": snapshot }))
+                }
+                (None, Some(volume)) => Some(json!({ "volume": volume })),
+                (None, None) => None,
+            };
+            let goal = match (&from_backup, source) {
+                (Some(url), _) => {
                     body["fromBackup"] = json!(url);
                     Goal::Restored
                 }
-                None => Goal::Scheduled,
+                (None, Some(source)) => {
+                    body["dataSource"] = source;
+                    Goal::Restored
+                }
+                (None, None) => Goal::Scheduled,
             };
             let timeout = timeout.unwrap_or(if goal == Goal::Restored { 3600 } else { 120 });
             if let Some(replicas) = replicas {
@@ -165,6 +195,9 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
                     target.output,
                 )
                 .with_context(|| match goal {
+                    Goal::Restored if from_backup.is_none() => {
+                        format!("volume \"{name}\" was created; it is not copied")
+                    }
                     Goal::Restored => format!("volume \"{name}\" was created; it is not restored"),
                     _ => format!("volume \"{name}\" was created; its replicas are not all placed"),
                 })?
@@ -288,9 +321,13 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
 /// The volume's condition, or where its restore is while it is not completed.
 fn condition(volume: &Value) -> String {
     let restore = &volume["restore"];
+    let (doing, _) = super::progress::restore_source(restore);
     match restore["state"].as_str() {
+        Some("inProgress") if doing == "copy" => {
+            format!("copying ({}%)", text(&restore["progress"]))
+        }
         Some("inProgress") => format!("restoring ({}%)", text(&restore["progress"])),
-        Some("error") => format!("restore failed: {}", text(&restore["error"])),
+        Some("error") => format!("{doing} failed: {}", text(&restore["error"])),
         _ => text(&volume["condition"]),
     }
 }
