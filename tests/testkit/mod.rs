@@ -9,6 +9,7 @@
 // Each test binary uses a different subset of this kit.
 #![allow(dead_code)]
 
+pub mod kube;
 pub mod nfs;
 pub mod s3;
 

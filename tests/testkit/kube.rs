@@ -1,0 +1,444 @@
+//! A real Kubernetes control plane on loopback for the tests: etcd, kube-apiserver and
+//! kube-controller-manager, built from the Go module proxy by `scripts/build-tools` (see
+//! tools/etcd and tools/k8s), started as child processes over a temporary directory and
+//! killed (by their pid) on drop. No kubelet and no scheduler: nothing runs pods.
+//!
+//! The API server is started as controller-runtime's envtest starts it (RBAC, the
+//! ServiceAccount admission plugin off, a self-signed serving certificate generated into
+//! `--cert-dir`, service-account keys), plus `--advertise-address=127.0.0.1
+//! --endpoint-reconciler-type=none` and a static admin token (group `system:masters`).
+//! The controller manager runs every controller but node-lifecycle (it would taint nodes
+//! that have no kubelet).
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::{free_port_base, text};
+
+/// The admin's bearer token (a member of `system:masters`).
+pub const ADMIN_TOKEN: &str = "shorthorn-test-admin-token";
+
+/// The Kubernetes release tools/k8s builds.
+pub const KUBE_VERSION: &str = "v1.34.4";
+const ETCD_VERSION: &str = "v3.6.17";
+const HELM_VERSION: &str = "v4.1.4";
+
+/// The binaries, from `scripts/build-tools`' environment lines or its cache.
+pub struct Tools {
+    pub etcd: PathBuf,
+    pub apiserver: PathBuf,
+    pub controller_manager: PathBuf,
+    pub kubectl: PathBuf,
+    pub helm: PathBuf,
+}
+
+impl Tools {
+    /// Every binary, or `None` (after printing SKIPPED) when one is missing and this is not
+    /// CI. Under `CI=true` a missing binary fails the test: CI must run all of them.
+    pub fn find() -> Option<Tools> {
+        let cache = std::env::var("SHORTHORN_TOOLS").unwrap_or("/var/tmp/shorthorn-tools".into());
+        let k8s = format!("{cache}/k8s-{KUBE_VERSION}");
+        let wanted = [
+            (
+                "SHORTHORN_ETCD",
+                format!("{cache}/etcd-{ETCD_VERSION}/etcd"),
+            ),
+            ("SHORTHORN_KUBE_APISERVER", format!("{k8s}/kube-apiserver")),
+            (
+                "SHORTHORN_KUBE_CONTROLLER_MANAGER",
+                format!("{k8s}/kube-controller-manager"),
+            ),
+            ("SHORTHORN_KUBECTL", format!("{k8s}/kubectl")),
+            (
+                "SHORTHORN_HELM",
+                format!("{cache}/helm-{HELM_VERSION}/helm"),
+            ),
+        ];
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for (var, default) in wanted {
+            let path = std::env::var_os(var).map_or(PathBuf::from(&default), PathBuf::from);
+            if path.is_file() {
+                found.push(path);
+            } else {
+                missing.push(format!("{var} ({})", path.display()));
+            }
+        }
+        if !missing.is_empty() {
+            let message = format!(
+                "the Kubernetes control plane's binaries are missing: {}; run scripts/build-tools \
+                 and export the lines it prints",
+                missing.join(", ")
+            );
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{message}");
+            }
+            eprintln!("SKIPPED: {message}");
+            return None;
+        }
+        let mut found = found.into_iter();
+        let mut next = || found.next().expect("five paths");
+        Some(Tools {
+            etcd: next(),
+            apiserver: next(),
+            controller_manager: next(),
+            kubectl: next(),
+            helm: next(),
+        })
+    }
+}
+
+/// etcd, kube-apiserver and kube-controller-manager on loopback; killed on drop. Set
+/// `SHORTHORN_KEEP_TEST_DIRS` to keep the directory (logs, kubeconfig, etcd data).
+pub struct ControlPlane {
+    pub tools: Tools,
+    dir: TempDir,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    /// Started last first: controller manager, API server, etcd.
+    children: Vec<(&'static str, Child)>,
+}
+
+impl ControlPlane {
+    /// Starts the control plane and waits until the API server's /readyz is ok and the
+    /// controller manager has created the `default` service account; `None` when the
+    /// binaries are missing outside CI (see [`Tools::find`]).
+    pub fn start() -> Option<ControlPlane> {
+        let tools = Tools::find()?;
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        if std::env::var_os("SHORTHORN_KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("control plane directory kept: {}", dir.path().display());
+        }
+        let base = free_port_base();
+        let (etcd_client, etcd_peer, secure) = (base + 1, base + 2, base + 3);
+        let server = format!("https://127.0.0.1:{secure}");
+        let mut plane = ControlPlane {
+            tools,
+            dir,
+            server,
+            children: Vec::new(),
+        };
+        let d = plane.dir.path().to_path_buf();
+
+        // Service-account token signing keys.
+        let (sa_key, sa_pub) = (d.join("sa.key"), d.join("sa.pub"));
+        openssl(&["genrsa", "-out", path(&sa_key), "2048"]);
+        openssl(&[
+            "rsa",
+            "-in",
+            path(&sa_key),
+            "-pubout",
+            "-out",
+            path(&sa_pub),
+        ]);
+        let tokens = d.join("tokens.csv");
+        std::fs::write(
+            &tokens,
+            format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
+        )
+        .expect("token file");
+
+        let etcd_url = format!("http://127.0.0.1:{etcd_client}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        let etcd_args = [
+            format!("--data-dir={}", d.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            "--unsafe-no-fsync".into(),
+        ];
+        let etcd = plane.tools.etcd.clone();
+        plane.spawn("etcd", &etcd, &etcd_args);
+
+        let cert_dir = d.join("certs");
+        let apiserver_args = [
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={secure}"),
+            "--advertise-address=127.0.0.1".into(),
+            "--endpoint-reconciler-type=none".into(),
+            format!("--cert-dir={}", cert_dir.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--token-auth-file={}", tokens.display()),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            format!("--service-account-issuer={}/", plane.server),
+        ];
+        let apiserver = plane.tools.apiserver.clone();
+        plane.spawn("kube-apiserver", &apiserver, &apiserver_args);
+
+        // The serving certificate (with its self-signed CA after it) appears once the API
+        // server has generated it, before it serves.
+        let ca = cert_dir.join("apiserver.crt");
+        plane.wait("the API server's certificate", |_| ca.is_file());
+        std::fs::write(plane.kubeconfig(), kubeconfig(&plane.server, &ca)).expect("kubeconfig");
+        plane.wait("the API server's /readyz", |plane| {
+            plane
+                .kubectl(&["get", "--raw", "/readyz"])
+                .0
+                .is_some_and(|out| out.trim() == "ok")
+        });
+
+        let kcm_args = [
+            format!("--kubeconfig={}", plane.kubeconfig().display()),
+            "--controllers=*,-node-lifecycle-controller".into(),
+            "--leader-elect=false".into(),
+            // No serving port, so parallel control planes never collide.
+            "--secure-port=0".into(),
+            format!("--service-account-private-key-file={}", sa_key.display()),
+            format!("--root-ca-file={}", ca.display()),
+            format!(
+                "--flex-volume-plugin-dir={}",
+                d.join("flexvolume").display()
+            ),
+        ];
+        let kcm = plane.tools.controller_manager.clone();
+        plane.spawn("kube-controller-manager", &kcm, &kcm_args);
+        plane.wait(
+            "the controller manager's default service account",
+            |plane| {
+                plane
+                    .kubectl(&["get", "serviceaccount", "default", "-n", "default"])
+                    .0
+                    .is_some()
+            },
+        );
+        Some(plane)
+    }
+
+    fn spawn(&mut self, name: &'static str, bin: &Path, args: &[String]) {
+        let log = File::create(self.log(name)).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starts {name} ({}): {e}", bin.display()));
+        self.children.push((name, child));
+    }
+
+    /// Waits up to 3 minutes (2 busy cores) for `done`; fails with every process's log tail
+    /// when it is not, or at once when one of them exited.
+    fn wait(&mut self, what: &str, done: impl Fn(&ControlPlane) -> bool) {
+        let start = Instant::now();
+        loop {
+            if done(self) {
+                return;
+            }
+            let exited: Vec<String> = self
+                .children
+                .iter_mut()
+                .filter_map(|(name, child)| {
+                    child
+                        .try_wait()
+                        .ok()
+                        .flatten()
+                        .map(|status| format!("{name} exited ({status})"))
+                })
+                .collect();
+            if !exited.is_empty() || start.elapsed() > Duration::from_secs(180) {
+                panic!(
+                    "waiting for {what}: {}\n{}",
+                    if exited.is_empty() {
+                        "timed out after 180 s".to_string()
+                    } else {
+                        exited.join(", ")
+                    },
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The last lines of each process's log.
+    pub fn log_tails(&self) -> String {
+        let mut all = String::new();
+        for (name, _) in &self.children {
+            let log = std::fs::read_to_string(self.log(name)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(20)..];
+            all.push_str(&format!("--- {name} log tail:\n{}\n", tail.join("\n")));
+        }
+        all
+    }
+
+    /// The control plane's directory (logs `NAME.log`, `kubeconfig`, etcd data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("{name}.log"))
+    }
+
+    /// An admin kubeconfig (the static token, the API server's own CA).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir().join("kubeconfig")
+    }
+
+    /// `kubectl` pointed at this control plane; not started.
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.tools.kubectl);
+        command
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs kubectl; returns (stdout if it succeeded, stdout + stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (Option<String>, String) {
+        outcome(self.kubectl_command(args).output().expect("runs kubectl"))
+    }
+
+    /// Runs kubectl, which must succeed; returns its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let (out, all) = self.kubectl(args);
+        out.unwrap_or_else(|| panic!("kubectl {args:?} failed: {all}"))
+    }
+
+    /// Runs kubectl with `stdin` as its standard input (`apply -f -`), which must succeed.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .kubectl_command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runs kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("writes kubectl's stdin");
+        let (out, all) = outcome(child.wait_with_output().expect("kubectl"));
+        out.unwrap_or_else(|| panic!("kubectl {args:?} failed: {all}"))
+    }
+
+    /// `helm` pointed at this control plane, its caches and config under the directory.
+    pub fn helm_command(&self, args: &[impl AsRef<OsStr>]) -> Command {
+        let mut command = Command::new(&self.tools.helm);
+        let home = self.dir().join("helm");
+        command
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs helm; returns (stdout if it succeeded, stdout + stderr).
+    pub fn helm(&self, args: &[impl AsRef<OsStr>]) -> (Option<String>, String) {
+        outcome(self.helm_command(args).output().expect("runs helm"))
+    }
+
+    /// Runs helm, which must succeed; returns its stdout.
+    pub fn helm_ok(&self, args: &[impl AsRef<OsStr>]) -> String {
+        let (out, all) = self.helm(args);
+        out.unwrap_or_else(|| {
+            let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+            panic!("helm {shown:?} failed: {all}")
+        })
+    }
+
+    /// A kube client with the admin kubeconfig.
+    pub async fn client(&self) -> ::kube::Client {
+        let kubeconfig =
+            ::kube::config::Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let config = ::kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("client config");
+        ::kube::Client::try_from(config).expect("kube client")
+    }
+
+    /// Polls kubectl `args` until its output satisfies `done` (3 minutes at most); returns
+    /// the last output.
+    pub fn kubectl_until(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let (out, all) = self.kubectl(args);
+            if let Some(out) = out.filter(|out| done(out)) {
+                return out;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "kubectl {args:?} did not show what was awaited in 180 s; last: {all}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        while let Some((_, mut child)) = self.children.pop() {
+            // Child::kill sends SIGKILL to this child's pid only.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn outcome(out: Output) -> (Option<String>, String) {
+    let stdout = text(&out.stdout);
+    let all = format!("{stdout}{}", text(&out.stderr));
+    (out.status.success().then_some(stdout), all)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("runs openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        text(&out.stderr)
+    );
+}
+
+fn kubeconfig(server: &str, ca: &Path) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: shorthorn-test
+  cluster:
+    server: {server}
+    certificate-authority: {}
+users:
+- name: admin
+  user:
+    token: {ADMIN_TOKEN}
+contexts:
+- name: shorthorn-test
+  context:
+    cluster: shorthorn-test
+    user: admin
+current-context: shorthorn-test
+",
+        ca.display()
+    )
+}
