@@ -214,10 +214,19 @@ async fn apply_default_settings(
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
         );
-        handle
-            .propose(shorthorn_state::Command::new(at, proposer, request))
-            .await
-            .with_context(|| format!("setting {key} to {value:?}"))?;
+        let command = shorthorn_state::Command::new(at, proposer, request);
+        // Retried under the same command id while the group elects (a retry that lands
+        // twice changes nothing).
+        loop {
+            match handle.propose(command.clone()).await {
+                Ok(_) => break,
+                Err(err) if std::time::Instant::now() < deadline => {
+                    tracing::debug!("setting {key}: {err}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(err) => return Err(err).with_context(|| format!("setting {key} to {value:?}")),
+            }
+        }
         applied += 1;
     }
     tracing::info!(applied, of = wanted.len(), "default settings applied");
@@ -225,7 +234,7 @@ async fn apply_default_settings(
 }
 
 /// A client of the API server the manager mirrors into.
-async fn kube_client(args: &ServiceArgs) -> anyhow::Result<kube::Client> {
+pub async fn kube_client(args: &ServiceArgs) -> anyhow::Result<kube::Client> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)

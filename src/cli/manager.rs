@@ -6,20 +6,27 @@
 //! ignores `--join`. A manager whose data directory was lost cannot join under its old node
 //! id until it has been removed from the group. SIGTERM or SIGINT stops it cleanly; after a
 //! SIGKILL it recovers everything it acknowledged from its data directory.
+//!
+//! With `--kubernetes` (a DaemonSet pod) there is no `--join` and no `--node-id`: the node
+//! name comes from the downward API (`NODE_NAME`), the node id is drawn once and kept in
+//! the data directory, and Leases in the namespace decide who bootstraps and whom to join
+//! (`shorthorn_k8s_bridge::discovery`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shorthorn_consensus::grpc::{self, GrpcTransport};
 use shorthorn_consensus::{Error, Handle, Tuning};
+use shorthorn_k8s_bridge::discovery::{Discovery, Start};
 
 #[derive(Debug, clap::Args)]
 pub struct ManagerArgs {
-    /// This manager's Raft node id (unique, never reused).
-    #[arg(long)]
-    pub node_id: u64,
+    /// This manager's Raft node id (unique, never reused). With --kubernetes it may be
+    /// left out: one is drawn at random and kept in the data directory (`node-id`).
+    #[arg(long, required_unless_present = "kubernetes")]
+    pub node_id: Option<u64>,
     /// Directory for the log, the state machine and snapshots.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -27,8 +34,13 @@ pub struct ManagerArgs {
     #[arg(long)]
     pub listen: String,
     /// Join the cluster through this member instead of bootstrapping a new one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubernetes")]
     pub join: Option<String>,
+    /// Run as a pod of the chart's DaemonSet: node name from `NODE_NAME` (unless --name),
+    /// peers and the one-time bootstrap through Leases of the API server (needs
+    /// --in-cluster or --kubeconfig).
+    #[arg(long)]
+    pub kubernetes: bool,
     /// Address the other managers reach this one at (defaults to --listen).
     #[arg(long)]
     pub advertise: Option<String>,
@@ -67,7 +79,33 @@ pub fn run(args: ManagerArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(args))
 }
 
-async fn serve(args: ManagerArgs) -> anyhow::Result<()> {
+async fn serve(mut args: ManagerArgs) -> anyhow::Result<()> {
+    let discovery = if args.kubernetes {
+        if args.services.name.is_none() {
+            let node = std::env::var("NODE_NAME").context(
+                "--kubernetes needs the node name: set NODE_NAME (the downward API's spec.nodeName) or --name",
+            )?;
+            args.services.name = Some(node);
+        }
+        let client = crate::daemon::kube_client(&args.services).await?;
+        let advertise = args
+            .advertise
+            .clone()
+            .unwrap_or_else(|| args.listen.clone());
+        let node = args.services.name.clone().unwrap_or_default();
+        Some(Discovery::new(
+            client,
+            &args.services.namespace,
+            &node,
+            &advertise,
+        ))
+    } else {
+        None
+    };
+    let node_id = match args.node_id {
+        Some(id) => id,
+        None => kept_node_id(&args.data_dir)?,
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -85,7 +123,7 @@ async fn serve(args: ManagerArgs) -> anyhow::Result<()> {
         ..Tuning::default()
     };
     let handle = Handle::open(
-        args.node_id,
+        node_id,
         &args.data_dir,
         advertise,
         Arc::new(GrpcTransport::new()),
@@ -101,18 +139,36 @@ async fn serve(args: ManagerArgs) -> anyhow::Result<()> {
 
     let started = async {
         if handle.is_initialized().await? {
-            tracing::info!(node = args.node_id, "restarted from the data directory");
+            tracing::info!(node = node_id, "restarted from the data directory");
         } else if let Some(join) = &args.join {
             join_group(&handle, join).await?;
+        } else if let Some(discovery) = &discovery {
+            match discovery.start().await {
+                Start::Bootstrap => {
+                    handle.bootstrap().await?;
+                    tracing::info!(node = node_id, "bootstrapped a new group");
+                    retry("marking the bootstrap Lease", || {
+                        discovery.mark_bootstrapped()
+                    })
+                    .await;
+                }
+                Start::Join(peers) => join_any(&handle, discovery, peers).await?,
+            }
         } else {
             handle.bootstrap().await?;
-            tracing::info!(node = args.node_id, "bootstrapped a new group");
+            tracing::info!(node = node_id, "bootstrapped a new group");
+        }
+        if let Some(discovery) = &discovery {
+            retry("writing this manager's member Lease", || {
+                discovery.announce()
+            })
+            .await;
         }
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
         started = started => match started {
-            Ok(()) => match crate::daemon::start(&args.services, &handle, args.node_id).await {
+            Ok(()) => match crate::daemon::start(&args.services, &handle, node_id).await {
                 Ok(services) => {
                     let outcome = wait_for_signal().await;
                     services.iter().for_each(|task| task.abort());
@@ -166,6 +222,86 @@ async fn join_group(handle: &Handle, join: &str) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Joins through whichever member answers, re-reading the member Leases between rounds.
+async fn join_any(
+    handle: &Handle,
+    discovery: &Discovery,
+    mut peers: Vec<String>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        for peer in &peers {
+            match handle.join(peer).await {
+                Ok(status) => {
+                    tracing::info!(node = handle.id(), leader = ?status.leader, "joined the group through {peer}");
+                    return Ok(());
+                }
+                Err(err @ (Error::AlreadyMember { .. } | Error::Membership(_))) => {
+                    return Err(anyhow::Error::new(err).context(format!("joining through {peer}")));
+                }
+                Err(err) => tracing::warn!("joining through {peer}: {err}; trying the next member"),
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no member of the group answered in 10 minutes (tried {peers:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Start::Join(found) = discovery.start().await {
+            peers = found;
+        }
+    }
+}
+
+/// Retries an API server write until it succeeds (the API server may be restarting).
+async fn retry<F, Fut>(what: &str, mut op: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut round = 0u32;
+    while let Err(err) = op().await {
+        if round.is_multiple_of(20) {
+            tracing::warn!("{what}: {err:#}; retrying");
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The node id kept in `DATA_DIR/node-id`, drawn at random (and made durable) the first
+/// time: unique without coordination, and never reused by a wiped data directory.
+fn kept_node_id(data_dir: &Path) -> anyhow::Result<u64> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return text
+                .trim()
+                .parse()
+                .with_context(|| format!("{} does not hold a node id", path.display()));
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut seed = blake3::Hasher::new();
+    seed.update(&std::process::id().to_le_bytes());
+    seed.update(format!("{:?}", std::time::SystemTime::now()).as_bytes());
+    seed.update(data_dir.as_os_str().as_encoded_bytes());
+    let bytes = seed.finalize();
+    let id = (u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes")) >> 1).max(1);
+    let tmp = data_dir.join("node-id.tmp");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::io::Write::write_all(&mut file, format!("{id}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()?;
+    tracing::info!(node = id, "drew this manager's node id");
+    Ok(id)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

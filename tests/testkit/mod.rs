@@ -92,6 +92,17 @@ impl DevCluster {
         cluster
     }
 
+    /// Takes over managers started by hand in `dir` laid out as `dev up` lays it out
+    /// (manager `n`'s API on `base + n`, its pid in `m{n}/pid`, its disk at `m{n}/disk`,
+    /// the token in `token`): stopped with `dev down` on drop.
+    pub fn adopt(dir: TempDir, base: u16) -> DevCluster {
+        let cli_api = (1..=3)
+            .map(|n| format!("http://127.0.0.1:{}", base + n))
+            .collect::<Vec<_>>()
+            .join(",");
+        DevCluster { dir, base, cli_api }
+    }
+
     /// The cluster's directory: manager `n`'s files are under `m{n}/`.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -1,0 +1,474 @@
+//! Managers as the chart runs them (`manager --kubernetes`), against a real control plane
+//! (tests/testkit/kube.rs): they find each other and bootstrap once through Leases, apply
+//! the seed's default settings, and the Raft leader mirrors the log into the shorthorn.io
+//! objects; spec edits made with kubectl become commands or show why they were refused; a
+//! leader SIGKILLed mid-mirror leaves no object lost, duplicated or stale.
+
+mod testkit;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::kube::ControlPlane;
+use testkit::{BIN, DevCluster, free_port_base, text_of};
+
+const NAMESPACE: &str = "shorthorn-system";
+
+/// The seed's `defaultSettings`, as a values file gives them to the chart's ConfigMap.
+const SEED_SETTINGS: &str = r#"
+backupTarget: s3://backupbucket@us-east-1/backupstore
+backupTargetCredentialSecret: minio-secret
+createDefaultDiskLabeledNodes: true
+defaultDataPath: /var/lib/longhorn-example/
+replicaSoftAntiAffinity: false
+storageOverProvisioningPercentage: 600
+storageMinimalAvailablePercentage: 15
+upgradeChecker: false
+defaultReplicaCount: 2
+defaultDataLocality: disabled
+guaranteedEngineCPU:
+defaultLonghornStaticStorageClass: longhorn-static-example
+backupstorePollInterval: 500
+taintToleration: key1=value1:NoSchedule; key2:NoExecute
+systemManagedComponentsNodeSelector: "label-key1:label-value1"
+priority-class: high-priority
+autoSalvage: false
+disableSchedulingOnCordonedNode: false
+replicaZoneSoftAntiAffinity: false
+volumeAttachmentRecoveryPolicy: never
+nodeDownPodDeletionPolicy: do-nothing
+mkfsExt4Parameters: -O ^64bit,^metadata_csum
+guaranteed-engine-manager-cpu: 15
+guaranteed-replica-manager-cpu: 15
+"#;
+
+/// `count` managers started at once with `--kubernetes`, laid out as `dev up` lays them
+/// out (so `dev down` stops them and what their agents started).
+struct KubeManagers {
+    cluster: DevCluster,
+    base: u16,
+    kubeconfig: PathBuf,
+    settings: PathBuf,
+}
+
+impl KubeManagers {
+    fn start(plane: &ControlPlane, count: u16) -> KubeManagers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = free_port_base();
+        let settings = dir.path().join("default-settings.yaml");
+        std::fs::write(&settings, SEED_SETTINGS).expect("settings file");
+        std::fs::write(dir.path().join("token"), "kube-cluster-test-token\n").expect("token");
+        let managers = KubeManagers {
+            cluster: DevCluster::adopt(dir, base),
+            base,
+            kubeconfig: plane.kubeconfig(),
+            settings,
+        };
+        for n in 1..=count {
+            managers.spawn(n);
+        }
+        managers
+    }
+
+    fn dir(&self) -> &Path {
+        self.cluster.dir()
+    }
+
+    /// Starts manager `n` as node `node-n` (the downward API's NODE_NAME).
+    fn spawn(&self, n: u16) {
+        let dir = self.dir().join(format!("m{n}"));
+        std::fs::create_dir_all(dir.join("disk")).expect("node dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("manager.log"))
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(["manager", "--kubernetes", "--namespace", NAMESPACE])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.base + 10 + n)])
+            .args(["--api-listen", &format!("127.0.0.1:{}", self.base + n)])
+            .arg("--token-file")
+            .arg(self.dir().join("token"))
+            .arg("--disk")
+            .arg(dir.join("disk"))
+            .arg("--default-settings")
+            .arg(&self.settings)
+            .env("NODE_NAME", format!("node-{n}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starts a manager");
+        std::fs::write(dir.join("pid"), child.id().to_string()).expect("pid file");
+        // Stopped by `dev down` through its pid file, as dev clusters are.
+        std::mem::forget(child);
+    }
+
+    /// Manager `n`'s `/v1/cluster` (its view of the Raft group), if it answers.
+    fn raft(&self, n: u16) -> Option<Value> {
+        let url = format!("{}/v1/cluster", self.cluster.api_of(n));
+        let answer = ureq::get(&url)
+            .set("Authorization", "Bearer kube-cluster-test-token")
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?;
+        answer.into_json().ok()
+    }
+
+    /// Waits until every manager in `members` sees the same leader, `voters` voters and
+    /// `learners` learners.
+    fn wait_group(&self, members: &[u16], voters: usize, learners: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let views: Vec<Option<Value>> = members.iter().map(|&n| self.raft(n)).collect();
+            let agreed = views.iter().all(|v| {
+                v.as_ref().is_some_and(|v| {
+                    !v["leader"].is_null()
+                        && v["leader"] == views[0].as_ref().unwrap_or(&Value::Null)["leader"]
+                        && v["voters"].as_array().map_or(0, Vec::len) == voters
+                        && v["members"].as_object().map_or(0, |m| m.len()) == voters + learners
+                })
+            });
+            if agreed {
+                return views.into_iter().flatten().collect();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the managers did not form one group of {voters} voters and {learners} \
+                     learners; views: {views:?}\n{}",
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The manager number of the Raft leader.
+    fn leader(&self, members: &[u16]) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for &n in members {
+                if self.raft(n).is_some_and(|v| v["role"] == "Leader") {
+                    return n;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader\n{}", self.log_tails());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for n in 1..=4 {
+            let Ok(log) = std::fs::read_to_string(self.dir().join(format!("m{n}/manager.log")))
+            else {
+                continue;
+            };
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            out.push_str(&format!("--- m{n}/manager.log ends:\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The control plane with the namespace and the chart's CRDs, established.
+fn plane_with_crds() -> Option<ControlPlane> {
+    let plane = ControlPlane::start()?;
+    plane.kubectl_ok(&["create", "namespace", NAMESPACE]);
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chart/crds/shorthorn.io.yaml");
+    plane.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().expect("path")]);
+    plane.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=120s",
+        "crd",
+        "volumes.shorthorn.io",
+        "nodes.shorthorn.io",
+        "settings.shorthorn.io",
+        "replicas.shorthorn.io",
+        "engines.shorthorn.io",
+    ]);
+    Some(plane)
+}
+
+/// The names of the objects of `resource` in the namespace.
+fn names(plane: &ControlPlane, resource: &str) -> Vec<String> {
+    let out = plane.kubectl_ok(&["get", resource, "-n", NAMESPACE, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("list JSON");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| text_of(&item["metadata"]["name"]))
+        .collect()
+}
+
+fn object(plane: &ControlPlane, resource: &str, name: &str) -> Option<Value> {
+    let (out, _) = plane.kubectl(&["get", resource, name, "-n", NAMESPACE, "-o", "json"]);
+    out.map(|out| serde_json::from_str(&out).expect("object JSON"))
+}
+
+/// Polls until `done` holds for the object (3 minutes at most).
+fn wait_object(
+    plane: &ControlPlane,
+    resource: &str,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let got = object(plane, resource, name);
+        if let Some(got) = got.as_ref().filter(|o| done(o)) {
+            return got.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{resource}/{name}: {what} not seen in 180 s; last: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+#[test]
+fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
+    let Some(plane) = plane_with_crds() else {
+        return;
+    };
+    // Three managers started at the same moment: exactly one may bootstrap.
+    let managers = KubeManagers::start(&plane, 3);
+    let views = managers.wait_group(&[1, 2, 3], 3, 0);
+    let ids: BTreeSet<String> = views.iter().map(|v| v["id"].to_string()).collect();
+    assert_eq!(ids.len(), 3, "three distinct node ids: {views:?}");
+    let bootstrap: Value = serde_json::from_str(&plane.kubectl_ok(&[
+        "get",
+        "lease",
+        "shorthorn-bootstrap",
+        "-n",
+        NAMESPACE,
+        "-o",
+        "json",
+    ]))
+    .expect("lease JSON");
+    assert_eq!(
+        bootstrap["metadata"]["annotations"]["shorthorn.io/bootstrapped"], "true",
+        "{bootstrap}"
+    );
+    let members = plane.kubectl_until(
+        &[
+            "get",
+            "lease",
+            "-n",
+            NAMESPACE,
+            "-l",
+            "shorthorn.io/raft-member=true",
+            "-o",
+            "name",
+        ],
+        |out| out.lines().count() == 3,
+    );
+    assert_eq!(members.lines().count(), 3, "{members}");
+    // Exactly one manager bootstrapped a group; the others joined it.
+    let mut bootstrapped = 0;
+    for n in 1..=3 {
+        let log = std::fs::read_to_string(managers.dir().join(format!("m{n}/manager.log")))
+            .expect("manager log");
+        bootstrapped += log.matches("bootstrapped a new group").count();
+    }
+    assert_eq!(bootstrapped, 1, "{}", managers.log_tails());
+
+    // A fourth manager joins as a learner: the group has its three voters.
+    managers.spawn(4);
+    managers.wait_group(&[1, 2, 3, 4], 3, 1);
+
+    // The seed's settings are the cluster's, in the log and in the Setting objects.
+    let cluster = &managers.cluster;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let settings = cluster.json(&["setting", "ls"]);
+        let value = |key: &str| {
+            settings
+                .as_array()
+                .and_then(|all| all.iter().find(|s| s["key"] == key))
+                .map(|s| text_of(&s["value"]))
+        };
+        if value("defaultReplicaCount").as_deref() == Some("2")
+            && value("storageOverProvisioningPercentage").as_deref() == Some("600")
+            && value("backupstorePollInterval").as_deref() == Some("500")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seed's settings did not reach the log: {settings}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_object(
+        &plane,
+        "settings.shorthorn.io",
+        "default-replica-count",
+        "value 2",
+        |o| text_of(&o["spec"]["value"]) == "2",
+    );
+    // The agents' disks are where the test put them, not the seed's defaultDataPath.
+    cluster.ok(&["setting", "set", "storageMinimalAvailablePercentage", "0"]);
+    let nodes = plane.kubectl_until(
+        &["get", "nodes.shorthorn.io", "-n", NAMESPACE, "-o", "name"],
+        |out| out.lines().count() == 4,
+    );
+    assert_eq!(nodes.lines().count(), 4, "{nodes}");
+
+    // A volume made through the API shows up healthy, with the columns a user reads.
+    cluster.create_volume("db", 16, 3, &[]);
+    cluster.attach("db", "node-1");
+    cluster.wait_volume("db", "healthy", |v| v["robustness"] == "healthy");
+    let listed = plane.kubectl_until(&["get", "volumes.shorthorn.io", "-n", NAMESPACE], |out| {
+        out.lines()
+            .any(|l| l.starts_with("db ") && l.contains("healthy"))
+    });
+    let header = listed.lines().next().unwrap_or_default();
+    for column in ["STATE", "ROBUSTNESS", "SIZE", "NODE", "AGE"] {
+        assert!(header.contains(column), "no {column} column: {listed}");
+    }
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("db ") && l.contains("attached") && l.contains("node-1")),
+        "{listed}"
+    );
+    assert_eq!(names(&plane, "replicas.shorthorn.io").len(), 3);
+
+    // kubectl patch of the replica count becomes a command in the log.
+    plane.kubectl_ok(&[
+        "patch",
+        "volumes.shorthorn.io",
+        "db",
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"numberOfReplicas":2}}"#,
+    ]);
+    cluster.wait_volume("db", "numberOfReplicas 2 from the kubectl patch", |v| {
+        v["numberOfReplicas"] == 2
+    });
+    let patched = wait_object(
+        &plane,
+        "volumes.shorthorn.io",
+        "db",
+        "SpecApplied=True",
+        |o| {
+            condition(o, "SpecApplied").is_some_and(|c| c["status"] == "True")
+                && o["status"]["observedGeneration"] == o["metadata"]["generation"]
+        },
+    );
+    assert_eq!(patched["spec"]["numberOfReplicas"], 2);
+
+    // A bad patch: refused with the reason on the object and in an Event, and the log's
+    // spec put back (the user sees why, not a silent revert).
+    plane.kubectl_ok(&[
+        "patch",
+        "volumes.shorthorn.io",
+        "db",
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"numberOfReplicas":0}}"#,
+    ]);
+    let refused = wait_object(
+        &plane,
+        "volumes.shorthorn.io",
+        "db",
+        "SpecApplied=False",
+        |o| condition(o, "SpecApplied").is_some_and(|c| c["status"] == "False"),
+    );
+    let reason = text_of(&condition(&refused, "SpecApplied").expect("condition")["message"]);
+    assert!(!reason.is_empty(), "{refused}");
+    wait_object(
+        &plane,
+        "volumes.shorthorn.io",
+        "db",
+        "the log's spec back",
+        |o| o["spec"]["numberOfReplicas"] == 2,
+    );
+    assert_eq!(
+        cluster.json(&["volume", "get", "db"])["numberOfReplicas"],
+        2
+    );
+    let events = plane.kubectl_until(
+        &[
+            "get",
+            "events",
+            "-n",
+            NAMESPACE,
+            "--field-selector",
+            "involvedObject.name=db",
+            "-o",
+            "json",
+        ],
+        |out| out.contains("EditRefused"),
+    );
+    assert!(events.contains("EditRefused"), "{events}");
+
+    // The leader SIGKILLed while the log changes under the mirror: the next leader takes
+    // over and the objects end up exactly the log's volumes, none stale.
+    let leader = managers.leader(&[1, 2, 3]);
+    let others: Vec<u16> = [1, 2, 3].into_iter().filter(|&n| n != leader).collect();
+    // The CLI fails over to the next manager when the one it asks is gone.
+    let via = cluster;
+    for name in ["v1", "v2"] {
+        via.ok(&["volume", "create", name, "--size", "8Mi", "--replicas", "2"]);
+    }
+    let pid =
+        std::fs::read_to_string(managers.dir().join(format!("m{leader}/pid"))).expect("leader pid");
+    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    via.ok(&["volume", "create", "v3", "--size", "8Mi", "--replicas", "2"]);
+    via.ok(&["volume", "delete", "v1"]);
+    managers.wait_group(&others, 3, 1);
+    // The killed manager comes back (its data directory: a restart, not a new member).
+    managers.spawn(leader);
+    managers.wait_group(&[1, 2, 3, 4], 3, 1);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let volumes = via.json(&["volume", "ls"]);
+        let volumes = volumes.as_array().expect("volumes");
+        let log: BTreeSet<String> = volumes.iter().map(|v| text_of(&v["name"])).collect();
+        let mirrored: Vec<String> = names(&plane, "volumes.shorthorn.io");
+        let mirrored_set: BTreeSet<String> = mirrored.iter().cloned().collect();
+        let states_match = volumes.iter().all(|v| {
+            object(&plane, "volumes.shorthorn.io", &text_of(&v["name"]))
+                .is_some_and(|o| o["status"]["state"] == v["state"])
+        });
+        if log == mirrored_set && mirrored.len() == log.len() && states_match {
+            assert!(!log.contains("v1") && log.contains("v3"), "{log:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "objects {mirrored:?} never matched the log {log:?}\n{}",
+            managers.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
