@@ -68,7 +68,22 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| format!("node-{member}"));
     let mut tasks = Vec::new();
-    let credentials = CredentialSource::new(args.credentials.clone());
+    let mut credentials = CredentialSource::new(args.credentials.clone());
+    let kube = if args.kubeconfig.is_some() || args.in_cluster {
+        Some(kube_client(args).await?)
+    } else {
+        None
+    };
+    if let Some(client) = &kube
+        && let Some(slot) = credentials.following_secret()
+    {
+        tasks.push(tokio::spawn(crate::credentials::follow_secret(
+            slot,
+            handle.clone(),
+            client.clone(),
+            args.namespace.clone(),
+        )));
+    }
     if let Some(listen) = &args.api_listen {
         let token_file = args
             .token_file
@@ -105,8 +120,7 @@ pub async fn start(
             }
         }));
     }
-    if args.kubeconfig.is_some() || args.in_cluster {
-        let client = kube_client(args).await?;
+    if let Some(client) = kube {
         let config = shorthorn_k8s_bridge::mirror::MirrorConfig {
             namespace: args.namespace.clone(),
             node: name.clone(),

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::kube::ControlPlane;
-use testkit::{BIN, DevCluster, free_port_base, text_of};
+use testkit::s3::S3Server;
+use testkit::{BIN, DevCluster, free_port_base, text_of, write_random};
 
 const NAMESPACE: &str = "shorthorn-system";
 
@@ -55,11 +56,11 @@ struct KubeManagers {
 }
 
 impl KubeManagers {
-    fn start(plane: &ControlPlane, count: u16) -> KubeManagers {
-        let dir = tempfile::tempdir().expect("tempdir");
+    fn start(plane: &ControlPlane, count: u16, default_settings: &str) -> KubeManagers {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         let base = free_port_base();
         let settings = dir.path().join("default-settings.yaml");
-        std::fs::write(&settings, SEED_SETTINGS).expect("settings file");
+        std::fs::write(&settings, default_settings).expect("settings file");
         std::fs::write(dir.path().join("token"), "kube-cluster-test-token\n").expect("token");
         let managers = KubeManagers {
             cluster: DevCluster::adopt(dir, base),
@@ -255,7 +256,7 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
         return;
     };
     // Three managers started at the same moment: exactly one may bootstrap.
-    let managers = KubeManagers::start(&plane, 3);
+    let managers = KubeManagers::start(&plane, 3, SEED_SETTINGS);
     let views = managers.wait_group(&[1, 2, 3], 3, 0);
     let ids: BTreeSet<String> = views.iter().map(|v| v["id"].to_string()).collect();
     assert_eq!(ids.len(), 3, "three distinct node ids: {views:?}");
@@ -344,7 +345,7 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
     cluster.wait_volume("db", "healthy", |v| v["robustness"] == "healthy");
     let listed = plane.kubectl_until(&["get", "volumes.shorthorn.io", "-n", NAMESPACE], |out| {
         out.lines()
-            .any(|l| l.starts_with("db ") && l.contains("healthy"))
+            .any(|l| l.starts_with("db ") && l.contains("healthy") && l.contains(" attached "))
     });
     let header = listed.lines().next().unwrap_or_default();
     for column in ["STATE", "ROBUSTNESS", "SIZE", "NODE", "AGE"] {
@@ -468,6 +469,86 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
             Instant::now() < deadline,
             "objects {mirrored:?} never matched the log {log:?}\n{}",
             managers.log_tails()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `backupTargetCredentialSecret` names a Secret the managers read the target's keys from
+/// (no credentials file, none in their environment); a Secret that is not there is named
+/// in the error.
+#[test]
+fn backup_credentials_come_from_the_secret_the_setting_names() {
+    let Some(plane) = plane_with_crds() else {
+        return;
+    };
+    let s3_dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let s3 = S3Server::start("s3s-fs", s3_dir.path(), "backupbucket");
+    let managers = KubeManagers::start(&plane, 3, "defaultReplicaCount: 2\n");
+    managers.wait_group(&[1, 2, 3], 3, 0);
+    let cluster = &managers.cluster;
+    cluster.ok(&["setting", "set", "storageMinimalAvailablePercentage", "0"]);
+    plane.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "minio-secret",
+        "-n",
+        NAMESPACE,
+        &format!("--from-literal=AWS_ACCESS_KEY_ID={}", s3.access_key),
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={}", s3.secret_key),
+        &format!("--from-literal=AWS_ENDPOINTS={}", s3.endpoint),
+    ]);
+    const TARGET: &str = "s3://backupbucket@us-east-1/backupstore";
+    // Without the Secret the target is refused: the managers hold no credentials.
+    let (ok, _, err) = cluster.cli(&["setting", "set", "backupTarget", TARGET]);
+    assert!(!ok, "a target was accepted without credentials");
+    assert!(!err.is_empty());
+    cluster.ok(&[
+        "setting",
+        "set",
+        "backupTargetCredentialSecret",
+        "minio-secret",
+    ]);
+    // Each manager reads the Secret within a moment of the setting changing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, err) = cluster.cli(&["setting", "set", "backupTarget", TARGET]);
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the target was never accepted with the Secret's keys: {err}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    cluster.create_volume("data", 16, 2, &[]);
+    let endpoint = cluster.attach("data", "node-2");
+    write_random(&endpoint, 4);
+    let backup = cluster.json(&["backup", "create", "data", "--name", "b1", "--wait"]);
+    assert_eq!(backup["state"], "completed", "{backup}");
+    let listed = cluster.json(&["backup", "ls", "data"]);
+    assert!(listed.to_string().contains("b1"), "{listed}");
+
+    // A setting naming a Secret that does not exist: the next backup says which.
+    cluster.ok(&[
+        "setting",
+        "set",
+        "backupTargetCredentialSecret",
+        "no-such-secret",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for attempt in 0.. {
+        let name = format!("b2-{attempt}");
+        let (ok, out, err) = cluster.cli(&["backup", "create", "data", "--name", &name, "--wait"]);
+        let said = format!("{out}{err}");
+        if !ok && said.contains("no-such-secret") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a missing Secret was not named: ok={ok} {said}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
