@@ -57,11 +57,13 @@ pub struct ServiceArgs {
     pub kube_writes_per_second: u32,
 }
 
-/// Starts the REST API and the node agent as asked; returns their tasks.
+/// Starts the REST API, the node agent and (with `kube`, the API server client) the mirror
+/// and the credentials Secret follower, as asked; returns their tasks.
 pub async fn start(
     args: &ServiceArgs,
     handle: &Handle,
     member: u64,
+    kube: Option<kube::Client>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let name = args
         .name
@@ -69,11 +71,6 @@ pub async fn start(
         .unwrap_or_else(|| format!("node-{member}"));
     let mut tasks = Vec::new();
     let mut credentials = CredentialSource::new(args.credentials.clone());
-    let kube = if args.kubeconfig.is_some() || args.in_cluster {
-        Some(kube_client(args).await?)
-    } else {
-        None
-    };
     if let Some(client) = &kube
         && let Some(slot) = credentials.following_secret()
     {

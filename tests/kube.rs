@@ -10,7 +10,7 @@ use std::path::Path;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
 use serde_json::Value;
-use testkit::kube::{ControlPlane, KUBE_VERSION};
+use testkit::kube::{ControlPlane, KUBE_VERSION, SEED_VALUES};
 
 /// The control plane answers kubectl and a kube client as the release that was built.
 #[tokio::test(flavor = "multi_thread")]
@@ -59,41 +59,6 @@ async fn control_plane_serves_the_built_release() {
         |out| out.lines().any(|l| l == "serviceaccount/default"),
     );
 }
-
-/// The seed's example values: its `defaultSettings` and `ingress` as it shows them.
-const SEED_VALUES: &str = r#"defaultSettings:
-  backupTarget: s3://backupbucket@us-east-1/backupstore
-  backupTargetCredentialSecret: minio-secret
-  createDefaultDiskLabeledNodes: true
-  defaultDataPath: /var/lib/longhorn-example/
-  replicaSoftAntiAffinity: false
-  storageOverProvisioningPercentage: 600
-  storageMinimalAvailablePercentage: 15
-  upgradeChecker: false
-  defaultReplicaCount: 2
-  defaultDataLocality: disabled
-  guaranteedEngineCPU:
-  defaultLonghornStaticStorageClass: longhorn-static-example
-  backupstorePollInterval: 500
-  taintToleration: key1=value1:NoSchedule; key2:NoExecute
-  systemManagedComponentsNodeSelector: "label-key1:label-value1"
-  priority-class: high-priority
-  autoSalvage: false
-  disableSchedulingOnCordonedNode: false
-  replicaZoneSoftAntiAffinity: false
-  volumeAttachmentRecoveryPolicy: never
-  nodeDownPodDeletionPolicy: do-nothing
-  mkfsExt4Parameters: -O ^64bit,^metadata_csum
-  guaranteed-engine-manager-cpu: 15
-  guaranteed-replica-manager-cpu: 15
-ingress:
-  enabled: true
-  ingressClassName: nginx
-  host: longhorn.k8s.local
-  annotations:
-    nginx.ingress.kubernetes.io/proxy-body-size: 10000m
-enablePSP: false
-"#;
 
 /// The seed's install: `helm lint`, then `helm install` with the seed's values; the
 /// shorthorn.io CRDs become Established and `kubectl get sc` shows the default class as

@@ -12,39 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::kube::ControlPlane;
+use testkit::kube::{ControlPlane, seed_default_settings};
 use testkit::s3::S3Server;
 use testkit::{BIN, DevCluster, free_port_base, text_of, write_random};
 
 const NAMESPACE: &str = "shorthorn-system";
-
-/// The seed's `defaultSettings`, as a values file gives them to the chart's ConfigMap.
-const SEED_SETTINGS: &str = r#"
-backupTarget: s3://backupbucket@us-east-1/backupstore
-backupTargetCredentialSecret: minio-secret
-createDefaultDiskLabeledNodes: true
-defaultDataPath: /var/lib/longhorn-example/
-replicaSoftAntiAffinity: false
-storageOverProvisioningPercentage: 600
-storageMinimalAvailablePercentage: 15
-upgradeChecker: false
-defaultReplicaCount: 2
-defaultDataLocality: disabled
-guaranteedEngineCPU:
-defaultLonghornStaticStorageClass: longhorn-static-example
-backupstorePollInterval: 500
-taintToleration: key1=value1:NoSchedule; key2:NoExecute
-systemManagedComponentsNodeSelector: "label-key1:label-value1"
-priority-class: high-priority
-autoSalvage: false
-disableSchedulingOnCordonedNode: false
-replicaZoneSoftAntiAffinity: false
-volumeAttachmentRecoveryPolicy: never
-nodeDownPodDeletionPolicy: do-nothing
-mkfsExt4Parameters: -O ^64bit,^metadata_csum
-guaranteed-engine-manager-cpu: 15
-guaranteed-replica-manager-cpu: 15
-"#;
 
 /// `count` managers started at once with `--kubernetes`, laid out as `dev up` lays them
 /// out (so `dev down` stops them and what their agents started).
@@ -243,6 +215,21 @@ fn wait_object(
     }
 }
 
+/// `kubectl patch` of a volume's replica count, as a user edits it.
+fn patch_replicas(plane: &ControlPlane, volume: &str, replicas: u32) {
+    let patch = format!(r#"{{"spec":{{"numberOfReplicas":{replicas}}}}}"#);
+    plane.kubectl_ok(&[
+        "patch",
+        "volumes.shorthorn.io",
+        volume,
+        "-n",
+        NAMESPACE,
+        "--type=merge",
+        "-p",
+        &patch,
+    ]);
+}
+
 fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
     object["status"]["conditions"]
         .as_array()?
@@ -256,7 +243,7 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
         return;
     };
     // Three managers started at the same moment: exactly one may bootstrap.
-    let managers = KubeManagers::start(&plane, 3, SEED_SETTINGS);
+    let managers = KubeManagers::start(&plane, 3, &seed_default_settings());
     let views = managers.wait_group(&[1, 2, 3], 3, 0);
     let ids: BTreeSet<String> = views.iter().map(|v| v["id"].to_string()).collect();
     assert_eq!(ids.len(), 3, "three distinct node ids: {views:?}");
@@ -360,16 +347,7 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
     assert_eq!(names(&plane, "replicas.shorthorn.io").len(), 3);
 
     // kubectl patch of the replica count becomes a command in the log.
-    plane.kubectl_ok(&[
-        "patch",
-        "volumes.shorthorn.io",
-        "db",
-        "-n",
-        NAMESPACE,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"numberOfReplicas":2}}"#,
-    ]);
+    patch_replicas(&plane, "db", 2);
     cluster.wait_volume("db", "numberOfReplicas 2 from the kubectl patch", |v| {
         v["numberOfReplicas"] == 2
     });
@@ -387,16 +365,7 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
 
     // A bad patch: refused with the reason on the object and in an Event, and the log's
     // spec put back (the user sees why, not a silent revert).
-    plane.kubectl_ok(&[
-        "patch",
-        "volumes.shorthorn.io",
-        "db",
-        "-n",
-        NAMESPACE,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"numberOfReplicas":0}}"#,
-    ]);
+    patch_replicas(&plane, "db", 0);
     let refused = wait_object(
         &plane,
         "volumes.shorthorn.io",

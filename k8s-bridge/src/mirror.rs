@@ -337,6 +337,32 @@ impl Mirror {
         Ok(())
     }
 
+    /// One server-side apply under the mirror's field manager, of the main resource or of
+    /// its status subresource, within the write rate.
+    async fn apply(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        mut body: Value,
+        status: bool,
+    ) -> anyhow::Result<DynamicObject> {
+        body["apiVersion"] = resource(kind).api_version.into();
+        body["kind"] = kind.name().into();
+        self.limiter.tick().await;
+        let api = self.api(kind);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = if status {
+            api.patch_status(name, &params, &Patch::Apply(&body)).await
+        } else {
+            api.patch(name, &params, &Patch::Apply(&body)).await
+        };
+        let what = if status { "the status of " } else { "" };
+        let obj =
+            written.map_err(|e| anyhow::anyhow!("applying {what}{} {name}: {e}", kind.name()))?;
+        self.writes += 1;
+        Ok(obj)
+    }
+
     /// Writes every object whose spec or status differs, deletes objects the log lost.
     async fn write(&mut self, projection: &Projection) -> anyhow::Result<()> {
         for ((kind, name), desired) in projection {
@@ -347,25 +373,13 @@ impl Mirror {
                 .is_none_or(|c| c.spec != desired.spec);
             if spec_differs {
                 let body = json!({
-                    "apiVersion": resource(*kind).api_version,
-                    "kind": kind.name(),
                     "metadata": {
                         "name": name,
                         "labels": { MANAGED_BY.0: MANAGED_BY.1 },
                     },
                     "spec": desired.spec,
                 });
-                self.limiter.tick().await;
-                let obj = self
-                    .api(*kind)
-                    .patch(
-                        name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&body),
-                    )
-                    .await
-                    .map_err(|e| anyhow::anyhow!("applying {} {name}: {e}", kind.name()))?;
-                self.writes += 1;
+                let obj = self.apply(*kind, name, body, false).await?;
                 self.current.insert(key.clone(), Current::of(obj));
             }
             let cur = &self.current[&key];
@@ -376,25 +390,8 @@ impl Mirror {
                 None => json!([]),
             };
             if cur.status != status {
-                let body = json!({
-                    "apiVersion": resource(*kind).api_version,
-                    "kind": kind.name(),
-                    "metadata": { "name": name },
-                    "status": status,
-                });
-                self.limiter.tick().await;
-                let obj = self
-                    .api(*kind)
-                    .patch_status(
-                        name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&body),
-                    )
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("applying the status of {} {name}: {e}", kind.name())
-                    })?;
-                self.writes += 1;
+                let body = json!({ "metadata": { "name": name }, "status": status });
+                let obj = self.apply(*kind, name, body, true).await?;
                 self.current.insert(key, Current::of(obj));
             }
         }

@@ -80,14 +80,20 @@ pub fn run(args: ManagerArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(mut args: ManagerArgs) -> anyhow::Result<()> {
-    let discovery = if args.kubernetes {
+    // One client of the API server for discovery, the mirror and the credentials Secret.
+    let kube = if args.kubernetes || args.services.kubeconfig.is_some() || args.services.in_cluster
+    {
+        Some(crate::daemon::kube_client(&args.services).await?)
+    } else {
+        None
+    };
+    let discovery = if let Some(client) = kube.clone().filter(|_| args.kubernetes) {
         if args.services.name.is_none() {
             let node = std::env::var("NODE_NAME").context(
                 "--kubernetes needs the node name: set NODE_NAME (the downward API's spec.nodeName) or --name",
             )?;
             args.services.name = Some(node);
         }
-        let client = crate::daemon::kube_client(&args.services).await?;
         let advertise = args
             .advertise
             .clone()
@@ -168,7 +174,7 @@ async fn serve(mut args: ManagerArgs) -> anyhow::Result<()> {
     };
     let outcome = tokio::select! {
         started = started => match started {
-            Ok(()) => match crate::daemon::start(&args.services, &handle, node_id).await {
+            Ok(()) => match crate::daemon::start(&args.services, &handle, node_id, kube).await {
                 Ok(services) => {
                     let outcome = wait_for_signal().await;
                     services.iter().for_each(|task| task.abort());

@@ -442,3 +442,45 @@ current-context: shorthorn-test
         ca.display()
     )
 }
+
+/// The seed's example values: its `defaultSettings` and `ingress` as it shows them.
+pub const SEED_VALUES: &str = r#"defaultSettings:
+  backupTarget: s3://backupbucket@us-east-1/backupstore
+  backupTargetCredentialSecret: minio-secret
+  createDefaultDiskLabeledNodes: true
+  defaultDataPath: /var/lib/longhorn-example/
+  replicaSoftAntiAffinity: false
+  storageOverProvisioningPercentage: 600
+  storageMinimalAvailablePercentage: 15
+  upgradeChecker: false
+  defaultReplicaCount: 2
+  defaultDataLocality: disabled
+  guaranteedEngineCPU:
+  defaultLonghornStaticStorageClass: longhorn-static-example
+  backupstorePollInterval: 500
+  taintToleration: key1=value1:NoSchedule; key2:NoExecute
+  systemManagedComponentsNodeSelector: "label-key1:label-value1"
+  priority-class: high-priority
+  autoSalvage: false
+  disableSchedulingOnCordonedNode: false
+  replicaZoneSoftAntiAffinity: false
+  volumeAttachmentRecoveryPolicy: never
+  nodeDownPodDeletionPolicy: do-nothing
+  mkfsExt4Parameters: -O ^64bit,^metadata_csum
+  guaranteed-engine-manager-cpu: 15
+  guaranteed-replica-manager-cpu: 15
+ingress:
+  enabled: true
+  ingressClassName: nginx
+  host: longhorn.k8s.local
+  annotations:
+    nginx.ingress.kubernetes.io/proxy-body-size: 10000m
+enablePSP: false
+"#;
+
+/// The seed's `defaultSettings` alone, as the chart's ConfigMap hands them to a manager's
+/// `--default-settings` file.
+pub fn seed_default_settings() -> String {
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(SEED_VALUES).expect("seed values");
+    serde_yaml_ng::to_string(&values["defaultSettings"]).expect("settings YAML")
+}
