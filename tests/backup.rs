@@ -758,3 +758,233 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// Every event in manager `n`'s log so far (the stream is read for a few seconds).
+fn logged_events(cluster: &DevCluster, n: u16) -> Vec<Value> {
+    use std::io::BufRead;
+    let Ok(response) = ureq::get(&format!("{}/v1/events?from=0", cluster.api_of(n)))
+        .set("Authorization", &format!("Bearer {}", cluster.token()))
+        .timeout(Duration::from_secs(4))
+        .call()
+    else {
+        return vec![];
+    };
+    std::io::BufReader::new(response.into_reader())
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let data = line.strip_prefix("data:")?;
+            serde_json::from_str(data.trim()).ok()
+        })
+        .collect()
+}
+
+/// The slots `job` fired, in log order.
+fn fired_slots(events: &[Value], job: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "recurringJobFired" && e["name"] == job)
+        .map(|e| e["slot"].as_u64().expect("slot"))
+        .collect()
+}
+
+fn cluster_leader(cluster: &DevCluster, alive: &[u16]) -> Option<u16> {
+    alive.iter().find_map(|n| {
+        let status: Value = ureq::get(&format!("{}/v1/cluster", cluster.api_of(*n)))
+            .set("Authorization", &format!("Bearer {}", cluster.token()))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()?;
+        status["leader"].as_u64().map(|l| l as u16)
+    })
+}
+
+#[test]
+fn recurring_jobs_run_each_slot_once_across_a_leader_kill_and_keep_retain() {
+    let cluster = DevCluster::up_with_failover();
+    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let target = format!("file://{}", store.path().display());
+    cluster.ok(&["setting", "set", "backupTarget", &target]);
+
+    // Bad jobs are refused with the reason, and nothing is created.
+    let long = "a".repeat(41);
+    for (args, word) in [
+        (
+            vec!["Bad_Name", "--task", "snapshot", "--cron", "* * * * *"],
+            "DNS-1123",
+        ),
+        (
+            vec![long.as_str(), "--task", "snapshot", "--cron", "* * * * *"],
+            "at most 40",
+        ),
+        (
+            vec!["x", "--task", "snapshot", "--cron", "* * *"],
+            "3 fields",
+        ),
+        (
+            vec!["x", "--task", "snapshot", "--cron", "99 * * * *"],
+            "invalid",
+        ),
+        (
+            vec!["x", "--task", "nope", "--cron", "* * * * *"],
+            "unknown",
+        ),
+        (
+            vec![
+                "x",
+                "--task",
+                "snapshot",
+                "--cron",
+                "* * * * *",
+                "--retain",
+                "0",
+            ],
+            "retain 0",
+        ),
+        (
+            vec![
+                "x",
+                "--task",
+                "backup",
+                "--cron",
+                "* * * * *",
+                "--concurrency",
+                "0",
+            ],
+            "concurrency",
+        ),
+    ] {
+        let mut full = vec!["job", "create"];
+        full.extend(args.iter().copied());
+        let (ok, _, err) = cluster.cli(&full);
+        assert!(!ok && err.contains(word), "{full:?}: {err}");
+    }
+    assert_eq!(cluster.json(&["job", "ls"]), Value::Array(vec![]));
+
+    cluster.ok(&[
+        "job",
+        "create",
+        "snap",
+        "--task",
+        "snapshot",
+        "--cron",
+        "*/2 * * * * *",
+        "--retain",
+        "2",
+    ]);
+    cluster.ok(&[
+        "job",
+        "create",
+        "bk",
+        "--task",
+        "backup",
+        "--cron",
+        "*/4 * * * * *",
+        "--retain",
+        "2",
+    ]);
+    // The volume is attached away from the leader, which is killed later.
+    let leader = cluster_leader(&cluster, &[1, 2, 3]).expect("a leader");
+    let node = (1..=3).find(|n| *n != leader).unwrap();
+    let others: Vec<u16> = (1..=3).filter(|n| *n != leader).collect();
+    cluster.create_volume(
+        "vj",
+        16,
+        2,
+        &["--recurring-job", "snap", "--recurring-job", "bk"],
+    );
+    let endpoint = cluster.attach("vj", &format!("node-{node}"));
+    write_random(&endpoint, 4);
+    let job = cluster.json(&["job", "get", "snap"]);
+    assert_eq!(job["volumes"], serde_json::json!(["vj"]), "{job}");
+
+    let job_snapshots = || -> Vec<Value> {
+        let snapshots = cluster.json(&["snapshot", "ls", "vj"]);
+        snapshots
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["labels"]["RecurringJob"] == "snap" && s["state"] != "deleting")
+            .cloned()
+            .collect()
+    };
+    let completed_backups = || -> Vec<String> {
+        let backups = cluster.json(&["backup", "ls", "vj"]);
+        backups
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["labels"]["RecurringJob"] == "bk" && b["state"] == "completed")
+            .map(|b| text_of(&b["name"]))
+            .collect()
+    };
+    // Runs go on; the job never holds more than `retain` snapshots of the volume.
+    let wait_runs = |alive: &[u16], snaps: usize, backups: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let kept = job_snapshots();
+            assert!(kept.len() <= 2, "more than retain: {kept:?}");
+            let events = logged_events(&cluster, alive[0]);
+            let made_backups = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "backupCompleted" && text_of(&e["name"]).starts_with("bk-")
+                })
+                .count();
+            if fired_slots(&events, "snap").len() >= snaps && made_backups >= backups {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobs did not run: {:?}",
+                fired_slots(&events, "snap")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    wait_runs(&[1, 2, 3], 3, 1);
+    let before = fired_slots(&logged_events(&cluster, others[0]), "snap").len();
+
+    // The leader dies; a new one goes on with the next slots, none run twice.
+    cluster.kill_node(leader);
+    wait_runs(&others, before + 4, 3);
+    let events = logged_events(&cluster, others[0]);
+    for (job, period) in [("snap", 2000), ("bk", 4000)] {
+        let slots = fired_slots(&events, job);
+        assert!(
+            slots.windows(2).all(|w| w[0] < w[1]),
+            "{job} ran a slot twice or out of order: {slots:?}"
+        );
+        assert!(slots.iter().all(|s| s % period == 0), "{job}: {slots:?}");
+    }
+    assert_eq!(job_snapshots().len(), 2, "retain 2 after many runs");
+
+    // Detached (and allowRecurringJobWhileVolumeDetached off), the volume is skipped with
+    // the reason; backups beyond retain are removed from the target and the log.
+    cluster.detach("vj");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = cluster.json(&["job", "get", "bk"]);
+        let newest = job["history"].as_array().and_then(|h| h.last()).cloned();
+        let reason = text_of(&newest.unwrap_or_default()["outcomes"]["vj"]["reason"]);
+        let on_target = cluster.json(&["backup", "volume", "get", "vj"]);
+        let on_target = on_target.as_array().map_or(0, Vec::len);
+        if reason.contains("allowRecurringJobWhileVolumeDetached")
+            && completed_backups().len() == 2
+            && on_target == 2
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not skipped or not trimmed: {job}, {:?}, {on_target} on the target",
+            completed_backups()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.ok(&["job", "rm", "snap"]);
+    let (ok, _, err) = cluster.cli(&["job", "get", "snap"]);
+    assert!(!ok && err.contains("not found"), "{err}");
+}

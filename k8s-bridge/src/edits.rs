@@ -112,6 +112,7 @@ fn volume(name: &str, spec: &serde_json::Value, state: &State) -> Result<Vec<Req
             name: name.to_string(),
             number_of_replicas: (replicas != v.number_of_replicas).then_some(replicas),
             data_locality: (locality != v.data_locality).then_some(locality),
+            labels: None,
         });
     }
     Ok(out)
@@ -254,6 +255,7 @@ mod tests {
                     size: 2 << 30
                 },
                 Request::UpdateVolume {
+                    labels: Default::default(),
                     name: "db".into(),
                     number_of_replicas: Some(2),
                     data_locality: Some(DataLocality::BestEffort),

@@ -429,7 +429,7 @@ fn collect_grace() -> Duration {
 
 impl Agent {
     /// Opens the backup target with this manager's credentials.
-    fn open_target(&self, target: &str) -> Result<Store, String> {
+    pub(super) fn open_target(&self, target: &str) -> Result<Store, String> {
         let credentials = self.config.credentials.load()?;
         Store::open_url(target, &credentials).map_err(|e| e.to_string())
     }

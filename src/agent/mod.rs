@@ -18,6 +18,7 @@ mod backups;
 mod children;
 mod devices;
 mod engines;
+mod jobs;
 mod replicas;
 mod snapshots;
 
@@ -89,6 +90,8 @@ pub struct Agent {
     progress_reported: std::sync::Mutex<BTreeMap<String, Instant>>,
     /// The leader's backup work: block collection, backup volume sync.
     leader_backups: backups::LeaderBackups,
+    /// The leader's recurring job work.
+    leader_jobs: jobs::LeaderJobs,
     last_stale_check: Instant,
     last_heartbeat: Instant,
     /// Since when this manager has been the Raft leader, as far as this agent saw.
@@ -110,6 +113,7 @@ impl Agent {
             scrubbed: Default::default(),
             progress_reported: Default::default(),
             leader_backups: Default::default(),
+            leader_jobs: Default::default(),
             last_stale_check: Instant::now(),
             last_heartbeat: Instant::now() - HEARTBEAT,
             leader_since: None,
@@ -260,6 +264,7 @@ impl Agent {
         }
         if leader {
             self.leader_backup_tasks().await;
+            self.leader_job_tasks().await;
         }
         Ok(())
     }

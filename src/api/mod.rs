@@ -13,10 +13,11 @@
 
 mod backups;
 mod error;
+mod jobs;
 mod openapi;
 mod snapshots;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -131,6 +132,11 @@ pub fn router(api: Api) -> Router {
         .route(
             "/v1/backupvolumes/{name}/verify",
             post(backups::verify_on_target),
+        )
+        .route("/v1/recurringjobs", get(jobs::list).post(jobs::create))
+        .route(
+            "/v1/recurringjobs/{name}",
+            get(jobs::get).put(jobs::update).delete(jobs::delete),
         )
         .route("/v1/events", get(events))
         .route_layer(middleware::from_fn(idempotency_key))
@@ -281,6 +287,10 @@ struct CreateVolumeBody {
     /// or clone a volume (`{"volume"}`: a snapshot of it is taken first).
     #[serde(default)]
     data_source: Option<DataSource>,
+    /// `recurring-job.shorthorn.io/<job>: enabled` or
+    /// `recurring-job-group.shorthorn.io/<group>: enabled` join recurring jobs.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 async fn list_volumes(State(api): State<Api>) -> Result<Json<Vec<Volume>>, ApiError> {
@@ -325,6 +335,7 @@ async fn create_volume(
         standby: body.standby,
         from_backup: body.from_backup,
         data_source: body.data_source,
+        labels: body.labels,
     };
     api.propose(Request::CreateVolume(spec)).await?;
     let Json(volume) = get_volume(State(api), Path(body.name)).await?;
@@ -421,6 +432,9 @@ struct UpdateBody {
     number_of_replicas: Option<u8>,
     #[serde(default)]
     data_locality: Option<DataLocality>,
+    /// Replaces the volume's labels.
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
 }
 
 async fn update_volume(
@@ -432,6 +446,7 @@ async fn update_volume(
         name: name.clone(),
         number_of_replicas: body.number_of_replicas,
         data_locality: body.data_locality,
+        labels: body.labels,
     };
     api.propose(request).await?;
     get_volume(State(api), Path(name)).await

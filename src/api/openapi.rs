@@ -35,6 +35,11 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/backupvolumes", "get"),
     ("/v1/backupvolumes/{name}", "get"),
     ("/v1/backupvolumes/{name}/verify", "post"),
+    ("/v1/recurringjobs", "get"),
+    ("/v1/recurringjobs", "post"),
+    ("/v1/recurringjobs/{name}", "get"),
+    ("/v1/recurringjobs/{name}", "put"),
+    ("/v1/recurringjobs/{name}", "delete"),
     ("/v1/events", "get"),
 ];
 
@@ -101,6 +106,20 @@ fn path_param(name: &str) -> Value {
 pub fn build() -> Value {
     let volume = reference("Volume");
     let list = |item: Value| json!({ "type": "array", "items": item });
+    let labels = json!({ "type": "object", "additionalProperties": { "type": "string" },
+        "description": "recurring-job.shorthorn.io/<job>: enabled and recurring-job-group.shorthorn.io/<group>: enabled join recurring jobs" });
+    let job_body = json!({
+        "type": "object", "required": ["name", "task", "cron"], "additionalProperties": false,
+        "properties": {
+            "name": { "type": "string", "description": "DNS-1123 label of at most 40 characters" },
+            "task": { "enum": ["snapshot", "snapshot-cleanup", "snapshot-delete", "backup", "backup-force-create"] },
+            "cron": { "type": "string", "description": "UTC; 5 fields, or 6 with seconds first" },
+            "retain": { "type": "integer", "minimum": 1, "maximum": 100, "default": 1 },
+            "concurrency": { "type": "integer", "minimum": 1, "default": 1 },
+            "groups": { "type": "array", "items": { "type": "string" }, "description": "'default' applies the job to volumes that name no job or group" },
+            "labels": { "type": "object", "additionalProperties": { "type": "string" }, "description": "put on the snapshots and backups it makes" }
+        }
+    });
     let size = json!({ "oneOf": [{ "type": "integer", "minimum": 0 }, { "type": "string", "examples": ["10Gi"] }] });
     let mut paths = json!({
         "/v1/openapi.json": { "get": operation("This document", ("200", ok("OpenAPI document", json!({"type": "object"}))), None) },
@@ -123,7 +142,8 @@ pub fn build() -> Value {
                         "description": "copy the data from a snapshot of another volume; size defaults to the snapshot's (a clone: the source's)",
                         "properties": {
                             "volume": { "type": "string", "description": "the source volume" },
-                            "snapshot": { "type": "string", "description": "its snapshot; none: clone the volume as it is now" } } }
+                            "snapshot": { "type": "string", "description": "its snapshot; none: clone the volume as it is now" } } },
+                    "labels": labels.clone()
                 }
             }))),
         },
@@ -158,7 +178,8 @@ pub fn build() -> Value {
                 "type": "object", "additionalProperties": false,
                 "properties": {
                     "numberOfReplicas": { "type": "integer", "minimum": 1, "maximum": 20 },
-                    "dataLocality": { "enum": ["disabled", "best-effort"] }
+                    "dataLocality": { "enum": ["disabled", "best-effort"] },
+                    "labels": labels.clone()
                 }
             }))),
         },
@@ -166,7 +187,7 @@ pub fn build() -> Value {
             "parameters": path_param("name"),
             "get": operation("List snapshots", ("200", ok("snapshots", list(reference("Snapshot")))), None),
             "post": accepted(operation("Take a snapshot of an attached volume; waits up to 30 s for its engine (409 when the engine failed it)", ("201", ok("taken", reference("Snapshot"))), Some(json!({
-                "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string" } }
+                "type": "object", "required": ["name"], "additionalProperties": false, "properties": { "name": { "type": "string" }, "labels": labels.clone() }
             }))), ok("still pending", reference("Snapshot"))),
         },
         "/v1/volumes/{name}/snapshots/{snapshot}": {
@@ -237,6 +258,16 @@ pub fn build() -> Value {
             "post": operation("Verify one backup of this backup volume on the target (any cluster's): every block read and checked, each bad one named", ("200", ok("report", reference("VerifyReport"))), Some(json!({
                 "type": "object", "required": ["backup"], "additionalProperties": false, "properties": { "backup": { "type": "string" } }
             }))),
+        },
+        "/v1/recurringjobs": {
+            "get": operation("List recurring jobs", ("200", ok("jobs", list(reference("RecurringJob")))), None),
+            "post": operation("Create a recurring job; the Raft leader runs each slot of its schedule once", ("201", ok("created", reference("RecurringJob"))), Some(job_body.clone())),
+        },
+        "/v1/recurringjobs/{name}": {
+            "parameters": path_param("name"),
+            "get": operation("Get a recurring job", ("200", ok("job", reference("RecurringJob"))), None),
+            "put": operation("Replace a recurring job's spec (a run in progress finishes under the old one)", ("200", ok("job", reference("RecurringJob"))), Some(job_body)),
+            "delete": operation("Delete a recurring job (what it made is kept)", ("204", json!({"description": "deleted"})), None),
         },
         "/v1/events": {
             "get": {
@@ -324,6 +355,15 @@ pub fn build() -> Value {
                     "name": { "type": "string" }, "volume": { "type": "string" }, "snapshot": { "type": "string" },
                     "size": { "type": "integer" }, "createdAt": { "type": "integer" }, "blocks": { "type": "integer" },
                     "labels": { "type": "object" }, "url": { "type": "string" } } },
+                "RecurringJob": { "type": "object", "properties": {
+                    "spec": { "type": "object", "description": "as created" },
+                    "createdAt": { "type": "integer" },
+                    "lastSlot": { "type": ["integer", "null"], "description": "the newest slot run (ms since the epoch)" },
+                    "nextSlot": { "type": ["integer", "null"] },
+                    "volumes": { "type": "array", "items": { "type": "string" }, "description": "the volumes it applies to now" },
+                    "run": { "type": ["object", "null"], "description": "the run in progress: slot, pending, running, outcomes" },
+                    "history": { "type": "array", "description": "finished runs, oldest first (recurringSuccessfulJobsHistoryLimit, recurringFailedJobsHistoryLimit)" },
+                    "unchangedSince": { "type": "object" } } },
                 "Setting": { "type": "object", "properties": {
                     "key": { "type": "string" }, "value": { "type": "string" }, "default": { "type": "string" } } }
             }

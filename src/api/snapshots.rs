@@ -66,6 +66,8 @@ pub(super) async fn list(
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     name: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 enum Outcome {
@@ -87,6 +89,7 @@ pub(super) async fn create(
     let request = Request::CreateSnapshot {
         volume: volume.clone(),
         name: name.clone(),
+        labels: body.labels,
     };
     let (v, n) = (volume.clone(), name.clone());
     let taken = move |s: &shorthorn_state::State| {

@@ -8,6 +8,7 @@ mod csi;
 mod dev;
 mod device;
 mod engine;
+mod job;
 mod manager;
 mod progress;
 mod replica;
@@ -55,6 +56,8 @@ pub enum Command {
     Snapshot(SnapshotArgs),
     /// Back up volumes to S3 or a directory, list, verify and delete backups.
     Backup(BackupArgs),
+    /// Recurring snapshot and backup jobs.
+    Job(JobArgs),
     /// List nodes with their disks and usage.
     Node(NodeArgs),
     /// Read and change cluster settings.
@@ -100,6 +103,14 @@ pub struct BackupArgs {
     target: client::Target,
     #[command(subcommand)]
     command: backup::BackupCommand,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    target: client::Target,
+    #[command(subcommand)]
+    command: job::JobCommand,
 }
 
 #[derive(Debug, clap::Args)]
@@ -153,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Setting(args) => volume::setting(args.command, &args.target),
         Command::Backup(args) => backup::backup(args.command, &args.target),
+        Command::Job(args) => job::job(args.command, &args.target),
         Command::Watch(args) => watch::watch(args),
         Command::Csi(args) => csi::run(args),
         Command::Check(args) => check::run(args),

@@ -38,6 +38,17 @@ pub enum VolumeCommand {
         /// (default: the staleReplicaTimeout setting).
         #[arg(long)]
         stale_replica_timeout: Option<u64>,
+        /// A label KEY=VALUE; repeatable.
+        #[arg(long = "label", value_parser = super::backup::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Join this recurring job (the label recurring-job.shorthorn.io/JOB=enabled);
+        /// repeatable.
+        #[arg(long = "recurring-job")]
+        recurring_jobs: Vec<String>,
+        /// Join this recurring job group (recurring-job-group.shorthorn.io/GROUP=enabled);
+        /// repeatable.
+        #[arg(long = "recurring-job-group")]
+        recurring_job_groups: Vec<String>,
         /// Wait until every replica is placed (and, restoring or copying, until that
         /// completed, with a progress bar).
         #[arg(long)]
@@ -91,6 +102,13 @@ pub enum VolumeCommand {
     },
     /// Delete a detached volume and its replicas.
     Delete { name: String },
+    /// Set (KEY=VALUE) or remove (KEY-) labels; `recurring-job.shorthorn.io/JOB=enabled`
+    /// joins a recurring job, `recurring-job-group.shorthorn.io/GROUP=enabled` a group.
+    Label {
+        name: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -143,10 +161,17 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             clone,
             replicas,
             stale_replica_timeout,
+            labels,
+            recurring_jobs,
+            recurring_job_groups,
             wait,
             timeout,
         } => {
             let mut body = json!({ "name": name });
+            let labels = volume_labels(labels, &recurring_jobs, &recurring_job_groups);
+            if !labels.is_empty() {
+                body["labels"] = json!(labels);
+            }
             if let Some(size) = size {
                 body["size"] = json!(parse_size(&size).map_err(anyhow::Error::msg)?);
             }
@@ -288,6 +313,24 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             client.delete(&format!("/v1/volumes/{name}"))?;
             println!("volume \"{name}\" is being deleted");
             return Ok(());
+        }
+        VolumeCommand::Label { name, changes } => {
+            let current = client.get(&format!("/v1/volumes/{name}"))?;
+            let mut labels: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(current["labels"].clone()).unwrap_or_default();
+            for change in &changes {
+                if let Some(key) = change.strip_suffix('-').filter(|k| !k.contains('=')) {
+                    labels.remove(key);
+                } else {
+                    let (key, value) =
+                        super::backup::parse_label(change).map_err(anyhow::Error::msg)?;
+                    labels.insert(key, value);
+                }
+            }
+            client.post(
+                &format!("/v1/volumes/{name}/update"),
+                json!({ "labels": labels }),
+            )?
         }
     };
     show(
@@ -566,4 +609,26 @@ pub(super) fn show(
         }
     }
     Ok(())
+}
+
+/// The labels of a new volume: `--label`s, and one per recurring job and group it joins.
+fn volume_labels(
+    labels: Vec<(String, String)>,
+    jobs: &[String],
+    groups: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    let mut out: std::collections::BTreeMap<String, String> = labels.into_iter().collect();
+    for job in jobs {
+        out.insert(
+            format!("{}{job}", shorthorn_state::JOB_VOLUME_LABEL_PREFIX),
+            "enabled".into(),
+        );
+    }
+    for group in groups {
+        out.insert(
+            format!("{}{group}", shorthorn_state::GROUP_VOLUME_LABEL_PREFIX),
+            "enabled".into(),
+        );
+    }
+    out
 }

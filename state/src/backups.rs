@@ -89,6 +89,7 @@ pub(crate) fn create(
                     created_at: at,
                     size: current.size,
                     state: SnapshotState::Pending,
+                    labels: snapshot_labels(labels),
                 },
             });
             name.to_string()
@@ -122,6 +123,19 @@ pub(crate) fn create(
     });
     events.extend(attach);
     Ok(events)
+}
+
+/// The labels of the snapshot a backup takes: a recurring job's own (its retention keeps
+/// them), else marked as the log's (a `snapshot-cleanup` job removes it).
+fn snapshot_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out = labels.clone();
+    if !labels.contains_key(crate::JOB_LABEL) {
+        out.insert(
+            crate::SYSTEM_SNAPSHOT_LABEL.to_string(),
+            "backup".to_string(),
+        );
+    }
+    out
 }
 
 fn in_progress<'a>(state: &'a State, name: &str) -> Result<Option<&'a Backup>, Rejection> {
@@ -400,6 +414,7 @@ mod tests {
 
         // The next backup of the volume is incremental from b1; a named snapshot is used.
         c.ok(Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "db".into(),
             name: "s2".into(),
         });

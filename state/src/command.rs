@@ -111,6 +111,9 @@ pub enum Request {
         number_of_replicas: Option<u8>,
         #[serde(default)]
         data_locality: Option<DataLocality>,
+        /// Replaces the volume's labels when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        labels: Option<BTreeMap<String, String>>,
     },
     ExpandVolume {
         name: String,
@@ -194,6 +197,8 @@ pub enum Request {
     CreateSnapshot {
         volume: String,
         name: String,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
     },
     /// Merges a snapshot into its child: at once while the volume is attached, else when
     /// it is next attached.
@@ -298,6 +303,28 @@ pub enum Request {
         volume: String,
         reason: String,
     },
+    CreateRecurringJob(crate::RecurringJobSpec),
+    /// Replaces a job's spec; a run in progress goes on under the old one.
+    UpdateRecurringJob(crate::RecurringJobSpec),
+    DeleteRecurringJob {
+        name: String,
+    },
+    /// The leader asks a job to run its newest schedule slot at or before the command's
+    /// time; refused when that slot already ran (a new leader cannot run it twice).
+    FireRecurringJob {
+        name: String,
+    },
+    /// The leader starts the job's current run on the next volume waiting for it.
+    StepRecurringJob {
+        name: String,
+        volume: String,
+    },
+    /// The leader saw the job's snapshot or backup of `volume` finish (or vanish): the
+    /// outcome is read from the state.
+    FinishRecurringJobVolume {
+        name: String,
+        volume: String,
+    },
 }
 
 /// A node as its agent registers it.
@@ -359,6 +386,10 @@ pub struct VolumeSpec {
     /// new snapshot of it is taken first); the size must hold the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_source: Option<DataSource>,
+    /// Free-form labels; `recurring-job.shorthorn.io/<job>: enabled` and
+    /// `recurring-job-group.shorthorn.io/<group>: enabled` join recurring jobs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where a new volume's data is copied from (Longhorn's `dataSource`, Kubernetes'

@@ -75,7 +75,11 @@ pub(crate) fn start(
         None => {
             let snapshot = clone_snapshot_name(volume, name);
             fits(&snapshot, volume.size)?;
-            let events = snapshots::create(state, &volume.name, &snapshot, at)?;
+            let system = std::collections::BTreeMap::from([(
+                crate::SYSTEM_SNAPSHOT_LABEL.to_string(),
+                "clone".to_string(),
+            )]);
+            let events = snapshots::create(state, &volume.name, &snapshot, &system, at)?;
             (snapshot, events)
         }
     };
@@ -192,6 +196,7 @@ mod tests {
 
     fn snapshot(c: &mut Cluster, name: &str) {
         c.ok(Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "src".into(),
             name: name.into(),
         });
@@ -350,6 +355,7 @@ mod tests {
 
     fn snapshot_detached(c: &mut Cluster) {
         c.ok(Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "src".into(),
             name: "s1".into(),
         });

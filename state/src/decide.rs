@@ -2,17 +2,19 @@
 //! follow. Validation, preconditions and the scheduler's placements all happen here; the
 //! state is only read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::evolve::scheduling_condition;
-use crate::name::{check_label, check_replica_count, check_subdomain, check_volume_size};
+use crate::name::{
+    check_label, check_labels, check_replica_count, check_subdomain, check_volume_size,
+};
 use crate::scheduler::{Demand, Placement, Scheduler, human_bytes};
 use crate::{
     Command, DataLocality, Disk, DiskSpec, Epoch, Event, Frontend, Node, NodeSpec, Rejection,
     Replica, ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec,
     VolumeState, evolve,
 };
-use crate::{auto_attach, backups, copy, restore, salvage, snapshots};
+use crate::{auto_attach, backups, copy, jobs, restore, salvage, snapshots};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
@@ -132,7 +134,15 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
             name,
             number_of_replicas,
             data_locality,
-        } => update_volume(state, name, *number_of_replicas, *data_locality, at),
+            labels,
+        } => update_volume(
+            state,
+            name,
+            *number_of_replicas,
+            *data_locality,
+            labels.as_ref(),
+            at,
+        ),
         Request::ExpandVolume { name, size } => expand_volume(state, name, *size),
         Request::DeleteVolume { name } => delete_volume(state, name),
         Request::AttachVolume {
@@ -318,7 +328,11 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
                 at,
             )
         }
-        Request::CreateSnapshot { volume, name } => snapshots::create(state, volume, name, at),
+        Request::CreateSnapshot {
+            volume,
+            name,
+            labels,
+        } => snapshots::create(state, volume, name, labels, at),
         Request::DeleteSnapshot { volume, name } => snapshots::delete(state, volume, name),
         Request::ReportSnapshotTaken { volume, name } => {
             auto_attach::then_detach(state, volume, snapshots::taken(state, volume, name))
@@ -383,6 +397,12 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         }
         Request::ReportRestoreCompleted { volume } => restore::completed(state, volume),
         Request::ReportRestoreFailed { volume, reason } => restore::failed(state, volume, reason),
+        Request::CreateRecurringJob(spec) => jobs::create(state, spec, at),
+        Request::UpdateRecurringJob(spec) => jobs::update(state, spec),
+        Request::DeleteRecurringJob { name } => jobs::delete(state, name),
+        Request::FireRecurringJob { name } => jobs::fire(state, name, at),
+        Request::StepRecurringJob { name, volume } => jobs::step(state, name, volume, at),
+        Request::FinishRecurringJobVolume { name, volume } => jobs::finish(state, name, volume, at),
     }
 }
 
@@ -564,6 +584,7 @@ fn remove_node(state: &State, id: &str) -> Result<Vec<Event>, Rejection> {
 
 fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<Event>, Rejection> {
     check_label("volume", &spec.name)?;
+    check_labels(&spec.labels)?;
     check_volume_size(spec.size)?;
     let replicas = match spec.number_of_replicas {
         Some(count) => count,
@@ -614,6 +635,8 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         created_at: at,
         revert_to: None,
         restore,
+        labels: spec.labels.clone(),
+        user_attachments: 0,
     };
     let mut events = vec![Event::VolumeCreated {
         volume: volume.clone(),
@@ -648,16 +671,26 @@ fn update_volume(
     name: &str,
     replicas: Option<u8>,
     locality: Option<DataLocality>,
+    labels: Option<&BTreeMap<String, String>>,
     at: Timestamp,
 ) -> Result<Vec<Event>, Rejection> {
     let volume = live_volume(state, name)?;
     let wanted = replicas.unwrap_or(volume.number_of_replicas);
     check_replica_count(wanted)?;
+    if let Some(labels) = labels {
+        check_labels(labels)?;
+    }
     let mut events = vec![Event::VolumeUpdated {
         name: name.to_string(),
         number_of_replicas: wanted,
         data_locality: locality.unwrap_or(volume.data_locality),
     }];
+    if let Some(labels) = labels.filter(|l| **l != volume.labels) {
+        events.push(Event::VolumeLabelsSet {
+            name: name.to_string(),
+            labels: labels.clone(),
+        });
+    }
     let have = volume.replicas.len();
     let wanted_len = usize::from(wanted);
     if have > wanted_len {
@@ -1154,6 +1187,7 @@ mod tests {
                 frontend: Default::default(),
             },
             Request::CreateSnapshot {
+                labels: Default::default(),
                 volume: "nope".into(),
                 name: "s1".into(),
             },
@@ -1589,6 +1623,7 @@ mod tests {
         let mut c = three_nodes();
         c.volume("db", 1, 3);
         let snap = |name: &str| Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "db".into(),
             name: name.into(),
         };

@@ -155,6 +155,41 @@ pub enum Event {
         value: String,
     },
     /// A snapshot was asked for (pending until the engine takes it).
+    VolumeLabelsSet {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    RecurringJobCreated {
+        job: crate::RecurringJob,
+    },
+    RecurringJobUpdated {
+        spec: crate::RecurringJobSpec,
+    },
+    RecurringJobDeleted {
+        name: String,
+    },
+    /// A job's run of `slot` began over `volumes` (none: the slot is marked run).
+    RecurringJobFired {
+        name: String,
+        slot: Timestamp,
+        at: Timestamp,
+        volumes: Vec<String>,
+    },
+    /// The run began making `item` (a snapshot or backup) of `volume`.
+    #[serde(rename_all = "camelCase")]
+    RecurringJobVolumeStarted {
+        name: String,
+        volume: String,
+        item: String,
+        /// The volume's user attachment count, when it was not attached by a user.
+        unchanged_since: Option<u64>,
+    },
+    RecurringJobVolumeFinished {
+        name: String,
+        volume: String,
+        outcome: crate::JobOutcome,
+        at: Timestamp,
+    },
     SnapshotCreated {
         snapshot: Snapshot,
     },
@@ -288,7 +323,10 @@ impl Event {
             | Event::BackupProgressed { volume, .. }
             | Event::BackupCompleted { volume, .. }
             | Event::BackupFailed { volume, .. }
-            | Event::BackupDeleted { volume, .. } => Some(volume),
+            | Event::BackupDeleted { volume, .. }
+            | Event::RecurringJobVolumeStarted { volume, .. }
+            | Event::RecurringJobVolumeFinished { volume, .. } => Some(volume),
+            Event::VolumeLabelsSet { name, .. } => Some(name),
             Event::BackupCreated { backup } => Some(&backup.volume),
             Event::SnapshotCreated { snapshot } => Some(&snapshot.volume),
             _ => None,

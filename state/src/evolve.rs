@@ -137,6 +137,9 @@ pub fn evolve(state: &mut State, event: &Event) {
             if let Some(volume) = state.volumes.get_mut(name) {
                 volume.state = VolumeState::Attaching;
                 volume.epoch = volume.epoch.max(*epoch);
+                if !*internal {
+                    volume.user_attachments += 1;
+                }
                 volume.attachment = Some(Attachment {
                     node: node.clone(),
                     epoch: *epoch,
@@ -320,6 +323,17 @@ pub fn evolve(state: &mut State, event: &Event) {
             }
         }
         Event::SettingChanged { key, value } => state.settings.set(key, value),
+        Event::VolumeLabelsSet { name, labels } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.labels.clone_from(labels);
+            }
+        }
+        Event::RecurringJobCreated { .. }
+        | Event::RecurringJobUpdated { .. }
+        | Event::RecurringJobDeleted { .. }
+        | Event::RecurringJobFired { .. }
+        | Event::RecurringJobVolumeStarted { .. }
+        | Event::RecurringJobVolumeFinished { .. } => crate::jobs::evolve_job(state, event),
         Event::SnapshotCreated { snapshot } => {
             if let Some(volume) = state.volumes.get_mut(&snapshot.volume) {
                 volume

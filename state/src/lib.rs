@@ -17,6 +17,7 @@ mod decide;
 mod event;
 mod evolve;
 mod idempotency;
+mod jobs;
 mod model;
 mod name;
 mod rejection;
@@ -34,6 +35,11 @@ pub use evolve::evolve;
 pub use idempotency::{
     AppliedRequest, REQUEST_ID_CAPACITY, REQUEST_ID_MAX_LEN, REQUEST_ID_RETENTION_SECS,
     RecentRequests, check_request_id,
+};
+pub use jobs::{
+    DEFAULT_GROUP, GROUP_VOLUME_LABEL_PREFIX, JOB_LABEL, JOB_NAME_MAX_LEN, JOB_VOLUME_LABEL_PREFIX,
+    JobOutcome, JobRun, JobTask, RETAIN_MAX, RecurringJob, RecurringJobSpec, SYSTEM_SNAPSHOT_LABEL,
+    applies_to, expired_backups, members, next_requests,
 };
 pub use model::{
     Attachment, Backup, BackupState, BackupVolume, Bytes, DataLocality, Disk, Epoch, Frontend,

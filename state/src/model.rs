@@ -88,6 +88,9 @@ pub struct State {
     /// Backups this cluster made or is making, by name.
     #[serde(default)]
     pub backups: BTreeMap<String, Backup>,
+    /// Recurring snapshot and backup jobs, by name.
+    #[serde(default)]
+    pub recurring_jobs: BTreeMap<String, crate::RecurringJob>,
     /// The backup volumes on the backup target (any cluster's), as the leader last synced
     /// them (every `backupstorePollInterval` seconds), by name.
     #[serde(default)]
@@ -399,6 +402,14 @@ pub struct Volume {
     /// attached only to the engine restoring it (no frontend) and a user cannot attach it.
     #[serde(default)]
     pub restore: Option<Restore>,
+    /// Free-form labels; `recurring-job.shorthorn.io/<job>: enabled` and
+    /// `recurring-job-group.shorthorn.io/<group>: enabled` join recurring jobs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// How many times users attached it (not the log for its own work): a detached volume
+    /// whose count did not move since a job's last run has not changed.
+    #[serde(default)]
+    pub user_attachments: u64,
 }
 
 /// Where a volume's restore from a backup is.
@@ -609,6 +620,10 @@ pub struct Snapshot {
     pub size: Bytes,
     #[serde(default)]
     pub state: SnapshotState,
+    /// `RecurringJob: <job>` on a job's snapshots; `shorthorn.io/system: <why>` on those the
+    /// log took for its own work (a backup, a clone), which `snapshot-cleanup` jobs remove.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where a snapshot is between the log and the replicas.

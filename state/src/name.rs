@@ -67,3 +67,23 @@ pub(crate) fn check_replica_count(count: u8) -> Result<(), Rejection> {
         )))
     }
 }
+
+/// Labels: keys of 1 to 253 visible characters, values of at most 253 with no control
+/// characters.
+pub(crate) fn check_labels(
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Rejection> {
+    for (key, value) in labels {
+        if key.is_empty() || key.len() > 253 || !key.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(Rejection::invalid(format!(
+                "label key \"{key}\" is invalid: it must be 1 to 253 visible ASCII characters"
+            )));
+        }
+        if value.len() > 253 || value.chars().any(char::is_control) {
+            return Err(Rejection::invalid(format!(
+                "label \"{key}\" has an invalid value: at most 253 characters, no control characters"
+            )));
+        }
+    }
+    Ok(())
+}

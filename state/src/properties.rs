@@ -257,6 +257,7 @@ fn request(state: &State, step: &Step) -> Request {
             volume: v,
             replicas,
         } => Request::UpdateVolume {
+            labels: Default::default(),
             name: volume(v),
             number_of_replicas: Some(replicas),
             data_locality: None,
@@ -315,6 +316,7 @@ fn request(state: &State, step: &Step) -> Request {
             }
         }
         Step::Snapshot { volume: v, name } => Request::CreateSnapshot {
+            labels: Default::default(),
             volume: volume(v),
             name: format!("s{name}"),
         },

@@ -660,6 +660,7 @@ mod tests {
         }
         c.volume("db", 1, 1);
         c.ok(Request::UpdateVolume {
+            labels: Default::default(),
             name: "db".into(),
             number_of_replicas: Some(3),
             data_locality: None,
@@ -671,6 +672,7 @@ mod tests {
             reason: "x".into(),
         });
         let events = c.ok(Request::UpdateVolume {
+            labels: Default::default(),
             name: "db".into(),
             number_of_replicas: Some(2),
             data_locality: None,

@@ -262,4 +262,11 @@ settings! {
     block_device_frontend: String = "auto".to_string(), "blockDeviceFrontend", one_of(&["auto", "fuse", "nbd"]);
     /// Most snapshots a volume may hold.
     snapshot_max_count: u64 = 250, "snapshotMaxCount", range(2, 250);
+    /// Let recurring jobs attach a detached volume (without a frontend) to do their work;
+    /// off, a detached volume's job run is skipped with that reason.
+    allow_recurring_job_while_volume_detached: bool = false, "allowRecurringJobWhileVolumeDetached", any;
+    /// Finished runs of a recurring job kept in its history where every volume succeeded.
+    recurring_successful_jobs_history_limit: u64 = 1, "recurringSuccessfulJobsHistoryLimit", range(0, 100);
+    /// Finished runs of a recurring job kept in its history where some volume failed.
+    recurring_failed_jobs_history_limit: u64 = 1, "recurringFailedJobsHistoryLimit", range(0, 100);
 }

@@ -2,6 +2,8 @@
 //! revert) and the node agent of the attached volume carries it out on the engine and
 //! reports back. Nothing here talks to a replica.
 
+use std::collections::BTreeMap;
+
 use crate::auto_attach;
 use crate::decide::live_volume;
 use crate::name::check_label;
@@ -43,6 +45,7 @@ pub(crate) fn create(
     state: &State,
     volume: &str,
     name: &str,
+    labels: &BTreeMap<String, String>,
     at: Timestamp,
 ) -> Result<Vec<Event>, Rejection> {
     check_label("snapshot", name)?;
@@ -68,6 +71,7 @@ pub(crate) fn create(
             created_at: at,
             size: current.size,
             state: SnapshotState::Pending,
+            labels: labels.clone(),
         },
     }];
     events.extend(attach);
@@ -218,6 +222,7 @@ mod tests {
 
     fn take(c: &mut Cluster, name: &str) {
         c.ok(Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "db".into(),
             name: name.into(),
         });
@@ -238,6 +243,7 @@ mod tests {
     fn a_snapshot_is_pending_until_the_engine_took_it() {
         let mut c = Cluster::with_attached_db();
         c.ok(Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "db".into(),
             name: "s1".into(),
         });
@@ -253,6 +259,7 @@ mod tests {
         assert_eq!(state(&c), Some(SnapshotState::Ready));
 
         c.ok(Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "db".into(),
             name: "s2".into(),
         });
@@ -268,6 +275,7 @@ mod tests {
 
         // A pending snapshot is dropped when the volume detaches before the engine took it.
         c.ok(Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "db".into(),
             name: "s3".into(),
         });
@@ -370,6 +378,7 @@ mod tests {
 
     fn create(name: &str) -> Request {
         Request::CreateSnapshot {
+            labels: Default::default(),
             volume: "db".into(),
             name: name.into(),
         }
