@@ -7,7 +7,7 @@
 //! snapshot, or cloned from a volume, has the snapshot's data copied into it by the
 //! managers (a clone snapshots its source first) before it can be published.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{Value, json};
 use shorthorn_state::{Backup, BackupState, Node, RestoreState, Snapshot, Volume, VolumeState};
@@ -207,7 +207,8 @@ pub struct Parameters {
     pub mkfs_params: Option<String>,
     pub disk_selector: BTreeSet<String>,
     pub node_selector: BTreeSet<String>,
-    pub recurring_job_selector: Option<String>,
+    /// The volume labels `recurringJobSelector` names (jobs and groups the volume joins).
+    pub labels: BTreeMap<String, String>,
     /// The kernel block device frontend the node sets up: auto (the node's best), fuse, nbd.
     pub frontend: Option<String>,
 }
@@ -223,6 +224,38 @@ fn tags(value: &str) -> BTreeSet<String> {
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+/// One entry of Longhorn's `recurringJobSelector`: `[{"name": "snap", "isGroup": false}]`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct JobSelector {
+    name: String,
+    #[serde(default)]
+    is_group: bool,
+}
+
+/// The volume labels that join the jobs and groups a `recurringJobSelector` names.
+fn recurring_job_labels(value: &str) -> Result<BTreeMap<String, String>, Status> {
+    if value.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let selectors: Vec<JobSelector> = serde_json::from_str(value).map_err(|err| {
+        invalid(format!(
+            "recurringJobSelector is not a JSON list of {{\"name\": ..., \"isGroup\": true|false}}: {err}"
+        ))
+    })?;
+    Ok(selectors
+        .into_iter()
+        .map(|s| {
+            let prefix = if s.is_group {
+                shorthorn_state::GROUP_VOLUME_LABEL_PREFIX
+            } else {
+                shorthorn_state::JOB_VOLUME_LABEL_PREFIX
+            };
+            (format!("{prefix}{}", s.name), "enabled".to_string())
+        })
+        .collect())
 }
 
 /// Parses StorageClass parameters; an unknown key is an error (a typo would otherwise be
@@ -277,11 +310,7 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, 
             "mkfsParams" => p.mkfs_params = Some(value.clone()),
             "diskSelector" => p.disk_selector = tags(value),
             "nodeSelector" => p.node_selector = tags(value),
-            "recurringJobSelector" => {
-                if !value.trim().is_empty() && value.trim() != "[]" {
-                    p.recurring_job_selector = Some(value.clone());
-                }
-            }
+            "recurringJobSelector" => p.labels = recurring_job_labels(value)?,
             "frontend" => match value.trim() {
                 "" => {}
                 "auto" | "fuse" | "nbd" => p.frontend = Some(value.trim().to_string()),
@@ -558,12 +587,6 @@ impl proto::controller_server::Controller for Controller {
         // clone), and the bytes it holds.
         let mut copy: Option<(String, Option<String>)> = None;
         let mut copy_size = 0;
-        if params.recurring_job_selector.is_some() {
-            return Err(Status::unimplemented(
-                "recurringJobSelector: recurring jobs are not built in this version; remove \
-                 the parameter",
-            ));
-        }
         match req
             .volume_content_source
             .as_ref()
@@ -731,6 +754,9 @@ impl proto::controller_server::Controller for Controller {
         }
         if let Some(d) = &params.data_locality {
             body["dataLocality"] = json!(d);
+        }
+        if !params.labels.is_empty() {
+            body["labels"] = json!(params.labels);
         }
         if let Some(url) = &params.from_backup {
             // Restored by an engine with no frontend; ControllerPublish answers ABORTED
@@ -1415,7 +1441,27 @@ mod tests {
         assert_eq!(ok.stale_replica_timeout, Some(2880));
         assert_eq!(ok.fs_type.as_deref(), Some("xfs"));
         assert_eq!(ok.disk_selector.len(), 2);
+        let jobs = p(&[(
+            "recurringJobSelector",
+            r#"[{"name":"snap","isGroup":false},{"name":"gold","isGroup":true}]"#,
+        )])
+        .unwrap();
+        assert_eq!(
+            jobs.labels.into_iter().collect::<Vec<_>>(),
+            [
+                (
+                    "recurring-job-group.shorthorn.io/gold".to_string(),
+                    "enabled".to_string()
+                ),
+                (
+                    "recurring-job.shorthorn.io/snap".to_string(),
+                    "enabled".to_string()
+                ),
+            ]
+        );
         for bad in [
+            ("recurringJobSelector", "snap"),
+            ("recurringJobSelector", r#"[{"job":"snap"}]"#),
             ("numberOfReplicas", "0"),
             ("numberOfReplicas", "100"),
             ("fsType", "btrfs"),
