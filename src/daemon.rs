@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use crate::agent::{Agent, AgentConfig};
 use crate::api::{Api, router};
 use crate::credentials::CredentialSource;
+use crate::metrics::{LocalProcesses, Metrics};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
@@ -81,6 +82,8 @@ pub async fn start(
             args.namespace.clone(),
         )));
     }
+    // What this node's agent runs, for the API's /metrics.
+    let local = LocalProcesses::default();
     if let Some(listen) = &args.api_listen {
         let token_file = args
             .token_file
@@ -97,8 +100,10 @@ pub async fn start(
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("REST API listening on {listen}"))?;
+        let metrics = Metrics::new(handle.clone(), &name, local.clone());
         let api = Api::new(handle.clone(), token, &format!("manager/{name}"))
-            .with_credentials(credentials.clone());
+            .with_credentials(credentials.clone())
+            .with_metrics(std::sync::Arc::new(metrics));
         let app = router(api);
         tracing::info!(%listen, "REST API serving");
         tasks.push(tokio::spawn(async move {
@@ -142,6 +147,7 @@ pub async fn start(
             exe: std::env::current_exe().context("finding the shorthorn executable")?,
             member,
             credentials,
+            local,
         };
         let handle = handle.clone();
         tasks.push(tokio::spawn(async move {

@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod credentials;
 mod daemon;
+mod metrics;
 mod process;
 mod size;
 

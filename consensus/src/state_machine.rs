@@ -72,6 +72,8 @@ pub struct Machine {
     /// Index of the last applied entry plus one (0 = nothing applied yet).
     applied_next: watch::Sender<u64>,
     snapshots_built: AtomicU64,
+    /// Bytes of the encoded state in the current snapshot plus one (0 = no snapshot).
+    snapshot_bytes: AtomicU64,
 }
 
 /// Drops the events of entries up to `upto` and raises the events floor past it.
@@ -105,7 +107,9 @@ impl Machine {
             last_applied: None,
             membership: StoredMembership::default(),
         };
+        let mut snapshot_bytes = 0;
         if let Some((meta, data)) = load_snapshot(&disk).map_err(storage)? {
+            snapshot_bytes = data.len() as u64 + 1;
             applied.state = State::decode(&data)
                 .map_err(|e| Error::Storage(format!("snapshot {}: {e}", meta.snapshot_id)))?;
             applied.last_applied = meta.last_log_id;
@@ -117,6 +121,7 @@ impl Machine {
             applied: RwLock::new(applied),
             applied_next: watch::Sender::new(next),
             snapshots_built: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(snapshot_bytes),
         }))
     }
 
@@ -186,7 +191,15 @@ impl Machine {
     ) -> Result<(), DiskError> {
         let meta_bytes = serde_json::to_vec(meta).map_err(DiskError::corrupt)?;
         self.disk
-            .meta_put_many(&[(SNAPSHOT_META, &meta_bytes), (SNAPSHOT_DATA, data)])
+            .meta_put_many(&[(SNAPSHOT_META, &meta_bytes), (SNAPSHOT_DATA, data)])?;
+        self.snapshot_bytes
+            .store(data.len() as u64 + 1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The size of the encoded state in the current snapshot (None before the first).
+    pub fn snapshot_bytes(&self) -> Option<u64> {
+        self.snapshot_bytes.load(Ordering::Relaxed).checked_sub(1)
     }
 }
 

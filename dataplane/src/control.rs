@@ -355,6 +355,11 @@ impl EngineControl for ControlService {
             write_iops: load(&s.write_iops),
             read_bytes_per_sec: load(&s.read_bytes_per_sec),
             write_bytes_per_sec: load(&s.write_bytes_per_sec),
+            read_ns: load(&s.read_ns),
+            write_ns: load(&s.write_ns),
+            flush_ns: load(&s.flush_ns),
+            read_latency_last_ns: load(&s.read_latency_last_ns),
+            write_latency_last_ns: load(&s.write_latency_last_ns),
         }))
     }
 }

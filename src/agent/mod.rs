@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub member: u64,
     /// The backup target's credentials, handed to the engines' backup and restore jobs.
     pub credentials: crate::credentials::CredentialSource,
+    /// Where the agent tells the metrics which engines and replicas it runs.
+    pub local: crate::metrics::LocalProcesses,
 }
 
 /// The log's events, as the agent follows them.
@@ -130,6 +132,7 @@ impl Agent {
             if let Err(err) = self.tick().await {
                 tracing::warn!("node agent: {err:#}");
             }
+            self.publish();
             // Converge again at the next event that is not a heartbeat (a volume attached
             // here, a replica placed here...), or after TICK at the latest: children are
             // watched by polling.
@@ -157,6 +160,18 @@ impl Agent {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Tells the metrics which engines and replicas run here now.
+    fn publish(&self) {
+        self.config.local.publish(
+            self.engines
+                .iter()
+                .map(|(volume, proc)| (volume.clone(), proc.record.control.clone())),
+            self.replicas
+                .keys()
+                .map(|id| (id.clone(), self.config.disk.join("replicas").join(id))),
+        );
     }
 
     /// The log's events from now on.

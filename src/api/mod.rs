@@ -7,7 +7,10 @@
 //! A write sent with an `Idempotency-Key` header is applied at most once: a retry with the
 //! same key (to any manager, within 15 minutes) gets the first outcome, a success answered
 //! from the current state.
-//! Every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`.
+//! Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer
+//! <token>`. `/metrics` is open, as Longhorn's is and as Prometheus scrapes by default: it
+//! shows names, sizes and rates, never data, tokens or credentials (keep the API port off
+//! untrusted networks, as for Longhorn's).
 //! Nothing a client sends can crash the manager: bad input is a 4xx with a JSON body
 //! `{"error": kind, "message": text}`.
 
@@ -41,6 +44,7 @@ use shorthorn_state::{
 pub use error::ApiError;
 
 use crate::credentials::CredentialSource;
+use crate::metrics::{LocalProcesses, Metrics};
 use crate::size::parse_size;
 
 /// What every handler needs: the log and who this manager is.
@@ -52,16 +56,25 @@ pub struct Api {
     proposer: Arc<str>,
     /// The backup target's credentials.
     credentials: CredentialSource,
+    /// What `/metrics` reports.
+    metrics: Arc<Metrics>,
 }
 
 impl Api {
     pub fn new(log: Handle, token: &str, proposer: &str) -> Self {
         Self {
-            log,
+            log: log.clone(),
             token: token.into(),
             proposer: proposer.into(),
             credentials: CredentialSource::default(),
+            metrics: Arc::new(Metrics::new(log, "", LocalProcesses::default())),
         }
+    }
+
+    /// Serves `metrics` at `/metrics` (by default: the log's figures only, under no node).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Uses `credentials` for the backup target instead of this process's environment.
@@ -144,6 +157,7 @@ pub fn router(api: Api) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(api)
@@ -237,6 +251,19 @@ async fn ready(State(api): State<Api>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// The Prometheus text format of [`Metrics::render`].
+async fn metrics(State(api): State<Api>) -> Response {
+    let text = api.metrics.render().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn cluster(State(api): State<Api>) -> Json<shorthorn_consensus::Status> {

@@ -108,6 +108,10 @@ pub struct Stats {
     pub write_iops: AtomicU64,
     pub read_bytes_per_sec: AtomicU64,
     pub write_bytes_per_sec: AtomicU64,
+    /// Mean latency (ns) of the reads and writes completed in the last full second; 0 when
+    /// there were none.
+    pub read_latency_last_ns: AtomicU64,
+    pub write_latency_last_ns: AtomicU64,
 }
 
 /// How to start an engine.
@@ -623,27 +627,41 @@ async fn grow(link: &ReplicaLink, size: u64, within: Duration) -> Result<(), Str
     }
 }
 
-/// Once a second, turns the counters into per-second rates; ends with the engine.
+/// Once a second, turns the counters into per-second rates and mean latencies; ends with
+/// the engine.
 async fn track_rates(engine: std::sync::Weak<Engine>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = [0u64; 4];
+    let mut last = [0u64; 6];
     loop {
         tick.tick().await;
         let Some(engine) = engine.upgrade() else {
             return;
         };
         let s = &engine.stats;
-        let now = [&s.read_ops, &s.write_ops, &s.read_bytes, &s.write_bytes]
-            .map(|a| a.load(Ordering::Relaxed));
+        let now = [
+            &s.read_ops,
+            &s.write_ops,
+            &s.read_bytes,
+            &s.write_bytes,
+            &s.read_ns,
+            &s.write_ns,
+        ]
+        .map(|a| a.load(Ordering::Relaxed));
+        let delta: [u64; 6] = std::array::from_fn(|i| now[i].saturating_sub(last[i]));
         let rates = [
             &s.read_iops,
             &s.write_iops,
             &s.read_bytes_per_sec,
             &s.write_bytes_per_sec,
         ];
-        for i in 0..4 {
-            rates[i].store(now[i].saturating_sub(last[i]), Ordering::Relaxed);
+        for (rate, value) in rates.iter().zip(delta) {
+            rate.store(value, Ordering::Relaxed);
         }
+        let mean = |ns: u64, ops: u64| ns.checked_div(ops).unwrap_or(0);
+        s.read_latency_last_ns
+            .store(mean(delta[4], delta[0]), Ordering::Relaxed);
+        s.write_latency_last_ns
+            .store(mean(delta[5], delta[1]), Ordering::Relaxed);
         last = now;
         engine.fail_closed_links();
     }
