@@ -1,27 +1,36 @@
 //! `GET /metrics`: what a manager tells Prometheus, in the Prometheus text format (0.0.4),
 //! with names parallel to Longhorn's (`longhorn_volume_read_iops` is
-//! `shorthorn_volume_read_iops`) so that its dashboards port.
+//! `shorthorn_volume_read_iops`) so that its dashboards port. It never proposes anything and
+//! never shows data, tokens or credentials.
 //!
 //! Who reports what, so that nothing is counted twice when every manager is scraped:
 //! - **Every manager, about itself**: the log as this member sees it (`shorthorn_log_*`:
 //!   term, leader, commit and applied index, snapshot size, proposal latency).
-//! - **Every manager, about its node**: the engines its node agent runs (the volumes
-//!   attached on this node: I/O rates and counters, rebuild progress) and the space its
-//!   replicas take on disk. These carry `node`, the node they were measured on.
+//! - **Every manager, about its node**: the engines its node agent runs for volumes the log
+//!   has attached on this node (I/O rates and counters, rebuild progress; an engine being
+//!   stopped after the volume moved is left out) and the space its replicas take on its
+//!   disk (`shorthorn_volume_actual_size_bytes`, as Longhorn's: "space used by each
+//!   replica of the volume on the corresponding node"). These carry `node`, the node they
+//!   were measured on.
 //! - **The Raft leader only, about the cluster**: what the log holds (volume capacity,
-//!   state and robustness, nodes, disks, backups). `shorthorn_log_is_leader` says which
-//!   manager that is; while leadership moves a scrape may find none or two for a moment.
+//!   state and robustness, nodes, disks, backups), read linearizably, so a leader that lost
+//!   its quorum reports none. `shorthorn_log_is_leader` says which manager that is; while
+//!   leadership moves a scrape may find none or two for a moment.
 //!
-//! Labels are `volume`, `node`, `disk`, `replica`, `backup`: the log keeps no
-//! PersistentVolumeClaim names, so Longhorn's `pvc` and `pvc_namespace` are not given.
-//! The per-second gauges (`*_iops`, `*_throughput`, `*_latency`) are the engine's own
+//! Labels are `volume`, `node`, `disk`, `replica`, `backup`, and `pvc` and `pvc_namespace`
+//! on a volume's figures when the log knows its PersistentVolumeClaim (not yet: see
+//! [`volume_labels`]). `shorthorn_volume_state` and `shorthorn_volume_robustness` have one
+//! series per state (`state` label; 1 for the current one, 0 for the others), as Longhorn
+//! 1.11's do (Longhorn 1.9 and before gave one number); `shorthorn_backup_state` keeps
+//! Longhorn's numbering.
+//! The per-second gauges (`*_iops`, `*_throughput`, `*_latency` in ns) are the engine's own
 //! figures over its last full second, as Longhorn's are; the `*_total` counters are
 //! cumulative since the engine started (a restarted engine starts again from zero, which
 //! `rate()` takes as a counter reset).
 //!
 //! A scrape never fails because a part of it did: an engine that does not answer within
 //! [`ENGINE_TIMEOUT`] is left out (`shorthorn_engine_up` is 0), a log without quorum leaves
-//! out the cluster-wide families. It never proposes anything.
+//! out the cluster-wide families.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +50,7 @@ use shorthorn_state::{BackupState, Robustness, State, VolumeState};
 
 /// How long one engine may take to answer its stats and replica list.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the read of the log may take.
+/// How long the leader's linearizable read of the log may take.
 const LOG_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The processes the node agent runs on this node, as it last published them: what the
@@ -97,6 +106,12 @@ struct Sheet {
 }
 
 impl Sheet {
+    fn new() -> Self {
+        Self {
+            registry: Registry::with_prefix("shorthorn"),
+        }
+    }
+
     fn gauge(&mut self, name: &str, help: &str) -> GaugeFamily {
         let family = GaugeFamily::default();
         self.registry.register(name, help, family.clone());
@@ -114,6 +129,14 @@ impl Sheet {
         self.registry.register(name, help, family.clone());
         family
     }
+
+    fn text(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = prometheus_text::encode(&mut text, &self.registry) {
+            tracing::warn!("encoding the metrics: {err}");
+        }
+        text
+    }
 }
 
 /// A u64 figure as a gauge value (values past i64::MAX are clamped).
@@ -125,34 +148,55 @@ fn set(family: &GaugeFamily, labels: Labels, value: u64) {
     family.get_or_create(&labels).set(int(value));
 }
 
-/// Longhorn's numbering of volume states (`longhorn_volume_state`).
-fn state_number(state: VolumeState) -> u64 {
+/// Every volume state, in Longhorn's order.
+const VOLUME_STATES: [VolumeState; 6] = [
+    VolumeState::Creating,
+    VolumeState::Attached,
+    VolumeState::Detached,
+    VolumeState::Attaching,
+    VolumeState::Detaching,
+    VolumeState::Deleting,
+];
+
+/// The `state` label of a volume state (Longhorn's words).
+fn state_name(state: VolumeState) -> &'static str {
     match state {
-        VolumeState::Creating => 1,
-        VolumeState::Attached => 2,
-        VolumeState::Detached => 3,
-        VolumeState::Attaching => 4,
-        VolumeState::Detaching => 5,
-        VolumeState::Deleting => 6,
+        VolumeState::Creating => "creating",
+        VolumeState::Attached => "attached",
+        VolumeState::Detached => "detached",
+        VolumeState::Attaching => "attaching",
+        VolumeState::Detaching => "detaching",
+        VolumeState::Deleting => "deleting",
     }
 }
 
-/// Longhorn's numbering of robustness (`longhorn_volume_robustness`; 0 is unknown).
-fn robustness_number(robustness: Robustness) -> u64 {
+/// The `state` labels of robustness, in Longhorn's order; the log never says "unknown" (it
+/// derives robustness from the replicas' modes), so that series is always 0.
+const ROBUSTNESS_STATES: [&str; 4] = ["unknown", "healthy", "degraded", "faulted"];
+
+fn robustness_name(robustness: Robustness) -> &'static str {
     match robustness {
-        Robustness::Healthy => 1,
-        Robustness::Degraded => 2,
-        Robustness::Faulted => 3,
+        Robustness::Healthy => "healthy",
+        Robustness::Degraded => "degraded",
+        Robustness::Faulted => "faulted",
     }
 }
 
-/// Longhorn's numbering of backup states (`longhorn_backup_state`).
+/// Longhorn's numbering of backup states (`longhorn_backup_state`: 0=New, 1=Pending,
+/// 2=InProgress, 3=Completed, 4=Error, 5=Unknown).
 fn backup_state_number(state: BackupState) -> u64 {
     match state {
         BackupState::InProgress => 2,
         BackupState::Completed => 3,
         BackupState::Error => 4,
     }
+}
+
+/// The labels of a volume's figures: `volume`, then `pvc` and `pvc_namespace` when the log
+/// knows the volume's PersistentVolumeClaim. The log keeps no claim names yet, so those two
+/// are never given (rather than guessed from the volume name).
+fn volume_labels(_state: Option<&State>, volume: &str) -> Labels {
+    vec![("volume", volume.to_string())]
 }
 
 /// What one engine answered.
@@ -174,33 +218,38 @@ impl Metrics {
 
     /// The text of one scrape.
     pub async fn render(&self) -> String {
-        let mut sheet = Sheet {
-            registry: Registry::with_prefix("shorthorn"),
-        };
+        let mut sheet = Sheet::new();
         let status = self.log.status();
         let leader = status.leader.is_some() && status.leader == Some(status.id);
         self.log_metrics(&mut sheet, &status, leader);
 
-        let state = tokio::time::timeout(LOG_TIMEOUT, self.log.read(State::clone))
-            .await
-            .ok()
-            .and_then(Result::ok);
+        // The leader's figures about the cluster need a current state; this node's own
+        // figures are labelled from whatever this member has applied (it answers without a
+        // quorum, and the agent runs what that state says).
+        let cluster = if leader {
+            tokio::time::timeout(LOG_TIMEOUT, self.log.read(State::clone))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        let state = match &cluster {
+            Some(state) => state.clone(),
+            None => self.log.read_local(State::clone),
+        };
         let (engines, replicas) = self.local.get();
+        let engines = attached_here(engines, &state, &self.node);
         let (reports, sizes) = tokio::join!(
             self.ask_engines(engines),
             replica_sizes(replicas.into_iter().collect())
         );
-        self.engine_metrics(&mut sheet, &reports, state.as_ref());
-        self.actual_sizes(&mut sheet, &sizes, state.as_ref());
-        if leader && let Some(state) = &state {
+        engine_metrics(&mut sheet, &self.node, &reports, &state);
+        actual_sizes(&mut sheet, &self.node, &sizes, &state);
+        if let Some(state) = &cluster {
             cluster_metrics(&mut sheet, state);
         }
-
-        let mut text = String::new();
-        if let Err(err) = prometheus_text::encode(&mut text, &sheet.registry) {
-            tracing::warn!("encoding the metrics: {err}");
-        }
-        text
+        sheet.text()
     }
 
     fn log_metrics(&self, sheet: &mut Sheet, status: &shorthorn_consensus::Status, leader: bool) {
@@ -328,154 +377,184 @@ impl Metrics {
             .insert(address.to_string(), client.clone());
         Some(client)
     }
+}
 
-    fn engine_metrics(&self, sheet: &mut Sheet, reports: &[EngineReport], state: Option<&State>) {
-        let up = sheet.gauge(
-            "engine_up",
-            "1 when the engine of a volume attached on this node answered this scrape, else 0.",
-        );
-        let gauges = [
-            (
-                "volume_read_throughput",
-                "Read throughput of this volume over the engine's last full second (bytes/s).",
-            ),
-            (
-                "volume_write_throughput",
-                "Write throughput of this volume over the engine's last full second (bytes/s).",
-            ),
-            (
-                "volume_read_iops",
-                "Read operations per second of this volume over the engine's last full second.",
-            ),
-            (
-                "volume_write_iops",
-                "Write operations per second of this volume over the engine's last full second.",
-            ),
-            (
-                "volume_read_latency",
-                "Mean read latency of this volume over the engine's last full second (ns).",
-            ),
-            (
-                "volume_write_latency",
-                "Mean write latency of this volume over the engine's last full second (ns).",
-            ),
-        ]
-        .map(|(name, help)| sheet.gauge(name, help));
-        let counters = [
-            (
-                "volume_read_ops",
-                "Read operations completed by this volume's engine since it started.",
-            ),
-            (
-                "volume_write_ops",
-                "Write operations completed by this volume's engine since it started.",
-            ),
-            (
-                "volume_flush_ops",
-                "Flushes completed by this volume's engine since it started.",
-            ),
-            (
-                "volume_read_bytes",
-                "Bytes read through this volume's engine since it started.",
-            ),
-            (
-                "volume_written_bytes",
-                "Bytes written through this volume's engine since it started.",
-            ),
-        ]
-        .map(|(name, help)| sheet.counter(name, help));
-        let seconds = [
-            (
-                "volume_read_time_seconds",
-                "Sum of the latencies of the reads completed since the engine started.",
-            ),
-            (
-                "volume_write_time_seconds",
-                "Sum of the latencies of the writes completed since the engine started.",
-            ),
-            (
-                "volume_flush_time_seconds",
-                "Sum of the latencies of the flushes completed since the engine started.",
-            ),
-        ]
-        .map(|(name, help)| sheet.seconds_counter(name, help));
-        let rebuild = sheet.gauge(
-            "engine_rebuild_progress",
-            "Percent of the volume a replica being rebuilt has compared and copied so far.",
-        );
-        for report in reports {
-            let labels = vec![
-                ("volume", report.volume.clone()),
-                ("node", self.node.clone()),
+/// The engines (volume, control address) of volumes the log has attached on `node`: an
+/// engine still running for a volume attached elsewhere now is being stopped, and the new
+/// node reports that volume.
+fn attached_here(
+    engines: BTreeMap<String, String>,
+    state: &State,
+    node: &str,
+) -> BTreeMap<String, String> {
+    engines
+        .into_iter()
+        .filter(|(volume, _)| {
+            state
+                .volumes
+                .get(volume)
+                .and_then(|v| v.attachment.as_ref())
+                .is_some_and(|a| a.node == node)
+        })
+        .collect()
+}
+
+/// The I/O figures and rebuild progress of the engines on `node`.
+fn engine_metrics(sheet: &mut Sheet, node: &str, reports: &[EngineReport], state: &State) {
+    let up = sheet.gauge(
+        "engine_up",
+        "1 when the engine of a volume attached on this node answered this scrape, else 0.",
+    );
+    let gauges = [
+        (
+            "volume_read_throughput",
+            "Read throughput of this volume over the engine's last full second (bytes/s).",
+        ),
+        (
+            "volume_write_throughput",
+            "Write throughput of this volume over the engine's last full second (bytes/s).",
+        ),
+        (
+            "volume_read_iops",
+            "Read operations per second of this volume over the engine's last full second.",
+        ),
+        (
+            "volume_write_iops",
+            "Write operations per second of this volume over the engine's last full second.",
+        ),
+        (
+            "volume_read_latency",
+            "Mean read latency of this volume over the engine's last full second (ns).",
+        ),
+        (
+            "volume_write_latency",
+            "Mean write latency of this volume over the engine's last full second (ns).",
+        ),
+    ]
+    .map(|(name, help)| sheet.gauge(name, help));
+    let counters = [
+        (
+            "volume_read_ops",
+            "Read operations completed by this volume's engine since it started.",
+        ),
+        (
+            "volume_write_ops",
+            "Write operations completed by this volume's engine since it started.",
+        ),
+        (
+            "volume_flush_ops",
+            "Flushes completed by this volume's engine since it started.",
+        ),
+        (
+            "volume_read_bytes",
+            "Bytes read through this volume's engine since it started.",
+        ),
+        (
+            "volume_written_bytes",
+            "Bytes written through this volume's engine since it started.",
+        ),
+    ]
+    .map(|(name, help)| sheet.counter(name, help));
+    let seconds = [
+        (
+            "volume_read_time_seconds",
+            "Sum of the latencies of the reads completed since the engine started.",
+        ),
+        (
+            "volume_write_time_seconds",
+            "Sum of the latencies of the writes completed since the engine started.",
+        ),
+        (
+            "volume_flush_time_seconds",
+            "Sum of the latencies of the flushes completed since the engine started.",
+        ),
+    ]
+    .map(|(name, help)| sheet.seconds_counter(name, help));
+    let rebuild = sheet.gauge(
+        "engine_rebuild_progress",
+        "Percent of the volume a replica being rebuilt has compared and copied so far \
+         (present only while it is rebuilt).",
+    );
+    for report in reports {
+        let mut labels = volume_labels(Some(state), &report.volume);
+        labels.push(("node", node.to_string()));
+        set(&up, labels.clone(), u64::from(report.stats.is_some()));
+        if let Some(s) = &report.stats {
+            let figures = [
+                s.read_bytes_per_sec,
+                s.write_bytes_per_sec,
+                s.read_iops,
+                s.write_iops,
+                s.read_latency_last_ns,
+                s.write_latency_last_ns,
             ];
-            set(&up, labels.clone(), u64::from(report.stats.is_some()));
-            if let Some(s) = &report.stats {
-                let figures = [
-                    s.read_bytes_per_sec,
-                    s.write_bytes_per_sec,
-                    s.read_iops,
-                    s.write_iops,
-                    s.read_latency_last_ns,
-                    s.write_latency_last_ns,
-                ];
-                for (family, value) in gauges.iter().zip(figures) {
-                    set(family, labels.clone(), value);
-                }
-                let totals = [
-                    s.read_ops,
-                    s.write_ops,
-                    s.flush_ops,
-                    s.read_bytes,
-                    s.write_bytes,
-                ];
-                for (family, value) in counters.iter().zip(totals) {
-                    family.get_or_create(&labels).inc_by(value);
-                }
-                for (family, ns) in seconds.iter().zip([s.read_ns, s.write_ns, s.flush_ns]) {
-                    family.get_or_create(&labels).inc_by(ns as f64 / 1e9);
-                }
+            for (family, value) in gauges.iter().zip(figures) {
+                set(family, labels.clone(), value);
             }
-            for info in &report.replicas {
-                if info.mode() != proto::ReplicaMode::Wo || info.rebuild_total_bytes == 0 {
-                    continue;
-                }
-                let address = info.address.trim_start_matches("tcp:");
-                // The replica's id from the log, or its address when the log did not answer.
-                let replica = state
-                    .and_then(|s| {
-                        s.replicas.values().find(|r| {
-                            r.volume == report.volume && r.address.as_deref() == Some(address)
-                        })
-                    })
-                    .map_or_else(|| address.to_string(), |r| r.id.clone());
-                let mut labels = labels.clone();
-                labels.push(("replica", replica));
-                let percent = u128::from(info.rebuild_done_bytes) * 100
-                    / u128::from(info.rebuild_total_bytes);
-                set(&rebuild, labels, percent.min(100) as u64);
+            let totals = [
+                s.read_ops,
+                s.write_ops,
+                s.flush_ops,
+                s.read_bytes,
+                s.write_bytes,
+            ];
+            for (family, value) in counters.iter().zip(totals) {
+                family.get_or_create(&labels).inc_by(value);
             }
+            for (family, ns) in seconds.iter().zip([s.read_ns, s.write_ns, s.flush_ns]) {
+                family.get_or_create(&labels).inc_by(ns as f64 / 1e9);
+            }
+        }
+        for info in &report.replicas {
+            if info.mode() != proto::ReplicaMode::Wo || info.rebuild_total_bytes == 0 {
+                continue;
+            }
+            let address = info.address.trim_start_matches("tcp:");
+            // The replica's id from the log, or its address when the log does not know it.
+            let replica = state
+                .replicas
+                .values()
+                .find(|r| r.volume == report.volume && r.address.as_deref() == Some(address))
+                .map_or_else(|| address.to_string(), |r| r.id.clone());
+            let mut labels = labels.clone();
+            labels.push(("replica", replica));
+            set(
+                &rebuild,
+                labels,
+                percent(info.rebuild_done_bytes, info.rebuild_total_bytes),
+            );
         }
     }
+}
 
-    /// `volume_actual_size_bytes`: the space the volume's replicas on this node take.
-    fn actual_sizes(&self, sheet: &mut Sheet, sizes: &[(String, u64)], state: Option<&State>) {
-        let family = sheet.gauge(
-            "volume_actual_size_bytes",
-            "Disk space the replicas of this volume take on this node (allocated blocks).",
-        );
-        let Some(state) = state else {
-            return;
-        };
-        let mut by_volume: BTreeMap<&str, u64> = BTreeMap::new();
-        for (replica, bytes) in sizes {
-            if let Some(r) = state.replicas.get(replica) {
-                *by_volume.entry(r.volume.as_str()).or_default() += bytes;
-            }
+/// `done` of `total` in whole percent, at most 100 (0 of 0 is 0).
+fn percent(done: u64, total: u64) -> u64 {
+    let percent = (u128::from(done) * 100)
+        .checked_div(u128::from(total))
+        .unwrap_or(0);
+    percent.min(100) as u64
+}
+
+/// `volume_actual_size_bytes`: the space each volume's replicas on `node` take, by disk.
+/// Replicas the log does not know (being removed) are left out.
+fn actual_sizes(sheet: &mut Sheet, node: &str, sizes: &[(String, u64)], state: &State) {
+    let family = sheet.gauge(
+        "volume_actual_size_bytes",
+        "Disk space the replicas of this volume take on this node's disk (allocated blocks).",
+    );
+    let mut by_volume: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (replica, bytes) in sizes {
+        if let Some(r) = state.replicas.get(replica) {
+            *by_volume
+                .entry((r.volume.as_str(), r.disk.as_str()))
+                .or_default() += bytes;
         }
-        for (volume, bytes) in by_volume {
-            let labels = vec![("volume", volume.to_string()), ("node", self.node.clone())];
-            set(&family, labels, bytes);
-        }
+    }
+    for ((volume, disk), bytes) in by_volume {
+        let mut labels = volume_labels(Some(state), volume);
+        labels.push(("node", node.to_string()));
+        labels.push(("disk", disk.to_string()));
+        set(&family, labels, bytes);
     }
 }
 
@@ -533,24 +612,39 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
     let capacity = sheet.gauge("volume_capacity_bytes", "Configured size of this volume.");
     let volume_state = sheet.gauge(
         "volume_state",
-        "State of this volume: 1=creating, 2=attached, 3=detached, 4=attaching, \
-         5=detaching, 6=deleting (Longhorn's numbering).",
+        "State of this volume: 1 for its current state (label state: creating, attached, \
+         detached, attaching, detaching, deleting), 0 for the others.",
     );
     let robustness = sheet.gauge(
         "volume_robustness",
-        "Robustness of this volume: 0=unknown, 1=healthy, 2=degraded, 3=faulted.",
+        "Robustness of this volume: 1 for its current robustness (label state: unknown, \
+         healthy, degraded, faulted), 0 for the others.",
     );
     for volume in state.volumes.values() {
-        let labels = vec![("volume", volume.name.clone())];
+        let labels = volume_labels(Some(state), &volume.name);
         set(&capacity, labels.clone(), volume.size);
-        set(&volume_state, labels.clone(), state_number(volume.state));
-        set(&robustness, labels, robustness_number(volume.robustness));
+        for each in VOLUME_STATES {
+            let mut labels = labels.clone();
+            labels.push(("state", state_name(each).to_string()));
+            set(&volume_state, labels, u64::from(each == volume.state));
+        }
+        let current = robustness_name(volume.robustness);
+        for each in ROBUSTNESS_STATES {
+            let mut labels = labels.clone();
+            labels.push(("state", each.to_string()));
+            set(&robustness, labels, u64::from(each == current));
+        }
     }
 
+    let node_count = sheet.gauge("node_count_total", "Number of nodes registered in the log.");
+    node_count
+        .get_or_create(&Vec::new())
+        .set(int(state.nodes.len() as u64));
     let node_status = sheet.gauge(
         "node_status",
-        "Status of this node: 1 when the condition holds, else 0 (conditions ready, \
-         allowScheduling, schedulable).",
+        "Status of this node: 1 when the condition holds, else 0 (condition ready: its \
+         agent is heard from; allowScheduling: scheduling is on; schedulable: ready, \
+         scheduling on and a disk takes replicas).",
     );
     let node_capacity = sheet.gauge(
         "node_storage_capacity_bytes",
@@ -562,7 +656,7 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
     );
     let node_reservation = sheet.gauge(
         "node_storage_reservation_bytes",
-        "Storage of this node kept out of scheduling.",
+        "Storage of this node kept out of scheduling for the system and other users.",
     );
     let disk_capacity = sheet.gauge("disk_capacity_bytes", "Capacity of this disk.");
     let disk_usage = sheet.gauge(
@@ -571,7 +665,7 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
     );
     let disk_reservation = sheet.gauge(
         "disk_reservation_bytes",
-        "Space of this disk kept out of scheduling.",
+        "Space of this disk kept out of scheduling for the system and other users.",
     );
     let disk_scheduled = sheet.gauge(
         "disk_scheduled_bytes",
@@ -580,27 +674,27 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
     let disk_replicas = sheet.gauge("disk_replicas", "Replicas scheduled on this disk.");
     let disk_status = sheet.gauge(
         "disk_status",
-        "Status of this disk: 1 when the condition holds, else 0 (condition schedulable).",
+        "Status of this disk: 1 when the condition holds, else 0 (condition ready: its \
+         node's agent is heard from; schedulable: ready, scheduling on for the disk and \
+         its node, and free space above storageMinimalAvailablePercentage).",
     );
     for node in state.nodes.values() {
-        let labels = |condition: &str| {
-            vec![
+        let condition = |condition: &str, holds: bool| {
+            let labels = vec![
                 ("node", node.id.clone()),
                 ("condition", condition.to_string()),
-            ]
+            ];
+            set(&node_status, labels, u64::from(holds));
         };
-        let any_disk = node.disks.values().any(|d| d.schedulable);
-        set(&node_status, labels("ready"), u64::from(node.ready));
-        set(
-            &node_status,
-            labels("allowScheduling"),
-            u64::from(node.schedulable),
-        );
-        set(
-            &node_status,
-            labels("schedulable"),
-            u64::from(node.ready && node.schedulable && any_disk),
-        );
+        let disk_takes = |d: &shorthorn_state::Disk| {
+            node.ready
+                && node.schedulable
+                && d.schedulable
+                && d.has_minimal_available(&state.settings)
+        };
+        condition("ready", node.ready);
+        condition("allowScheduling", node.schedulable);
+        condition("schedulable", node.disks.values().any(disk_takes));
         let of = |f: fn(&shorthorn_state::Disk) -> u64| node.disks.values().map(f).sum::<u64>();
         let node_labels = vec![("node", node.id.clone())];
         set(&node_capacity, node_labels.clone(), of(|d| d.capacity));
@@ -625,13 +719,11 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
                 labels.clone(),
                 u64::from(disk.replica_count),
             );
-            let mut labels = labels;
-            labels.push(("condition", "schedulable".to_string()));
-            set(
-                &disk_status,
-                labels,
-                u64::from(disk.schedulable && node.ready && node.schedulable),
-            );
+            for (condition, holds) in [("ready", node.ready), ("schedulable", disk_takes(disk))] {
+                let mut labels = labels.clone();
+                labels.push(("condition", condition.to_string()));
+                set(&disk_status, labels, u64::from(holds));
+            }
         }
     }
 
@@ -645,10 +737,8 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
         "State of this backup: 2=in progress, 3=completed, 4=error (Longhorn's numbering).",
     );
     for backup in state.backups.values() {
-        let labels = vec![
-            ("volume", backup.volume.clone()),
-            ("backup", backup.name.clone()),
-        ];
+        let mut labels = volume_labels(Some(state), &backup.volume);
+        labels.push(("backup", backup.name.clone()));
         set(&backup_size, labels.clone(), backup.uploaded_bytes);
         set(&backup_state, labels, backup_state_number(backup.state));
     }
@@ -657,13 +747,326 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shorthorn_state::{Command, DiskSpec, NodeSpec, Request, Timestamp, VolumeSpec, apply};
+
+    /// The samples of a scrape: `name{label="value",...}` (labels as encoded) to value.
+    fn samples(text: &str) -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (series, value) = l.rsplit_once(' ').expect("sample line");
+                (series.to_string(), value.parse().expect("number"))
+            })
+            .collect()
+    }
+
+    /// The one sample of `name` whose labels include every `key="value"` of `labels`.
+    fn sample(all: &BTreeMap<String, f64>, name: &str, labels: &[&str]) -> f64 {
+        let found: Vec<_> = all
+            .iter()
+            .filter(|(series, _)| {
+                (series.as_str() == name || series.starts_with(&format!("{name}{{")))
+                    && labels.iter().all(|l| series.contains(l))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+        *found[0].1
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    /// Three ready nodes with one 100 GiB disk each, and volume `v` (3 replicas).
+    fn cluster() -> State {
+        let mut state = State::default();
+        let mut clock = 1_000_000;
+        let mut run = |state: &mut State, request: Request| {
+            clock += 1000;
+            apply(state, &Command::new(Timestamp(clock), "test", request)).expect("applied");
+        };
+        for n in 1..=3 {
+            run(
+                &mut state,
+                Request::RegisterNode(NodeSpec {
+                    id: format!("node-{n}"),
+                    address: format!("127.0.0.1:{n}"),
+                    disks: vec![DiskSpec {
+                        id: format!("disk-{n}"),
+                        path: "/d".into(),
+                        capacity: 100 * GIB,
+                        reserved: 10 * GIB,
+                        available: Some(60 * GIB),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            );
+        }
+        for node in state.nodes.values_mut() {
+            node.ready = true;
+        }
+        run(
+            &mut state,
+            Request::CreateVolume(VolumeSpec {
+                name: "v".into(),
+                size: GIB,
+                number_of_replicas: Some(3),
+                ..Default::default()
+            }),
+        );
+        state
+    }
 
     #[test]
-    fn numbering_follows_longhorns() {
-        assert_eq!(state_number(VolumeState::Attached), 2);
-        assert_eq!(state_number(VolumeState::Detached), 3);
-        assert_eq!(robustness_number(Robustness::Degraded), 2);
+    fn cluster_figures_come_from_the_log() {
+        let mut state = cluster();
+        state.nodes.get_mut("node-3").expect("node").ready = false;
+        let mut sheet = Sheet::new();
+        cluster_metrics(&mut sheet, &state);
+        let all = samples(&sheet.text());
+        let v = r#"volume="v""#;
+        assert_eq!(
+            sample(&all, "shorthorn_volume_capacity_bytes", &[v]),
+            GIB as f64
+        );
+        // One state and one robustness hold, the others are 0.
+        let current = state_name(state.volumes["v"].state);
+        for each in VOLUME_STATES.map(state_name) {
+            let label = format!(r#"state="{each}""#);
+            let value = sample(&all, "shorthorn_volume_state", &[v, &label]);
+            assert_eq!(value, f64::from(u8::from(each == current)), "{each}");
+        }
+        let robust: f64 = ROBUSTNESS_STATES
+            .iter()
+            .map(|s| {
+                let label = format!(r#"state="{s}""#);
+                sample(&all, "shorthorn_volume_robustness", &[v, &label])
+            })
+            .sum();
+        assert_eq!(robust, 1.0);
+        assert_eq!(sample(&all, "shorthorn_node_count_total", &[]), 3.0);
+        let n1 = r#"node="node-1""#;
+        let n3 = r#"node="node-3""#;
+        assert_eq!(
+            sample(&all, "shorthorn_node_storage_capacity_bytes", &[n1]),
+            (100 * GIB) as f64
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_node_storage_usage_bytes", &[n1]),
+            (40 * GIB) as f64
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_node_storage_reservation_bytes", &[n1]),
+            (10 * GIB) as f64
+        );
+        let ready = r#"condition="ready""#;
+        let schedulable = r#"condition="schedulable""#;
+        assert_eq!(sample(&all, "shorthorn_node_status", &[n1, ready]), 1.0);
+        assert_eq!(sample(&all, "shorthorn_node_status", &[n3, ready]), 0.0);
+        assert_eq!(
+            sample(&all, "shorthorn_node_status", &[n3, schedulable]),
+            0.0
+        );
+        let d1 = r#"disk="disk-1""#;
+        assert_eq!(
+            sample(&all, "shorthorn_disk_capacity_bytes", &[n1, d1]),
+            (100 * GIB) as f64
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_disk_status", &[n1, d1, schedulable]),
+            1.0
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_disk_status", &[n3, schedulable]),
+            0.0
+        );
+        // Every replica placed is counted on one disk.
+        let placed: f64 = (1..=3)
+            .map(|n| {
+                let d = format!(r#"disk="disk-{n}""#);
+                sample(&all, "shorthorn_disk_replicas", &[&d])
+            })
+            .sum();
+        assert_eq!(placed, state.replicas.len() as f64);
+    }
+
+    #[test]
+    fn a_full_disk_is_not_schedulable() {
+        let mut state = cluster();
+        state.settings.storage_minimal_available_percentage = 25;
+        let disk = state
+            .nodes
+            .get_mut("node-2")
+            .expect("node")
+            .disks
+            .get_mut("disk-2")
+            .expect("disk");
+        disk.available = 20 * GIB;
+        let mut sheet = Sheet::new();
+        cluster_metrics(&mut sheet, &state);
+        let all = samples(&sheet.text());
+        let sched = r#"condition="schedulable""#;
+        assert_eq!(
+            sample(&all, "shorthorn_disk_status", &[r#"disk="disk-2""#, sched]),
+            0.0
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_disk_status", &[r#"disk="disk-1""#, sched]),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &all,
+                "shorthorn_disk_status",
+                &[r#"disk="disk-2""#, r#"condition="ready""#]
+            ),
+            1.0
+        );
+    }
+
+    fn attach(state: &mut State, volume: &str, node: &str) {
+        let v = state.volumes.get_mut(volume).expect("volume");
+        v.state = VolumeState::Attached;
+        v.attachment = Some(shorthorn_state::Attachment {
+            node: node.into(),
+            epoch: Default::default(),
+            endpoint: None,
+            frontend: Default::default(),
+            device: None,
+            error: None,
+            internal: false,
+        });
+    }
+
+    #[test]
+    fn only_engines_of_volumes_attached_here_are_asked() {
+        let mut state = cluster();
+        attach(&mut state, "v", "node-2");
+        let engines: BTreeMap<String, String> = [
+            ("v".to_string(), "tcp:127.0.0.1:1".to_string()),
+            ("gone".to_string(), "tcp:127.0.0.1:2".to_string()),
+        ]
+        .into();
+        assert!(attached_here(engines.clone(), &state, "node-1").is_empty());
+        assert_eq!(
+            attached_here(engines, &state, "node-2")
+                .keys()
+                .collect::<Vec<_>>(),
+            ["v"]
+        );
+    }
+
+    #[test]
+    fn engine_figures_carry_volume_and_node_and_rebuild_progress_its_replica() {
+        let mut state = cluster();
+        attach(&mut state, "v", "node-1");
+        let id = state.replicas.keys().next().expect("replica").clone();
+        state.replicas.get_mut(&id).expect("replica").address = Some("127.0.0.1:9000".into());
+        let stats = proto::VolumeStats {
+            write_iops: 250,
+            write_ops: 1000,
+            write_bytes: 4096 * 1000,
+            write_ns: 3_000_000_000,
+            write_latency_last_ns: 40_000,
+            ..Default::default()
+        };
+        let mut rebuilding = proto::ReplicaInfo {
+            address: "tcp:127.0.0.1:9000".into(),
+            rebuild_done_bytes: 3,
+            rebuild_total_bytes: 4,
+            ..Default::default()
+        };
+        rebuilding.set_mode(proto::ReplicaMode::Wo);
+        let reports = [
+            EngineReport {
+                volume: "v".into(),
+                stats: Some(stats),
+                replicas: vec![rebuilding],
+            },
+            EngineReport {
+                volume: "silent".into(),
+                stats: None,
+                replicas: Vec::new(),
+            },
+        ];
+        let mut sheet = Sheet::new();
+        engine_metrics(&mut sheet, "node-1", &reports, &state);
+        let all = samples(&sheet.text());
+        let here = [r#"volume="v""#, r#"node="node-1""#];
+        assert_eq!(sample(&all, "shorthorn_volume_write_iops", &here), 250.0);
+        assert_eq!(
+            sample(&all, "shorthorn_volume_write_ops_total", &here),
+            1000.0
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_volume_written_bytes_total", &here),
+            4096000.0
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_volume_write_time_seconds_total", &here),
+            3.0
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_volume_write_latency", &here),
+            40000.0
+        );
+        assert_eq!(sample(&all, "shorthorn_engine_up", &here), 1.0);
+        let replica = format!(r#"replica="{id}""#);
+        assert_eq!(
+            sample(
+                &all,
+                "shorthorn_engine_rebuild_progress",
+                &[here[0], &replica]
+            ),
+            75.0
+        );
+        // An engine that did not answer is down and has no figures.
+        assert_eq!(
+            sample(&all, "shorthorn_engine_up", &[r#"volume="silent""#]),
+            0.0
+        );
+        assert!(
+            !all.keys()
+                .any(|k| k.contains("silent") && k.contains("iops"))
+        );
+    }
+
+    #[test]
+    fn actual_size_is_per_volume_and_disk_of_known_replicas() {
+        let state = cluster();
+        let mut ids = state.replicas.keys();
+        let (a, b) = (
+            ids.next().expect("r").clone(),
+            ids.next().expect("r").clone(),
+        );
+        let sizes = [(a.clone(), 1000), (b.clone(), 24), ("unknown".into(), 7)];
+        let mut sheet = Sheet::new();
+        actual_sizes(&mut sheet, "node-1", &sizes, &state);
+        let all = samples(&sheet.text());
+        let disk = |id: &str| format!(r#"disk="{}""#, state.replicas[id].disk);
+        assert_eq!(
+            sample(&all, "shorthorn_volume_actual_size_bytes", &[&disk(&a)]),
+            1000.0
+        );
+        assert_eq!(
+            sample(&all, "shorthorn_volume_actual_size_bytes", &[&disk(&b)]),
+            24.0
+        );
+        assert_eq!(all.len(), 2, "{all:?}");
+    }
+
+    #[test]
+    fn percent_is_whole_and_bounded() {
+        assert_eq!(percent(0, 0), 0);
+        assert_eq!(percent(1, 3), 33);
+        assert_eq!(percent(5, 4), 100);
+        assert_eq!(percent(u64::MAX, u64::MAX), 100);
+    }
+
+    #[test]
+    fn backup_numbering_follows_longhorns() {
+        assert_eq!(backup_state_number(BackupState::InProgress), 2);
         assert_eq!(backup_state_number(BackupState::Completed), 3);
+        assert_eq!(backup_state_number(BackupState::Error), 4);
     }
 
     #[test]

@@ -508,6 +508,13 @@ impl Handle {
         }
     }
 
+    /// Runs `f` on the state as applied on this member now, without any coordination: it
+    /// may lag the leader, and answers without a quorum. For what describes this member's
+    /// own node (its metrics); use [`Handle::read`] for current data.
+    pub fn read_local<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        self.inner.machine.read(f)
+    }
+
     /// The state as applied on this member, without any coordination, with the index of the
     /// last applied entry. For checks and tools; use [`Handle::read`] for current data.
     pub fn local_state(&self) -> (Option<u64>, Vec<u8>) {
