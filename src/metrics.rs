@@ -22,7 +22,8 @@
 //! [`volume_labels`]). `shorthorn_volume_state` and `shorthorn_volume_robustness` have one
 //! series per state (`state` label; 1 for the current one, 0 for the others), as Longhorn
 //! 1.11's do (Longhorn 1.9 and before gave one number); `shorthorn_backup_state` keeps
-//! Longhorn's numbering.
+//! Longhorn's numbering. `shorthorn_nodes` is Longhorn's `longhorn_node_count_total`
+//! (Prometheus keeps `_total` for counters and `_count` for histograms).
 //! The per-second gauges (`*_iops`, `*_throughput`, `*_latency` in ns) are the engine's own
 //! figures over its last full second, as Longhorn's are; the `*_total` counters are
 //! cumulative since the engine started (a restarted engine starts again from zero, which
@@ -114,20 +115,29 @@ impl Sheet {
 
     fn gauge(&mut self, name: &str, help: &str) -> GaugeFamily {
         let family = GaugeFamily::default();
-        self.registry.register(name, help, family.clone());
+        self.registry.register(name, sentence(help), family.clone());
         family
     }
 
     fn counter(&mut self, name: &str, help: &str) -> Family<Labels, Counter> {
         let family = Family::<Labels, Counter>::default();
-        self.registry.register(name, help, family.clone());
+        self.registry.register(name, sentence(help), family.clone());
         family
     }
 
     fn seconds_counter(&mut self, name: &str, help: &str) -> Family<Labels, Counter<f64>> {
         let family = Family::<Labels, Counter<f64>>::default();
-        self.registry.register(name, help, family.clone());
+        self.registry.register(name, sentence(help), family.clone());
         family
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        family: Family<Labels, Histogram, HistogramOf>,
+    ) {
+        self.registry.register(name, sentence(help), family);
     }
 
     fn text(&self) -> String {
@@ -137,6 +147,11 @@ impl Sheet {
         }
         text
     }
+}
+
+/// A help text as the registry wants it: it ends every help with a full stop itself.
+fn sentence(help: &str) -> &str {
+    help.strip_suffix('.').unwrap_or(help)
 }
 
 /// A u64 figure as a gauge value (values past i64::MAX are clamped).
@@ -309,7 +324,7 @@ impl Metrics {
             histogram: self.log.proposal_latency(),
         });
         drop(latency.get_or_create(&me()));
-        sheet.registry.register(
+        sheet.histogram(
             "log_proposal_latency_seconds",
             "Time from proposing a command through this manager to its outcome, for commands \
              the log committed.",
@@ -636,7 +651,9 @@ fn cluster_metrics(sheet: &mut Sheet, state: &State) {
         }
     }
 
-    let node_count = sheet.gauge("node_count_total", "Number of nodes registered in the log.");
+    // Longhorn's `longhorn_node_count_total`: promtool refuses `_total` (counters') and
+    // `_count` (histograms') on a gauge.
+    let node_count = sheet.gauge("nodes", "Number of nodes registered in the log.");
     node_count
         .get_or_create(&Vec::new())
         .set(int(state.nodes.len() as u64));
@@ -822,7 +839,13 @@ mod tests {
         state.nodes.get_mut("node-3").expect("node").ready = false;
         let mut sheet = Sheet::new();
         cluster_metrics(&mut sheet, &state);
-        let all = samples(&sheet.text());
+        let text = sheet.text();
+        let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        assert!(!help.is_empty());
+        for line in help {
+            assert!(line.ends_with('.') && !line.ends_with(".."), "{line}");
+        }
+        let all = samples(&text);
         let v = r#"volume="v""#;
         assert_eq!(
             sample(&all, "shorthorn_volume_capacity_bytes", &[v]),
@@ -843,7 +866,7 @@ mod tests {
             })
             .sum();
         assert_eq!(robust, 1.0);
-        assert_eq!(sample(&all, "shorthorn_node_count_total", &[]), 3.0);
+        assert_eq!(sample(&all, "shorthorn_nodes", &[]), 3.0);
         let n1 = r#"node="node-1""#;
         let n3 = r#"node="node-3""#;
         assert_eq!(

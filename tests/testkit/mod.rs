@@ -11,6 +11,7 @@
 
 pub mod kube;
 pub mod nfs;
+pub mod prometheus;
 pub mod s3;
 
 use std::ffi::OsStr;
