@@ -32,7 +32,7 @@ struct S3Cluster {
 
 /// `kind` is "s3s-fs" or "versitygw".
 fn s3_cluster(kind: &str) -> S3Cluster {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start(kind, dir.path(), BUCKET);
     let credentials = dir.path().join("credentials");
     std::fs::write(&credentials, s3.credential_lines(None)).expect("credentials file");
@@ -357,7 +357,7 @@ fn a_corrupted_block_is_named_by_verify_and_fails_the_restore() {
     // target; `backup verify` names that block, and a restore over it fails naming it and
     // leaves a volume nobody can attach, instead of returning bad data.
     let cluster = DevCluster::up();
-    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let store = tempfile::tempdir().expect("store dir");
     let target = format!("file://{}", store.path().display());
     cluster.ok(&["setting", "set", "backupTarget", &target]);
     volume_with_data(&cluster, "src", 32, 8);
@@ -563,7 +563,7 @@ fn nfs_backup_and_restore_read_back_the_same_bytes() {
     // kernel client, no mount), backs a volume up, restores it by URL into a new volume and
     // reads back the same bytes; the manifest is on the export where BACKUP.md says. A
     // missing export and a read-only one are refused at `setting set` with the reason.
-    let dir = tempfile::tempdir_in("/var/tmp").expect("dir");
+    let dir = tempfile::tempdir().expect("dir");
     let nfs = NfsServer::start(dir.path());
     let cluster = DevCluster::up();
     let refused = |value: &str| {
@@ -614,7 +614,7 @@ fn nfs_backup_and_restore_read_back_the_same_bytes() {
 fn a_second_cluster_sees_and_restores_the_first_ones_backups() {
     // Two clusters share a directory target: the second lists the backup volume the first
     // wrote, and restores its backup by URL into a volume that reads back the same bytes.
-    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let store = tempfile::tempdir().expect("store dir");
     let target = format!("file://{}", store.path().display());
     let first = DevCluster::up();
     first.ok(&["setting", "set", "backupTarget", &target]);
@@ -671,7 +671,7 @@ fn the_leader_collects_the_blocks_of_deleted_backups_and_the_rest_still_restores
     // deleted: the leader collects the blocks only it named (no grace, for the test), and
     // every remaining backup restores byte-identical.
     let cluster = DevCluster::up_with_env(&[("SHORTHORN_BACKUP_GC_GRACE_SECS", "0")]);
-    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let store = tempfile::tempdir().expect("store dir");
     let target = format!("file://{}", store.path().display());
     cluster.ok(&["setting", "set", "backupTarget", &target]);
     let a = volume_with_data(&cluster, "va", 16, 8);
@@ -804,7 +804,7 @@ fn cluster_leader(cluster: &DevCluster, alive: &[u16]) -> Option<u16> {
 #[test]
 fn recurring_jobs_run_each_slot_once_across_a_leader_kill_and_keep_retain() {
     let cluster = DevCluster::up_with_failover();
-    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let store = tempfile::tempdir().expect("store dir");
     let target = format!("file://{}", store.path().display());
     cluster.ok(&["setting", "set", "backupTarget", &target]);
 

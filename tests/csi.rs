@@ -331,7 +331,7 @@ fn a_volume_from_a_backup_is_restored_before_it_can_be_published() {
     // volume; ControllerPublish answers ABORTED (the attacher retries) until the restore
     // completed, then attaches it, and the bytes read back are the backed-up ones.
     let cluster = DevCluster::up();
-    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let store = tempfile::tempdir().expect("store dir");
     let target = format!("file://{}", store.path().display());
     cluster.ok(&["setting", "set", "backupTarget", &target]);
     cluster.create_volume("src", 32, 2, &[]);
@@ -452,7 +452,7 @@ fn a_bak_snapshot_is_a_backup_that_restores_into_a_new_volume_and_is_deleted_wit
     // target (ready once completed), ListSnapshots shows it as `bak:`, CreateVolume from it
     // restores the bytes, DeleteSnapshot removes the backup from the target and the log.
     let cluster = DevCluster::up();
-    let store = tempfile::tempdir_in("/var/tmp").expect("store dir");
+    let store = tempfile::tempdir().expect("store dir");
     let target = format!("file://{}", store.path().display());
     cluster.ok(&["setting", "set", "backupTarget", &target]);
     cluster.create_volume("src", 32, 2, &[]);
@@ -959,7 +959,7 @@ fn the_seeds_mysql_example_runs_on_a_volume_and_survives_a_move_and_an_engine_ki
     let cluster = DevCluster::up();
     let plugin1 = Plugin::start(&cluster, "node-1");
     let plugin2 = Plugin::start(&cluster, "node-2");
-    let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
+    let work = tempfile::tempdir().expect("work dir");
     let paths = |n: u16| {
         let (staging, target) = (
             work.path().join(format!("staging-{n}")),

@@ -29,7 +29,7 @@ struct KubeManagers {
 
 impl KubeManagers {
     fn start(plane: &ControlPlane, count: u16, default_settings: &str) -> KubeManagers {
-        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let dir = tempfile::tempdir().expect("tempdir");
         let base = free_port_base();
         let settings = dir.path().join("default-settings.yaml");
         std::fs::write(&settings, default_settings).expect("settings file");
@@ -452,7 +452,7 @@ fn backup_credentials_come_from_the_secret_the_setting_names() {
     let Some(plane) = plane_with_crds() else {
         return;
     };
-    let s3_dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let s3_dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start("s3s-fs", s3_dir.path(), "backupbucket");
     let managers = KubeManagers::start(&plane, 3, "defaultReplicaCount: 2\n");
     managers.wait_group(&[1, 2, 3], 3, 0);

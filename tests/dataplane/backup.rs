@@ -99,14 +99,14 @@ pub(crate) fn round_trip_incremental_dedup(t: &Target) {
 
 #[test]
 fn backup_restore_file_target() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let t = Target::file(&dir.path().join("target"));
     round_trip_incremental_dedup(&t);
 }
 
 #[test]
 fn backup_restore_s3s_fs() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start("s3s-fs", dir.path(), "backupbucket");
     round_trip_incremental_dedup(&s3.target("backupbucket"));
 }
@@ -115,7 +115,7 @@ fn backup_restore_s3s_fs() {
 /// with backoff and completes; the backup restores byte-identical.
 #[test]
 fn s3_server_restarted_mid_backup() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut s3 = S3Server::start("s3s-fs", dir.path(), "backupbucket");
     let t = s3.target("backupbucket");
     let size = 128u64 << 20;
@@ -139,7 +139,7 @@ fn s3_server_restarted_mid_backup() {
 
 #[test]
 fn backup_restore_versitygw() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start("versitygw", dir.path(), "backupbucket");
     round_trip_incremental_dedup(&s3.target("backupbucket"));
 }
@@ -178,7 +178,7 @@ fn check_messages(s3: &S3Server, strict_buckets: bool) {
 
 #[test]
 fn check_reasons_s3s_fs() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     check_messages(
         &S3Server::start("s3s-fs", dir.path(), "backupbucket"),
         false,
@@ -187,7 +187,7 @@ fn check_reasons_s3s_fs() {
 
 #[test]
 fn check_reasons_versitygw() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     check_messages(
         &S3Server::start("versitygw", dir.path(), "backupbucket"),
         true,
@@ -198,7 +198,7 @@ fn check_reasons_versitygw() {
 /// fails naming offset, hash and backup; a backup that does not use them still restores.
 #[test]
 fn damaged_blocks_are_named() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let t = Target::file(&dir.path().join("target"));
     let mut a = Vol::new("vola", SIZE);
     qemu_io(
@@ -264,7 +264,7 @@ fn damaged_blocks_are_named() {
 /// volume's data is untouched.
 #[test]
 fn engine_killed_mid_backup_leaves_no_backup() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let t = Target::file(&dir.path().join("target"));
     let size = 256u64 << 20;
     let (mut a, src, _job) = backup_under_way(&t, size, 200 << 20, 3);
@@ -293,7 +293,7 @@ fn engine_killed_mid_backup_leaves_no_backup() {
 /// in progress the deleted backup's own blocks are collected.
 #[test]
 fn concurrent_backups_with_delete_and_gc() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let t = Target::file(&dir.path().join("target"));
     let size = 64u64 << 20;
     let src = dir.path().join("src.img");

@@ -38,7 +38,7 @@ fn run_out(cmd: &mut Command) -> String {
 /// restored image holds at its offset.
 #[test]
 fn backup_restore_nfs_ganesha() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let nfs = NfsServer::start(dir.path());
     let t = nfs_target(nfs.url("backups"));
     round_trip_incremental_dedup(&t);
@@ -83,7 +83,7 @@ fn backup_restore_nfs_ganesha() {
 /// reason, fast.
 #[test]
 fn check_reasons_nfs() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let nfs = NfsServer::start(dir.path());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let check = |url: &str| {
@@ -138,7 +138,7 @@ fn check_reasons_nfs() {
 /// is a target too, as with a kernel mount; one that does not exist is refused.
 #[test]
 fn nfs_ports_from_the_portmapper() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let nfs = NfsServer::start_with_portmapper(dir.path());
     std::fs::create_dir_all(nfs.export_dir("backups").join("sub/dir")).expect("subdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -170,7 +170,7 @@ fn nfs_ports_from_the_portmapper() {
 #[test]
 fn nfs_object_store_conformance() {
     use object_store::integration as it;
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let nfs = NfsServer::start(dir.path());
     let store: Arc<dyn ObjectStore> = Arc::new(NfsStore::new(NfsConfig {
         server: "127.0.0.1".into(),
@@ -213,7 +213,7 @@ fn nfs_object_store_conformance() {
 /// and completes; the backup restores byte-identical and no temporary file is left.
 #[test]
 fn nfs_server_restarted_mid_backup() {
-    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut nfs = NfsServer::start(dir.path());
     let t = nfs_target(nfs.url("backups"));
     let size = 128u64 << 20;

@@ -56,7 +56,7 @@ impl Cluster {
     pub fn new(size: u64) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("sh-dp-")
-            .tempdir_in("/var/tmp")
+            .tempdir()
             .expect("tempdir");
         Cluster {
             dir,
