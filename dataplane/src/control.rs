@@ -275,6 +275,7 @@ impl EngineControl for ControlService {
                 store,
                 r.backup_volume,
                 r.backup_name,
+                Some(r.base_backup_name).filter(|b| !b.is_empty()),
                 concurrency(r.concurrency),
             )
             .map_err(backup_status)?;

@@ -223,7 +223,7 @@ impl Agent {
         // An internal attachment (snapshot or backup work on a detached volume) serves none
         // either.
         let internal = volume.attachment.as_ref().is_some_and(|a| a.internal);
-        let nbd = match (volume.restoring() || internal, previous) {
+        let nbd = match (volume.restoring() || internal || volume.standby, previous) {
             (true, _) => None,
             (false, Some(address)) => Some(address),
             (false, None) => Some(format!(
@@ -397,7 +397,9 @@ impl Agent {
                 tracing::warn!(replica = %replica.id, "reporting the replica: {err}");
             }
         }
-        if volume.state == VolumeState::Attached && volume.restoring() {
+        if volume.state == VolumeState::Attached && volume.standby {
+            self.carry_out_standby(volume, view, &mut client).await;
+        } else if volume.state == VolumeState::Attached && volume.restoring() {
             self.carry_out_restore(volume, view, &mut client).await;
         } else if volume.state == VolumeState::Attached {
             if grow_engine(volume, &mut client).await

@@ -21,6 +21,7 @@ mod engines;
 mod jobs;
 mod replicas;
 mod snapshots;
+mod standby;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -90,6 +91,8 @@ pub struct Agent {
     scrubbed: std::sync::Mutex<BTreeMap<String, Instant>>,
     /// When this agent last reported each backup's progress.
     progress_reported: std::sync::Mutex<BTreeMap<String, Instant>>,
+    /// This agent's polls of the backup volumes its standbys follow.
+    standby_polls: std::sync::Mutex<BTreeMap<String, standby::Poll>>,
     /// The leader's backup work: block collection, backup volume sync.
     leader_backups: backups::LeaderBackups,
     /// The leader's recurring job work.
@@ -114,6 +117,7 @@ impl Agent {
             orphans_reported: Default::default(),
             scrubbed: Default::default(),
             progress_reported: Default::default(),
+            standby_polls: Default::default(),
             leader_backups: Default::default(),
             leader_jobs: Default::default(),
             last_stale_check: Instant::now(),
@@ -280,6 +284,7 @@ impl Agent {
         if leader {
             self.leader_backup_tasks().await;
             self.leader_job_tasks().await;
+            self.leader_standby_tasks().await;
         }
         Ok(())
     }
@@ -306,6 +311,8 @@ struct NodeView {
     backup_concurrency: u64,
     /// The `restoreConcurrentLimit` setting.
     restore_concurrency: u64,
+    /// The `standbyPollInterval` setting: how often standbys poll their backup volume.
+    standby_poll_secs: u64,
     /// What the volumes attached here that are being copied from a snapshot copy from, by
     /// volume.
     copy_sources: BTreeMap<String, backups::CopySource>,
@@ -373,6 +380,7 @@ impl NodeView {
             copy_sources,
             backup_concurrency: state.settings.backup_concurrent_limit,
             restore_concurrency: state.settings.restore_concurrent_limit,
+            standby_poll_secs: state.settings.standby_poll_interval,
             heartbeats,
             replicas,
             attached,

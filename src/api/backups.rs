@@ -68,6 +68,45 @@ impl Api {
         }
     }
 
+    /// A standby's `--from-backup` may name a backup volume (`TARGET?volume=VOL`): it starts
+    /// from that volume's newest backup, whose URL this returns. A backup URL is kept.
+    pub(super) async fn newest_backup_url(&self, url: &str) -> Result<String, ApiError> {
+        let Some((target, query)) = url.split_once('?') else {
+            return Ok(url.to_string());
+        };
+        let params: Vec<(&str, &str)> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+        if params.iter().any(|(k, _)| *k == "backup") {
+            return Ok(url.to_string());
+        }
+        let Some(volume) = params.iter().find(|(k, _)| *k == "volume").map(|(_, v)| *v) else {
+            return Ok(url.to_string());
+        };
+        let own: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| *k != "volume")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let target = if own.is_empty() {
+            target.to_string()
+        } else {
+            format!("{target}?{}", own.join("&"))
+        };
+        let newest = self
+            .store(&target)?
+            .list_backups(volume)
+            .await
+            .map_err(target_error)?
+            .into_iter()
+            .max_by_key(|b| (b.created_unix_ms, b.name.clone()))
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "backup volume \"{volume}\" on {target} has no backup yet: a standby starts from its newest"
+                ))
+            })?;
+        let sep = if target.contains('?') { '&' } else { '?' };
+        Ok(format!("{target}{sep}backup={}&volume={volume}", newest.name))
+    }
+
     /// Probes a new backup target (reachable, writable, credentials valid) before the log
     /// records it; the error says why not. An empty value (no target) is not probed.
     pub(super) async fn check_target(&self, url: &str) -> Result<(), ApiError> {

@@ -117,6 +117,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/volumes/{name}/detach", post(detach_volume))
         .route("/v1/volumes/{name}/expand", post(expand_volume))
         .route("/v1/volumes/{name}/update", post(update_volume))
+        .route("/v1/volumes/{name}/activate", post(activate_volume))
         .route(
             "/v1/volumes/{name}/snapshots",
             get(snapshots::list).post(snapshots::create),
@@ -340,8 +341,13 @@ async fn get_volume(
 
 async fn create_volume(
     State(api): State<Api>,
-    Body(body): Body<CreateVolumeBody>,
+    Body(mut body): Body<CreateVolumeBody>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
+    if body.standby
+        && let Some(url) = body.from_backup.as_deref()
+    {
+        body.from_backup = Some(api.newest_backup_url(url).await?);
+    }
     let size = match (&body.size, &body.from_backup, &body.data_source) {
         (Some(size), None, _) => size.bytes()?,
         (None, None, None) => return Err(ApiError::BadRequest("a volume needs a size".into())),
@@ -420,6 +426,17 @@ async fn attach_volume(
         frontend: body.frontend,
     })
     .await?;
+    get_volume(State(api), Path(name)).await
+}
+
+/// Turns a disaster-recovery standby into a normal volume once what is newer in its
+/// backup volume is restored; `GET` the volume to follow it (`standby` turns false).
+async fn activate_volume(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<Volume>, ApiError> {
+    api.propose(Request::ActivateVolume { name: name.clone() })
+        .await?;
     get_volume(State(api), Path(name)).await
 }
 

@@ -15,6 +15,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/volumes/{name}", "delete"),
     ("/v1/volumes/{name}/attach", "post"),
     ("/v1/volumes/{name}/detach", "post"),
+    ("/v1/volumes/{name}/activate", "post"),
     ("/v1/volumes/{name}/expand", "post"),
     ("/v1/volumes/{name}/update", "post"),
     ("/v1/volumes/{name}/snapshots", "get"),
@@ -136,7 +137,7 @@ pub fn build() -> Value {
                     "nodeSelector": { "type": "array", "items": { "type": "string" } },
                     "diskSelector": { "type": "array", "items": { "type": "string" } },
                     "staleReplicaTimeout": { "type": "integer", "description": "minutes" },
-                    "standby": { "type": "boolean" },
+                    "standby": { "type": "boolean", "description": "a disaster-recovery standby following fromBackup's backup volume (fromBackup may then be <target>?volume=<volume>: its newest backup)" },
                     "fromBackup": { "type": "string", "description": "backup URL <target>?backup=<name>&volume=<volume>; size defaults to the backup's" },
                     "dataSource": { "type": "object", "required": ["volume"], "additionalProperties": false,
                         "description": "copy the data from a snapshot of another volume; size defaults to the snapshot's (a clone: the source's)",
@@ -165,6 +166,10 @@ pub fn build() -> Value {
         "/v1/volumes/{name}/detach": {
             "parameters": path_param("name"),
             "post": operation("Detach", ("200", ok("volume", volume.clone())), None),
+        },
+        "/v1/volumes/{name}/activate": {
+            "parameters": path_param("name"),
+            "post": operation("Activate a disaster-recovery standby: what is newer in its backup volume is restored, then it becomes a normal detached volume (`standby` false)", ("200", ok("volume", volume.clone())), None),
         },
         "/v1/volumes/{name}/expand": {
             "parameters": path_param("name"),

@@ -227,7 +227,9 @@ fn see(client: &Client, volume: &Value, goal: Goal) -> anyhow::Result<Seen> {
                     text(&restore["error"])
                 ),
                 Some(restoring) => Seen {
-                    done: restoring == "completed" && state == "detached",
+                    // A standby's engine goes on following its backups.
+                    done: restoring == "completed"
+                        && (state == "detached" || volume["standby"] == Value::Bool(true)),
                     describe: format!("{quoted}, {doing} {restoring} ({progress}%)"),
                     bar: Some((
                         progress,

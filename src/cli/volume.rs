@@ -21,8 +21,15 @@ pub enum VolumeCommand {
         size: Option<String>,
         /// Restore the new volume from this backup: the URL `shorthorn backup get` prints
         /// (`<target>?backup=<name>&volume=<volume>`). With --wait, waits until restored.
+        /// With --standby, a backup volume URL (`<target>?volume=<volume>`) starts from
+        /// its newest backup.
         #[arg(long, conflicts_with_all = ["from_snapshot", "clone"])]
         from_backup: Option<String>,
+        /// A disaster-recovery standby: it follows the backup volume of --from-backup,
+        /// restoring each newer backup incrementally, and cannot be attached, snapshotted
+        /// or backed up until `shorthorn volume activate`.
+        #[arg(long, requires = "from_backup")]
+        standby: bool,
         /// Copy the new volume from snapshot SNAP of volume VOL (`VOL/SNAP`): it can be
         /// attached once the copy completed. With --wait, waits until copied.
         #[arg(long, value_name = "VOL/SNAP", conflicts_with = "clone")]
@@ -76,6 +83,17 @@ pub enum VolumeCommand {
         frontend: String,
         #[command(flatten)]
         wait: Waiting,
+    },
+    /// Activate a disaster-recovery standby: what is newer in its backup volume is
+    /// restored, then it becomes a normal volume, detached, that can be attached.
+    Activate {
+        name: String,
+        /// Wait until it is activated (and detached).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait with --wait before failing.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
     },
     /// Detach; waits until the engine stopped.
     Detach {
@@ -157,6 +175,7 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             name,
             size,
             from_backup,
+            standby,
             from_snapshot,
             clone,
             replicas,
@@ -168,6 +187,9 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             timeout,
         } => {
             let mut body = json!({ "name": name });
+            if standby {
+                body["standby"] = json!(true);
+            }
             let labels = volume_labels(labels, &recurring_jobs, &recurring_job_groups);
             if !labels.is_empty() {
                 body["labels"] = json!(labels);
@@ -267,6 +289,33 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
                 attached
             }
         }
+        VolumeCommand::Activate {
+            name,
+            wait,
+            timeout,
+        } => {
+            let activating = client
+                .post(&format!("/v1/volumes/{name}/activate"), json!({}))
+                .with_context(|| format!("activating volume \"{name}\""))?;
+            if !wait {
+                activating
+            } else {
+                let activated = await_activation(&client, &name, Duration::from_secs(timeout), target.output)?;
+                if target.output == Output::Table {
+                    let dr = &activated["dr"];
+                    println!(
+                        "volume \"{name}\" activated with backup \"{}\"{}",
+                        text(&dr["lastRestored"]),
+                        dr["activationNote"]
+                            .as_str()
+                            .map(|n| format!(" ({n})"))
+                            .unwrap_or_default()
+                    );
+                    return Ok(());
+                }
+                activated
+            }
+        }
         VolumeCommand::Detach { name, wait } => {
             let detaching = client
                 .post(&format!("/v1/volumes/{name}/detach"), json!({}))
@@ -361,8 +410,63 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
     )
 }
 
+/// Waits until standby `name` is activated and its following engine stopped.
+fn await_activation(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+    output: Output,
+) -> anyhow::Result<Value> {
+    let progress = Progress::spinner(output, format!("volume \"{name}\": activating"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let volume = client
+            .get(&format!("/v1/volumes/{name}"))
+            .with_context(|| format!("waiting for volume \"{name}\" to be activated"))?;
+        if volume["standby"] == json!(false) && text(&volume["state"]) == "detached" {
+            return Ok(volume);
+        }
+        progress.set_message(format!("volume \"{name}\": activating; {}", standby_status(&volume)));
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "volume \"{name}\" is not activated after {} s: {}",
+                timeout.as_secs(),
+                standby_status(&volume)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Where a standby is: the backup its data is, how old that is, what it restores now
+/// and why the last poll failed.
+fn standby_status(volume: &Value) -> String {
+    let dr = &volume["dr"];
+    let restore = &volume["restore"];
+    if restore["state"] == json!("inProgress") {
+        return format!("first restore ({}%)", text(&restore["progress"]));
+    }
+    let mut parts = vec![format!("at backup {}", text(&dr["lastRestored"]))];
+    if let Some(created) = dr["lastRestoredCreated"].as_u64().filter(|c| *c > 0) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        parts.push(format!("{:.0} s behind", now.saturating_sub(created) as f64 / 1000.0));
+    }
+    if let Some(next) = dr["restoring"].as_str() {
+        parts.push(format!("restoring {next}"));
+    }
+    if let Some(error) = dr["error"].as_str() {
+        parts.push(format!("error: {error}"));
+    }
+    parts.join(", ")
+}
+
 /// The volume's condition, or where its restore is while it is not completed.
 fn condition(volume: &Value) -> String {
+    if volume["standby"] == json!(true) {
+        return format!("standby {}", standby_status(volume));
+    }
     let restore = &volume["restore"];
     let (doing, _) = super::progress::restore_source(restore);
     match restore["state"].as_str() {

@@ -38,6 +38,9 @@ pub(crate) fn create(
         return Err(Rejection::already_exists("backup", name));
     }
     let current = live_volume(state, volume)?;
+    if let Some(why) = current.standby_blocks("be backed up") {
+        return Err(Rejection::precondition(why));
+    }
     if let Some(why) = current.restore_blocks_use() {
         return Err(Rejection::precondition(why));
     }

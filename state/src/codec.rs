@@ -5,7 +5,7 @@ use crate::State;
 
 /// Version of the encoded state. Bump it when a change to the state types changes the
 /// archive layout, and teach [`State::decode`] to read the old one.
-pub const FORMAT_VERSION: u32 = 10;
+pub const FORMAT_VERSION: u32 = 11;
 const MAGIC: &[u8; 4] = b"SHST";
 const HEADER: usize = 8;
 

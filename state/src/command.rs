@@ -303,6 +303,40 @@ pub enum Request {
         volume: String,
         reason: String,
     },
+    /// Turns a disaster-recovery standby into a normal volume once what is newer in its
+    /// backup volume is restored (`volume activate`).
+    ActivateVolume {
+        name: String,
+    },
+    /// The leader attaches a standby that lost its engine (its node went down) again, on
+    /// a ready node of a read-write replica, so that it goes on following.
+    AttachStandby {
+        name: String,
+    },
+    /// The standby's agent found `backup` (made at `created`, ms) newer than the last
+    /// restored one and started restoring it.
+    ReportStandbyRestoring {
+        volume: String,
+        backup: String,
+        created: crate::Timestamp,
+    },
+    /// The standby holds `backup`'s data (its first restore, or a later incremental one).
+    ReportStandbyRestored {
+        volume: String,
+        backup: String,
+        created: crate::Timestamp,
+    },
+    /// A poll of the backup volume or a restore failed; the agent tries again.
+    ReportStandbyFailed {
+        volume: String,
+        reason: String,
+    },
+    /// Nothing newer is left to restore (or the target stayed unreachable: `note` says
+    /// so): the activation is done.
+    ReportStandbyActivated {
+        volume: String,
+        note: Option<String>,
+    },
     CreateRecurringJob(crate::RecurringJobSpec),
     /// Replaces a job's spec; a run in progress goes on under the old one.
     UpdateRecurringJob(crate::RecurringJobSpec),

@@ -14,7 +14,7 @@ use crate::{
     Replica, ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec,
     VolumeState, evolve,
 };
-use crate::{auto_attach, backups, copy, jobs, restore, salvage, snapshots};
+use crate::{auto_attach, backups, copy, jobs, restore, salvage, snapshots, standby};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
@@ -191,6 +191,9 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
             let volume = live_volume(state, name)?;
             if let Some(why) = auto_attach::busy(state, volume) {
                 return Err(Rejection::conflict(why));
+            }
+            if let Some(why) = volume.standby_blocks("be detached (its engine follows the backups)") {
+                return Err(Rejection::precondition(why));
             }
             match volume.state {
                 VolumeState::Attaching | VolumeState::Attached => {
@@ -397,6 +400,22 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         }
         Request::ReportRestoreCompleted { volume } => restore::completed(state, volume),
         Request::ReportRestoreFailed { volume, reason } => restore::failed(state, volume, reason),
+        Request::ActivateVolume { name } => standby::activate(state, name, at),
+        Request::AttachStandby { name } => standby::attach(state, name),
+        Request::ReportStandbyRestoring {
+            volume,
+            backup,
+            created,
+        } => standby::restoring(state, volume, backup, *created),
+        Request::ReportStandbyRestored {
+            volume,
+            backup,
+            created,
+        } => standby::restored(state, volume, backup, *created, at),
+        Request::ReportStandbyFailed { volume, reason } => standby::failed(state, volume, reason),
+        Request::ReportStandbyActivated { volume, note } => {
+            standby::activated(state, volume, note.as_deref(), at)
+        }
         Request::CreateRecurringJob(spec) => jobs::create(state, spec, at),
         Request::UpdateRecurringJob(spec) => jobs::update(state, spec),
         Request::DeleteRecurringJob { name } => jobs::delete(state, name),
@@ -611,6 +630,11 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         }
         (None, None) => (None, vec![]),
     };
+    let dr = if spec.standby {
+        Some(standby::new(&spec.name, spec.from_backup.as_deref())?)
+    } else {
+        None
+    };
     let stale_minutes = spec
         .stale_replica_timeout
         .unwrap_or(state.settings.stale_replica_timeout);
@@ -637,6 +661,7 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         restore,
         labels: spec.labels.clone(),
         user_attachments: 0,
+        dr,
     };
     let mut events = vec![Event::VolumeCreated {
         volume: volume.clone(),
@@ -734,6 +759,9 @@ fn update_volume(
 fn expand_volume(state: &State, name: &str, size: u64) -> Result<Vec<Event>, Rejection> {
     let volume = live_volume(state, name)?;
     check_volume_size(size)?;
+    if let Some(why) = volume.standby_blocks("be expanded") {
+        return Err(Rejection::precondition(why));
+    }
     if size < volume.size {
         return Err(Rejection::invalid(format!(
             "volume \"{name}\" cannot shrink from {} to {}",
@@ -772,9 +800,9 @@ fn delete_volume(state: &State, name: &str) -> Result<Vec<Event>, Rejection> {
     match volume.state {
         VolumeState::Deleting => return Ok(vec![]),
         // Only the engine restoring it has it (users cannot attach it before the restore
-        // completed): the restore stops with the volume.
+        // completed, nor a standby ever): the restore stops with the volume.
         VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching
-            if volume.restoring() && !auto_attach::internal(volume) =>
+            if (volume.restoring() || volume.standby) && !auto_attach::internal(volume) =>
         {
             events.push(Event::VolumeDetached {
                 name: name.to_string(),
@@ -825,6 +853,11 @@ fn attach_volume(
     if let Some(why) = volume.restore_blocks_use() {
         return Err(Rejection::precondition(why));
     }
+    if volume.standby {
+        return Err(Rejection::precondition(format!(
+            "volume \"{name}\" is a disaster-recovery standby; activate it before attaching"
+        )));
+    }
     // Refused rather than taken over: an engine with a frontend could write into a
     // snapshot asked for before the attach. The work is short; the caller retries.
     if let Some(why) = auto_attach::busy(state, volume) {
@@ -850,11 +883,6 @@ fn attach_volume(
         return Err(Rejection::conflict(format!(
             "volume \"{name}\" is attached to node \"{}\"; detach it first",
             attachment.node
-        )));
-    }
-    if volume.standby {
-        return Err(Rejection::precondition(format!(
-            "volume \"{name}\" is a disaster-recovery standby; activate it before attaching"
         )));
     }
     if !target.ready {
@@ -1398,23 +1426,9 @@ mod tests {
     }
 
     #[test]
-    fn standby_and_faulted_volumes_cannot_be_attached() {
+    fn faulted_volumes_cannot_be_attached() {
+        // (Standby volumes: state/src/standby.rs.)
         let mut c = three_nodes();
-        c.ok(Request::CreateVolume(VolumeSpec {
-            name: "dr".into(),
-            size: GIB,
-            standby: true,
-            ..Default::default()
-        }));
-        let message = c.rejected(
-            Request::AttachVolume {
-                name: "dr".into(),
-                node: "n1".into(),
-                frontend: Default::default(),
-            },
-            PreconditionFailed,
-        );
-        assert!(message.contains("disaster-recovery standby"), "{message}");
         c.volume("db", 1, 1);
         let id = c.replicas("db")[0].id.clone();
         c.ok(Request::ReportReplicaFailed {

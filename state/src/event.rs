@@ -289,6 +289,30 @@ pub enum Event {
         name: String,
         reason: String,
     },
+    StandbyRestoring {
+        name: String,
+        backup: String,
+        created: Timestamp,
+    },
+    StandbyRestored {
+        name: String,
+        backup: String,
+        created: Timestamp,
+        at: Timestamp,
+    },
+    StandbyFailed {
+        name: String,
+        reason: String,
+    },
+    VolumeActivating {
+        name: String,
+    },
+    /// The standby is a normal volume now (its following engine stops).
+    VolumeActivated {
+        name: String,
+        at: Timestamp,
+        note: Option<String>,
+    },
 }
 
 impl Event {
@@ -308,7 +332,12 @@ impl Event {
             | Event::VolumeDeleted { name }
             | Event::RestoreProgressed { name, .. }
             | Event::RestoreCompleted { name }
-            | Event::RestoreFailed { name, .. } => Some(name),
+            | Event::RestoreFailed { name, .. }
+            | Event::StandbyRestoring { name, .. }
+            | Event::StandbyRestored { name, .. }
+            | Event::StandbyFailed { name, .. }
+            | Event::VolumeActivating { name }
+            | Event::VolumeActivated { name, .. } => Some(name),
             Event::ReplicaScheduled { replica } => Some(&replica.volume),
             Event::SchedulingFailed { volume, .. }
             | Event::SnapshotTaken { volume, .. }

@@ -454,7 +454,61 @@ pub fn evolve(state: &mut State, event: &Event) {
                 restore.error = Some(reason.clone());
             }
         }
+        Event::StandbyRestoring {
+            name,
+            backup,
+            created,
+        } => {
+            if let Some(dr) = standby_of(state, name) {
+                dr.last_seen = Some(backup.clone());
+                dr.last_seen_created = *created;
+                dr.restoring = Some(backup.clone());
+                dr.error = None;
+            }
+        }
+        Event::StandbyRestored {
+            name,
+            backup,
+            created,
+            at,
+        } => {
+            if let Some(dr) = standby_of(state, name) {
+                if dr.last_seen_created <= *created {
+                    dr.last_seen = Some(backup.clone());
+                    dr.last_seen_created = *created;
+                }
+                dr.last_restored = Some(backup.clone());
+                dr.last_restored_created = *created;
+                dr.restored_at = *at;
+                dr.restoring = None;
+                dr.error = None;
+            }
+        }
+        Event::StandbyFailed { name, reason } => {
+            if let Some(dr) = standby_of(state, name) {
+                dr.error = Some(reason.clone());
+            }
+        }
+        Event::VolumeActivating { name } => {
+            if let Some(dr) = standby_of(state, name) {
+                dr.activating = true;
+            }
+        }
+        Event::VolumeActivated { name, at, note } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.standby = false;
+                if let Some(dr) = volume.dr.as_mut() {
+                    dr.activating = false;
+                    dr.activated_at = Some(*at);
+                    dr.activation_note = note.clone();
+                }
+            }
+        }
     }
+}
+
+fn standby_of<'a>(state: &'a mut State, volume: &str) -> Option<&'a mut crate::Standby> {
+    state.volumes.get_mut(volume)?.dr.as_mut()
 }
 
 /// The condition text a `SchedulingFailed` event leaves on its volume.

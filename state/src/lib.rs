@@ -26,6 +26,7 @@ mod salvage;
 mod scheduler;
 mod setting;
 mod snapshots;
+mod standby;
 
 pub use codec::{DecodeError, FORMAT_VERSION};
 pub use command::{Command, DataSource, DiskSpec, NodeSpec, Request, VolumeSpec};
@@ -44,7 +45,7 @@ pub use jobs::{
 pub use model::{
     Attachment, Backup, BackupState, BackupVolume, Bytes, DataLocality, Disk, Epoch, Frontend,
     Node, Replica, ReplicaMode, Restore, RestoreState, Robustness, Snapshot, SnapshotSource,
-    SnapshotState, State, TargetBackup, Timestamp, Volume, VolumeState, backup_url,
+    SnapshotState, Standby, State, TargetBackup, Timestamp, Volume, VolumeState, backup_url,
 };
 pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
 pub use rejection::{Rejection, RejectionKind};

@@ -410,6 +410,51 @@ pub struct Volume {
     /// whose count did not move since a job's last run has not changed.
     #[serde(default)]
     pub user_attachments: u64,
+    /// What a disaster-recovery standby follows and how far it got; kept after activation
+    /// (with `activated_at`) as the record of where the data came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dr: Option<Standby>,
+}
+
+/// A disaster-recovery standby's following of a backup volume (written by another
+/// cluster): each newer backup its node's agent finds in the backup volume's index is
+/// restored incrementally into it. `last_restored` is only moved by a completed restore,
+/// so the data is always that backup's, except while `restoring` names a newer one.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct Standby {
+    /// The backup volume followed, `<target>?volume=<name>`.
+    pub backup_volume: String,
+    /// The newest backup found in the backup volume, and when it was made (ms).
+    pub last_seen: Option<String>,
+    pub last_seen_created: Timestamp,
+    /// The backup the data is, when it was made (ms), and when its restore completed.
+    pub last_restored: Option<String>,
+    pub last_restored_created: Timestamp,
+    pub restored_at: Timestamp,
+    /// A newer backup being restored over `last_restored`: until it completes the data
+    /// is a mix of the two.
+    pub restoring: Option<String>,
+    /// Why the last poll or restore failed; cleared by the next that succeeds.
+    pub error: Option<String>,
+    /// `volume activate` asked: the agent restores what is left, then the volume turns
+    /// into a normal one.
+    pub activating: bool,
+    pub activated_at: Option<Timestamp>,
+    /// What the activation could not do (the target unreachable: activated with
+    /// `last_restored`).
+    pub activation_note: Option<String>,
 }
 
 /// Where a volume's restore from a backup is.
@@ -531,6 +576,17 @@ impl Volume {
                 restore.error.as_deref().unwrap_or("unknown reason")
             )),
         }
+    }
+
+    /// Why `doing` is refused while this volume is a disaster-recovery standby, if it is.
+    pub fn standby_blocks(&self, doing: &str) -> Option<String> {
+        self.standby.then(|| {
+            format!(
+                "volume \"{}\" is a disaster-recovery standby following its backups; it cannot {doing} \
+                 until it is activated (`shorthorn volume activate {}`)",
+                self.name, self.name
+            )
+        })
     }
 
     /// Whether an engine is restoring this volume (it serves no frontend meanwhile).

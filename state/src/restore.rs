@@ -118,7 +118,10 @@ pub(crate) fn completed(state: &State, name: &str) -> Result<Vec<Event>, Rejecti
     let mut events = vec![Event::RestoreCompleted {
         name: name.to_string(),
     }];
-    events.extend(detaching(volume));
+    // A standby's engine goes on following its backups.
+    if !volume.standby {
+        events.extend(detaching(volume));
+    }
     Ok(events)
 }
 

@@ -214,6 +214,11 @@ settings! {
     backup_target_credential_secret: String = String::new(), "backupTargetCredentialSecret", any;
     /// Seconds between polls of the backup target (DR volumes, backup listing); 0 disables.
     backupstore_poll_interval: u64 = 300, "backupstorePollInterval", range(0, 86_400);
+    /// Seconds between a disaster-recovery standby's polls of its backup volume's index
+    /// (one request each; its node's agent restores what is newer at once); 0 stops
+    /// following until activation. Short, for an RPO of seconds (Longhorn's DR volumes
+    /// poll every backupstorePollInterval).
+    standby_poll_interval: u64 = 2, "standbyPollInterval", range(0, 86_400);
     /// Blocks a backup job uploads at once.
     backup_concurrent_limit: u64 = 8, "backupConcurrentLimit", range(1, 64);
     /// Blocks a restore job downloads at once.

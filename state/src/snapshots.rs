@@ -50,6 +50,9 @@ pub(crate) fn create(
 ) -> Result<Vec<Event>, Rejection> {
     check_label("snapshot", name)?;
     let current = live_volume(state, volume)?;
+    if let Some(why) = current.standby_blocks("take a snapshot") {
+        return Err(Rejection::precondition(why));
+    }
     if current.snapshots.contains_key(name) {
         return Err(Rejection::already_exists(
             "snapshot",
@@ -149,6 +152,9 @@ pub(crate) fn removed(state: &State, volume: &str, name: &str) -> Result<Vec<Eve
 }
 
 pub(crate) fn revert(state: &State, volume: &str, name: &str) -> Result<Vec<Event>, Rejection> {
+    if let Some(why) = live_volume(state, volume)?.standby_blocks("be reverted") {
+        return Err(Rejection::precondition(why));
+    }
     let current = attached(state, volume, "revert it")?;
     let target = snapshot(current, name)?;
     if target.state != SnapshotState::Ready {

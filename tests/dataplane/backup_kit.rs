@@ -111,6 +111,18 @@ impl Vol {
 
     /// Runs a restore of `volume/name` into this volume; returns the final status.
     pub fn restore(&mut self, t: &Target, volume: &str, name: &str) -> proto::JobStatusReply {
+        self.restore_over(t, volume, name, "")
+    }
+
+    /// Runs an incremental restore of `volume/name` over `base` (the data this volume
+    /// holds; "" for a full restore); returns the final status.
+    pub fn restore_over(
+        &mut self,
+        t: &Target,
+        volume: &str,
+        name: &str,
+        base: &str,
+    ) -> proto::JobStatusReply {
         let job = self
             .ctl
             .start_restore(proto::StartRestoreRequest {
@@ -119,6 +131,7 @@ impl Vol {
                 backup_volume: volume.into(),
                 backup_name: name.into(),
                 concurrency: 4,
+                base_backup_name: base.into(),
             })
             .expect("start restore");
         self.ctl.wait_job(&job, 300)
