@@ -13,6 +13,8 @@ mod testkit;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -268,6 +270,10 @@ fn engine_killed_under_fio_is_restarted_behind_the_same_device() {
             "--rw=randwrite",
             "--bs=4k",
             "--size=96M",
+            // Paced so that the run outlasts both kills however fast the device is
+            // (about 20 s of writes; fio catches up after a stall, so a slow restart
+            // does not stretch it).
+            "--rate_iops=1200",
             "--verify=crc32c",
             "--verify_fatal=1",
             "--do_verify=1",
@@ -283,10 +289,12 @@ fn engine_killed_under_fio_is_restarted_behind_the_same_device() {
         .expect("epoch");
     for _ in 0..2 {
         std::thread::sleep(Duration::from_secs(2));
-        assert!(
-            fio.try_wait().expect("fio").is_none(),
-            "fio ended before the engine was killed; make its job bigger"
-        );
+        if let Some(status) = fio.try_wait().expect("fio") {
+            panic!(
+                "fio ended ({status}) before the engine was killed: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         kill(engine_pid(&cluster, 1, "db"));
         let volume = wait_restarted(&cluster, epoch);
         assert_eq!(volume["attachment"]["node"], "node-1", "{volume}");
@@ -313,7 +321,8 @@ fn engine_killed_under_fio_is_restarted_behind_the_same_device() {
 
 #[test]
 fn engine_killed_under_a_file_writer_loses_no_fsynced_file() {
-    const FILES: u32 = 96;
+    // At most this many files of 1 MiB fit the volume's filesystem with room to spare.
+    const MAX_FILES: u32 = 180;
     // A writer creates files on ext4 over the fuse device and fsyncs each one; the engine
     // is SIGKILLed while it runs. The writer sees no error, and after unmount, detach and
     // attach on another node every file it fsynced reads back with its checksum.
@@ -327,42 +336,51 @@ fn engine_killed_under_a_file_writer_loses_no_fsynced_file() {
     random_file(&data, 32);
     let dir = mounted.path().to_str().expect("utf-8").to_string();
     let data_path = data.to_str().expect("utf-8").to_string();
-    // Files of 1 MiB taken from the source, each written and fsynced (dd conv=fsync).
-    let writer = std::thread::spawn(move || {
-        for i in 0..FILES {
-            let out = Command::new("dd")
-                .arg(format!("if={data_path}"))
-                .arg(format!("of={dir}/f{i}"))
-                .args(["bs=1M", "count=1", "conv=fsync", "status=none"])
-                .arg(format!("skip={}", i % 32))
-                .output()
-                .expect("dd");
-            if !out.status.success() {
-                return Err(format!("file {i}: {}", text(&out.stderr)));
+    // Files of 1 MiB taken from the source, each written and fsynced (dd conv=fsync),
+    // until told to stop; the count written is its result.
+    let written = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (written, stop) = (written.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for i in 0..MAX_FILES {
+                if stop.load(Ordering::SeqCst) {
+                    return Ok(i);
+                }
+                let out = Command::new("dd")
+                    .arg(format!("if={data_path}"))
+                    .arg(format!("of={dir}/f{i}"))
+                    .args(["bs=1M", "count=1", "conv=fsync", "status=none"])
+                    .arg(format!("skip={}", i % 32))
+                    .output()
+                    .expect("dd");
+                if !out.status.success() {
+                    return Err(format!("file {i}: {}", text(&out.stderr)));
+                }
+                written.store(i + 1, Ordering::SeqCst);
             }
+            Err(format!("wrote all {MAX_FILES} files before being stopped"))
+        })
+    };
+    let wait_written = |at_least: u32, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while written.load(Ordering::SeqCst) < at_least {
+            assert!(!writer.is_finished(), "the writer ended {what}");
+            assert!(Instant::now() < deadline, "the writer hangs {what}");
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !writer.is_finished(),
-        "the writer ended before the engine was killed; give it more files"
-    );
+    };
+    wait_written(4, "before the engine was killed");
     let epoch = cluster.json(&["volume", "get", "db"])["epoch"]
         .as_u64()
         .expect("epoch");
     kill(engine_pid(&cluster, 1, "db"));
     let volume = wait_restarted(&cluster, epoch);
     assert_eq!(volume["attachment"]["device"], device.as_str(), "{volume}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !writer.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "the writer hangs after the restart"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    writer
+    let after = written.load(Ordering::SeqCst);
+    wait_written(after + 8, "after the restart");
+    stop.store(true, Ordering::SeqCst);
+    let files = writer
         .join()
         .expect("writer")
         .expect("the writer saw an I/O error");
@@ -373,7 +391,7 @@ fn engine_killed_under_a_file_writer_loses_no_fsynced_file() {
     run("fsck.ext4", &["-n", &device]);
     let mounted = Mounted::new(&device);
     let piece = source.path().join("piece");
-    for i in 0..FILES {
+    for i in 0..files {
         run(
             "dd",
             &[

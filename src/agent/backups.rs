@@ -269,7 +269,7 @@ impl Agent {
     }
 
     /// The progress report of a restore or copy, at most once a second.
-    fn restore_progress(&self, volume: &str, done: u64, total: u64) -> Option<Request> {
+    pub(super) fn restore_progress(&self, volume: &str, done: u64, total: u64) -> Option<Request> {
         let key = format!("restore/{volume}");
         let mut reported = self.progress_reported.lock().ok()?;
         if reported
@@ -318,6 +318,7 @@ impl Agent {
                     backup_volume,
                     backup_name: backup,
                     concurrency: concurrency.min(u32::MAX as u64) as u32,
+                    base_backup_name: String::new(),
                 };
                 return match client.start_restore(start).await {
                     Ok(_) => {

@@ -320,7 +320,10 @@ impl Agent {
             return;
         };
         for name in detached {
-            if let Err(err) = self.propose(Request::AttachStandby { name: name.clone() }).await {
+            if let Err(err) = self
+                .propose(Request::AttachStandby { name: name.clone() })
+                .await
+            {
                 tracing::debug!(volume = %name, "attaching the standby again: {err}");
             }
         }

@@ -74,7 +74,10 @@ impl Api {
         let Some((target, query)) = url.split_once('?') else {
             return Ok(url.to_string());
         };
-        let params: Vec<(&str, &str)> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+        let params: Vec<(&str, &str)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
         if params.iter().any(|(k, _)| *k == "backup") {
             return Ok(url.to_string());
         }
@@ -104,7 +107,10 @@ impl Api {
                 ))
             })?;
         let sep = if target.contains('?') { '&' } else { '?' };
-        Ok(format!("{target}{sep}backup={}&volume={volume}", newest.name))
+        Ok(format!(
+            "{target}{sep}backup={}&volume={volume}",
+            newest.name
+        ))
     }
 
     /// Probes a new backup target (reachable, writable, credentials valid) before the log

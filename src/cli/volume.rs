@@ -300,7 +300,8 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
             if !wait {
                 activating
             } else {
-                let activated = await_activation(&client, &name, Duration::from_secs(timeout), target.output)?;
+                let activated =
+                    await_activation(&client, &name, Duration::from_secs(timeout), target.output)?;
                 if target.output == Output::Table {
                     let dr = &activated["dr"];
                     println!(
@@ -426,7 +427,10 @@ fn await_activation(
         if volume["standby"] == json!(false) && text(&volume["state"]) == "detached" {
             return Ok(volume);
         }
-        progress.set_message(format!("volume \"{name}\": activating; {}", standby_status(&volume)));
+        progress.set_message(format!(
+            "volume \"{name}\": activating; {}",
+            standby_status(&volume)
+        ));
         if Instant::now() >= deadline {
             anyhow::bail!(
                 "volume \"{name}\" is not activated after {} s: {}",
@@ -451,7 +455,10 @@ fn standby_status(volume: &Value) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        parts.push(format!("{:.0} s behind", now.saturating_sub(created) as f64 / 1000.0));
+        parts.push(format!(
+            "{:.0} s behind",
+            now.saturating_sub(created) as f64 / 1000.0
+        ));
     }
     if let Some(next) = dr["restoring"].as_str() {
         parts.push(format!("restoring {next}"));

@@ -192,7 +192,8 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
             if let Some(why) = auto_attach::busy(state, volume) {
                 return Err(Rejection::conflict(why));
             }
-            if let Some(why) = volume.standby_blocks("be detached (its engine follows the backups)") {
+            if let Some(why) = volume.standby_blocks("be detached (its engine follows the backups)")
+            {
                 return Err(Rejection::precondition(why));
             }
             match volume.state {

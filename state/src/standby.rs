@@ -349,7 +349,10 @@ mod tests {
         };
         for request in [attach, snapshot, backup, detach, expand] {
             let why = c.rejected(request.clone(), PreconditionFailed);
-            assert!(why.contains("disaster-recovery standby"), "{request:?}: {why}");
+            assert!(
+                why.contains("disaster-recovery standby"),
+                "{request:?}: {why}"
+            );
         }
         // Deleting it stops its engine with it.
         c.ok(Request::DeleteVolume { name: "dr".into() });
@@ -373,7 +376,10 @@ mod tests {
             volume: "dr".into(),
             note: None,
         };
-        assert!(c.rejected(early.clone(), PreconditionFailed).contains("still restoring"));
+        assert!(
+            c.rejected(early.clone(), PreconditionFailed)
+                .contains("still restoring")
+        );
         restored(&mut c, "b2", 2_000);
         c.ok(early);
         let v = &c.state.volumes["dr"];
@@ -438,7 +444,10 @@ mod tests {
         c.ok(attach.clone());
         let v = &c.state.volumes["dr"];
         assert_eq!(v.state, VolumeState::Attaching);
-        assert!(c.nodes_of("dr").contains(&v.attachment.as_ref().unwrap().node));
+        assert!(
+            c.nodes_of("dr")
+                .contains(&v.attachment.as_ref().unwrap().node)
+        );
         assert!(c.ok(attach).is_empty(), "attaching already");
         let _ = node;
 

@@ -114,18 +114,35 @@ fn incremental_restore_writes_only_what_changed_since_the_base() {
     a.backup(&t, "b1", "s1", None);
     let mut r = Vol::new("standby", SIZE);
     let full = r.restore(&t, "vola", "b1");
-    assert_eq!(full.state, proto::JobState::Completed as i32, "{}", full.error);
-    assert!(full.uploaded_bytes >= 10 * BS, "a full restore fetches every block: {full:?}");
+    assert_eq!(
+        full.state,
+        proto::JobState::Completed as i32,
+        "{}",
+        full.error
+    );
+    assert!(
+        full.uploaded_bytes >= 10 * BS,
+        "a full restore fetches every block: {full:?}"
+    );
 
     qemu_io(
         &uri,
-        &["write -P 0x77 4194404 5000", "write -z 10485760 2097152", "flush"],
+        &[
+            "write -P 0x77 4194404 5000",
+            "write -z 10485760 2097152",
+            "flush",
+        ],
     );
     let sha2 = a.image_sha("a2.img");
     a.ctl.snapshot("create", "s2").expect("snapshot s2");
     a.backup(&t, "b2", "s2", Some("b1"));
     let inc = r.restore_over(&t, "vola", "b2", "b1");
-    assert_eq!(inc.state, proto::JobState::Completed as i32, "{}", inc.error);
+    assert_eq!(
+        inc.state,
+        proto::JobState::Completed as i32,
+        "{}",
+        inc.error
+    );
     assert_eq!(
         inc.uploaded_bytes, BS,
         "only the changed block is fetched (the zeroed one is trimmed): {inc:?}"
@@ -134,7 +151,12 @@ fn incremental_restore_writes_only_what_changed_since_the_base() {
 
     // Run again over the same base (as after a cut-short restore): the same data.
     let again = r.restore_over(&t, "vola", "b2", "b1");
-    assert_eq!(again.state, proto::JobState::Completed as i32, "{}", again.error);
+    assert_eq!(
+        again.state,
+        proto::JobState::Completed as i32,
+        "{}",
+        again.error
+    );
     assert_eq!(r.image_sha("r2b.img"), sha2);
 
     // The base deleted on the target: every block is written.
