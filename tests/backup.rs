@@ -988,3 +988,162 @@ fn recurring_jobs_run_each_slot_once_across_a_leader_kill_and_keep_retain() {
     let (ok, _, err) = cluster.cli(&["job", "get", "snap"]);
     assert!(!ok && err.contains("not found"), "{err}");
 }
+
+/// Milliseconds since the epoch, the log's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// A timestamp field (ms), which must be there.
+fn ms(field: &Value) -> u64 {
+    field
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a timestamp: {field}"))
+}
+
+/// The first completed backup of `volume` created after `after` (ms), waited for.
+fn backup_after(cluster: &DevCluster, volume: &str, after: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let backups = cluster.json(&["backup", "ls", volume]);
+        if let Some(b) = backups.as_array().unwrap().iter().find(|b| {
+            b["state"] == "completed" && b["createdAt"].as_u64().is_some_and(|t| t > after)
+        }) {
+            return b.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no backup of {volume} after {after}: {backups}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last() {
+    // Cluster A backs volume src up to S3 every 3 s (a recurring job keeping 3); cluster
+    // B, on the same target, holds a standby of src's backup volume. B refuses to attach,
+    // detach, expand, snapshot or back up the standby, follows each new backup with an
+    // incremental restore, reports the S3 server stopped and catches up once it is back.
+    // Writes on A stop, B reaches A's last backup, every node of A is SIGKILLed; B
+    // activates the standby, which then reads back exactly A's last data and is a normal
+    // volume.
+    let S3Cluster {
+        cluster: a,
+        s3,
+        credentials,
+        ..
+    } = &mut s3_cluster("s3s-fs");
+    a.ok(&["setting", "set", "backupTarget", TARGET]);
+    a.ok(&[
+        "job",
+        "create",
+        "bk",
+        "--task",
+        "backup",
+        "--cron",
+        "*/3 * * * * *",
+        "--retain",
+        "3",
+    ]);
+    a.create_volume("src", 32, 2, &["--recurring-job", "bk"]);
+    let endpoint = a.attach("src", "node-1");
+    let written = write_random(&endpoint, 8);
+    let work = written.work.path();
+    let expected = work.join("expected.img");
+    std::fs::copy(&written.data, &expected).expect("copy");
+    let first = backup_after(a, "src", now_ms());
+
+    let b = DevCluster::up_with(&[OsStr::new("--credentials"), credentials.as_os_str()]);
+    b.ok(&["setting", "set", "backupTarget", TARGET]);
+    b.ok(&["setting", "set", "standbyPollInterval", "1"]);
+    let followed = format!("{TARGET}?volume=src");
+    let (ok, _, err) = b.cli(&["volume", "create", "bad", "--size", "32", "--standby"]);
+    assert!(!ok && err.contains("--from-backup"), "{err}");
+    let v = b.json(&[
+        "volume",
+        "create",
+        "dr",
+        "--from-backup",
+        &followed,
+        "--standby",
+        "--replicas",
+        "2",
+        "--wait",
+    ]);
+    assert_eq!(v["standby"], true, "{v}");
+    assert_eq!(v["size"].as_u64(), Some(32 * MIB), "{v}");
+    assert!(v["dr"]["lastRestored"].is_string(), "{v}");
+    assert!(
+        ms(&v["dr"]["lastRestoredCreated"]) >= ms(&first["createdAt"]),
+        "{v} {first}"
+    );
+    for args in [
+        vec!["volume", "attach", "dr", "--node", "node-1"],
+        vec!["volume", "detach", "dr"],
+        vec!["volume", "expand", "dr", "--size", "64"],
+        vec!["snapshot", "create", "dr", "s1"],
+        vec!["backup", "create", "dr"],
+    ] {
+        let (ok, _, err) = b.cli(&args);
+        assert!(
+            !ok && err.contains("disaster-recovery standby"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // A new write on A reaches B with the next backup.
+    overwrite(&endpoint, &expected, 4, 2);
+    let next = backup_after(a, "src", now_ms());
+    let wait_restored = |backup: &Value| {
+        let created = ms(&backup["createdAt"]);
+        b.wait_volume("dr", "restored the backup", |v| {
+            v["dr"]["lastRestoredCreated"].as_u64().unwrap_or(0) >= created
+                && v["dr"]["restoring"].is_null()
+                && v["dr"]["error"].is_null()
+        })
+    };
+    wait_restored(&next);
+
+    // The S3 server stops: B says why it cannot follow, and catches up once it is back.
+    s3.stop();
+    let v = b.wait_volume("dr", "reporting the target down", |v| {
+        v["dr"]["error"].is_string()
+    });
+    let (_, out, _) = b.cli(&["volume", "ls"]);
+    assert!(
+        out.contains("error"),
+        "the listing hides the error: {out}\n{v}"
+    );
+    s3.resume();
+    overwrite(&endpoint, &expected, 10, 2);
+    overwrite(&endpoint, &expected, 30, 2);
+    let last = backup_after(a, "src", now_ms());
+    wait_restored(&last);
+
+    // A dies whole; B activates the standby with what it has and what is newer.
+    for n in 1..=3 {
+        a.kill_node(n);
+    }
+    let activated = b.json(&["volume", "activate", "dr", "--wait", "--timeout", "120"]);
+    assert_eq!(activated["standby"], false, "{activated}");
+    assert!(activated["dr"]["activatedAt"].is_u64(), "{activated}");
+    assert!(
+        ms(&activated["dr"]["lastRestoredCreated"]) >= ms(&last["createdAt"]),
+        "{activated} {last}"
+    );
+    let want = padded(&expected, 32 * MIB, &work.join("want.img"));
+    let endpoint = b.attach("dr", "node-2");
+    read_image(&endpoint, &work.join("got.img"));
+    assert_eq!(
+        sha256(&work.join("got.img")),
+        want,
+        "the activated volume differs from A's last data"
+    );
+    // A normal volume now: snapshots and writes work.
+    b.ok(&["snapshot", "create", "dr", "after"]);
+    write_random(&endpoint, 1);
+}

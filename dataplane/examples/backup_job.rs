@@ -78,6 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 target_url: arg(4)?,
                 credentials: creds(&arg(5)?)?,
                 concurrency: arg(6)?.parse()?,
+                base_backup_name: String::new(),
             })
             .await?
             .into_inner()

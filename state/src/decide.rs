@@ -662,7 +662,7 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
         restore,
         labels: spec.labels.clone(),
         user_attachments: 0,
-        dr,
+        dr: dr.map(Box::new),
     };
     let mut events = vec![Event::VolumeCreated {
         volume: volume.clone(),

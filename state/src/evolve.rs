@@ -508,7 +508,7 @@ pub fn evolve(state: &mut State, event: &Event) {
 }
 
 fn standby_of<'a>(state: &'a mut State, volume: &str) -> Option<&'a mut crate::Standby> {
-    state.volumes.get_mut(volume)?.dr.as_mut()
+    state.volumes.get_mut(volume)?.dr.as_deref_mut()
 }
 
 /// The condition text a `SchedulingFailed` event leaves on its volume.

@@ -413,7 +413,7 @@ pub struct Volume {
     /// What a disaster-recovery standby follows and how far it got; kept after activation
     /// (with `activated_at`) as the record of where the data came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dr: Option<Standby>,
+    pub dr: Option<Box<Standby>>,
 }
 
 /// A disaster-recovery standby's following of a backup volume (written by another
