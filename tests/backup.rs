@@ -1025,12 +1025,14 @@ fn backup_after(cluster: &DevCluster, volume: &str, after: u64) -> Value {
 #[test]
 fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last() {
     // Cluster A backs volume src up to S3 every 3 s (a recurring job keeping 3); cluster
-    // B, on the same target, holds a standby of src's backup volume. B refuses to attach,
-    // detach, expand, snapshot or back up the standby, follows each new backup with an
-    // incremental restore, reports the S3 server stopped and catches up once it is back.
-    // Writes on A stop, B reaches A's last backup, every node of A is SIGKILLed; B
-    // activates the standby, which then reads back exactly A's last data and is a normal
-    // volume.
+    // B, on the same target, holds two standbys of src's backup volume. B refuses to
+    // attach, detach, expand, snapshot or back up a standby, follows each new backup with
+    // an incremental restore, reports the S3 server stopped and catches up once it is
+    // back. B stops following (standbyPollInterval 0), A writes and backs up once more,
+    // then every node of A is SIGKILLed: activating the first standby restores that last
+    // backup, and it reads back exactly A's last data as a normal volume. With the S3
+    // server stopped as well, the second is activated with the backup it holds and a
+    // note saying so.
     let S3Cluster {
         cluster: a,
         s3,
@@ -1061,7 +1063,7 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     b.ok(&["setting", "set", "backupTarget", TARGET]);
     b.ok(&["setting", "set", "standbyPollInterval", "1"]);
     let followed = format!("{TARGET}?volume=src");
-    let (ok, _, err) = b.cli(&["volume", "create", "bad", "--size", "32", "--standby"]);
+    let (ok, _, err) = b.cli(&["volume", "create", "bad", "--size", "32Mi", "--standby"]);
     assert!(!ok && err.contains("--from-backup"), "{err}");
     let v = b.json(&[
         "volume",
@@ -1081,10 +1083,23 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
         ms(&v["dr"]["lastRestoredCreated"]) >= ms(&first["createdAt"]),
         "{v} {first}"
     );
+    // A second standby of the same backup volume, activated later with the target down.
+    let v = b.json(&[
+        "volume",
+        "create",
+        "dr2",
+        "--from-backup",
+        &followed,
+        "--standby",
+        "--replicas",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(v["standby"], true, "{v}");
     for args in [
         vec!["volume", "attach", "dr", "--node", "node-1"],
         vec!["volume", "detach", "dr"],
-        vec!["volume", "expand", "dr", "--size", "64"],
+        vec!["volume", "expand", "dr", "--size", "64Mi"],
         vec!["snapshot", "create", "dr", "s1"],
         vec!["backup", "create", "dr"],
     ] {
@@ -1098,15 +1113,16 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     // A new write on A reaches B with the next backup.
     overwrite(&endpoint, &expected, 4, 2);
     let next = backup_after(a, "src", now_ms());
-    let wait_restored = |backup: &Value| {
+    let wait_restored = |name: &str, backup: &Value| {
         let created = ms(&backup["createdAt"]);
-        b.wait_volume("dr", "restored the backup", |v| {
+        b.wait_volume(name, "restored the backup", |v| {
             v["dr"]["lastRestoredCreated"].as_u64().unwrap_or(0) >= created
                 && v["dr"]["restoring"].is_null()
                 && v["dr"]["error"].is_null()
         })
     };
-    wait_restored(&next);
+    wait_restored("dr", &next);
+    wait_restored("dr2", &next);
 
     // The S3 server stops: B says why it cannot follow, and catches up once it is back.
     s3.stop();
@@ -1122,18 +1138,33 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     overwrite(&endpoint, &expected, 10, 2);
     overwrite(&endpoint, &expected, 30, 2);
     let last = backup_after(a, "src", now_ms());
-    wait_restored(&last);
+    wait_restored("dr", &last);
+    wait_restored("dr2", &last);
+    let at_last = work.join("at-last.img");
+    std::fs::copy(&expected, &at_last).expect("copy");
 
-    // A dies whole; B activates the standby with what it has and what is newer.
+    // B stops following; A writes once more and backs it up; then A dies whole. The
+    // activation itself must restore that last backup.
+    b.ok(&["setting", "set", "standbyPollInterval", "0"]);
+    std::thread::sleep(Duration::from_secs(2));
+    overwrite(&endpoint, &expected, 20, 2);
+    let fin = backup_after(a, "src", now_ms());
+    std::thread::sleep(Duration::from_secs(3));
+    let v = b.json(&["volume", "get", "dr"]);
+    assert!(
+        ms(&v["dr"]["lastRestoredCreated"]) < ms(&fin["createdAt"]),
+        "followed with standbyPollInterval 0: {v}"
+    );
     for n in 1..=3 {
         a.kill_node(n);
     }
     let activated = b.json(&["volume", "activate", "dr", "--wait", "--timeout", "120"]);
     assert_eq!(activated["standby"], false, "{activated}");
     assert!(activated["dr"]["activatedAt"].is_u64(), "{activated}");
+    assert!(activated["dr"]["activationNote"].is_null(), "{activated}");
     assert!(
-        ms(&activated["dr"]["lastRestoredCreated"]) >= ms(&last["createdAt"]),
-        "{activated} {last}"
+        ms(&activated["dr"]["lastRestoredCreated"]) >= ms(&fin["createdAt"]),
+        "{activated} {fin}"
     );
     let want = padded(&expected, 32 * MIB, &work.join("want.img"));
     let endpoint = b.attach("dr", "node-2");
@@ -1146,4 +1177,20 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     // A normal volume now: snapshots and writes work.
     b.ok(&["snapshot", "create", "dr", "after"]);
     write_random(&endpoint, 1);
+    b.detach("dr");
+
+    // With the target gone too, the other standby is activated with what it holds, and
+    // says so.
+    s3.stop();
+    let activated = b.json(&["volume", "activate", "dr2", "--wait", "--timeout", "120"]);
+    assert_eq!(activated["standby"], false, "{activated}");
+    assert!(activated["dr"]["activationNote"].is_string(), "{activated}");
+    let want = padded(&at_last, 32 * MIB, &work.join("want-last.img"));
+    let endpoint = b.attach("dr2", "node-3");
+    read_image(&endpoint, &work.join("got2.img"));
+    assert_eq!(
+        sha256(&work.join("got2.img")),
+        want,
+        "the standby activated without its target differs from the backup it had restored"
+    );
 }
