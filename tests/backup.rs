@@ -1158,21 +1158,12 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     for n in 1..=3 {
         a.kill_node(n);
     }
-    let activated = b.json(&["volume", "activate", "dr", "--wait", "--timeout", "120"]);
-    assert_eq!(activated["standby"], false, "{activated}");
+    let (activated, endpoint) = activate_and_read(&b, "dr", "node-2", &expected);
     assert!(activated["dr"]["activatedAt"].is_u64(), "{activated}");
     assert!(activated["dr"]["activationNote"].is_null(), "{activated}");
     assert!(
         ms(&activated["dr"]["lastRestoredCreated"]) >= ms(&fin["createdAt"]),
         "{activated} {fin}"
-    );
-    let want = padded(&expected, 32 * MIB, &work.join("want.img"));
-    let endpoint = b.attach("dr", "node-2");
-    read_image(&endpoint, &work.join("got.img"));
-    assert_eq!(
-        sha256(&work.join("got.img")),
-        want,
-        "the activated volume differs from A's last data"
     );
     // A normal volume now: snapshots and writes work.
     b.ok(&["snapshot", "create", "dr", "after"]);
@@ -1182,15 +1173,29 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     // With the target gone too, the other standby is activated with what it holds, and
     // says so.
     s3.stop();
-    let activated = b.json(&["volume", "activate", "dr2", "--wait", "--timeout", "120"]);
-    assert_eq!(activated["standby"], false, "{activated}");
+    // It holds the backup it had restored.
+    let (activated, _) = activate_and_read(&b, "dr2", "node-3", &at_last);
     assert!(activated["dr"]["activationNote"].is_string(), "{activated}");
-    let want = padded(&at_last, 32 * MIB, &work.join("want-last.img"));
-    let endpoint = b.attach("dr2", "node-3");
-    read_image(&endpoint, &work.join("got2.img"));
+}
+
+/// `volume activate name --wait` in `cluster`, then attached on `node` and read back whole:
+/// it must equal `expected` zero-extended to 32 MiB. The activated volume and its endpoint.
+fn activate_and_read(
+    cluster: &DevCluster,
+    name: &str,
+    node: &str,
+    expected: &Path,
+) -> (Value, String) {
+    let activated = cluster.json(&["volume", "activate", name, "--wait", "--timeout", "120"]);
+    assert_eq!(activated["standby"], false, "{activated}");
+    let want = padded(expected, 32 * MIB, &expected.with_extension("want"));
+    let endpoint = cluster.attach(name, node);
+    let got = expected.with_extension("got");
+    read_image(&endpoint, &got);
     assert_eq!(
-        sha256(&work.join("got2.img")),
+        sha256(&got),
         want,
-        "the standby activated without its target differs from the backup it had restored"
+        "activated volume {name} differs from the data of the backup it should hold"
     );
+    (activated, endpoint)
 }
