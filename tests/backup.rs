@@ -1028,7 +1028,7 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     // B, on the same target, holds two standbys of src's backup volume. B refuses to
     // attach, detach, expand, snapshot or back up a standby, follows each new backup with
     // an incremental restore, reports the S3 server stopped and catches up once it is
-    // back. B stops following (standbyPollInterval 0), A writes and backs up once more,
+    // back, and goes on when the backup it holds is deleted on A. B stops following (standbyPollInterval 0), A writes and backs up once more,
     // then every node of A is SIGKILLed: activating the first standby restores that last
     // backup, and it reads back exactly A's last data as a normal volume. With the S3
     // server stopped as well, the second is activated with the backup it holds and a
@@ -1140,6 +1140,35 @@ fn a_standby_in_a_second_cluster_follows_the_backups_and_activates_with_the_last
     let last = backup_after(a, "src", now_ms());
     wait_restored("dr", &last);
     wait_restored("dr2", &last);
+
+    // The backup the standbys hold is deleted on A (a standby wedges on this in
+    // Longhorn): they stay clear, and the next backup is restored over their own data,
+    // compared block by block since its base is gone.
+    let held = text_of(&b.json(&["volume", "get", "dr"])["dr"]["lastRestored"]);
+    a.ok(&["backup", "rm", &held]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while a
+        .json(&["backup", "volume", "get", "src"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["name"] == held.as_str())
+    {
+        assert!(Instant::now() < deadline, "{held} still on the target");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for name in ["dr", "dr2"] {
+        let v = b.json(&["volume", "get", name]);
+        assert!(
+            v["standby"] == true && v["dr"]["error"].is_null(),
+            "{name} after its backup {held} was deleted: {v}"
+        );
+    }
+    overwrite(&endpoint, &expected, 12, 2);
+    let after = backup_after(a, "src", now_ms());
+    wait_restored("dr", &after);
+    wait_restored("dr2", &after);
     let at_last = work.join("at-last.img");
     std::fs::copy(&expected, &at_last).expect("copy");
 

@@ -401,6 +401,80 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
     );
     assert!(events.contains("EditRefused"), "{events}");
 
+    // A recurring job is mirrored with its schedule; kubectl edits of it reach the log,
+    // and a bad cron is refused with the log's reason.
+    cluster.ok(&[
+        "job",
+        "create",
+        "nightly",
+        "--task",
+        "snapshot",
+        "--cron",
+        "0 2 * * *",
+        "--retain",
+        "3",
+    ]);
+    let job = wait_object(
+        &plane,
+        "recurringjobs.shorthorn.io",
+        "nightly",
+        "mirrored",
+        |o| {
+            o["spec"]["cron"] == "0 2 * * *"
+                && o["status"]["nextRun"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("T02:00:00Z"))
+        },
+    );
+    assert_eq!(job["spec"]["task"], "snapshot", "{job}");
+    let listed = plane.kubectl_ok(&["get", "recurringjobs.shorthorn.io", "-n", NAMESPACE]);
+    assert!(
+        listed.contains("TASK") && listed.contains("LAST RUN") && listed.contains("nightly"),
+        "{listed}"
+    );
+    let patch_job = |patch: &str| {
+        plane.kubectl_ok(&[
+            "patch",
+            "recurringjobs.shorthorn.io",
+            "nightly",
+            "-n",
+            NAMESPACE,
+            "--type=merge",
+            "-p",
+            patch,
+        ]);
+    };
+    patch_job(r#"{"spec":{"cron":"30 3 * * *","retain":5}}"#);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.json(&["job", "get", "nightly"])["spec"]["cron"] != "30 3 * * *" {
+        assert!(
+            Instant::now() < deadline,
+            "the cron edit never reached the log"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(
+        cluster.json(&["job", "get", "nightly"])["spec"]["retain"],
+        5
+    );
+    patch_job(r#"{"spec":{"cron":"every night"}}"#);
+    let refused = wait_object(
+        &plane,
+        "recurringjobs.shorthorn.io",
+        "nightly",
+        "SpecApplied=False",
+        |o| condition(o, "SpecApplied").is_some_and(|c| c["status"] == "False"),
+    );
+    let reason = text_of(&condition(&refused, "SpecApplied").expect("condition")["message"]);
+    assert!(reason.contains("cron"), "{refused}");
+    wait_object(
+        &plane,
+        "recurringjobs.shorthorn.io",
+        "nightly",
+        "the log's cron back",
+        |o| o["spec"]["cron"] == "30 3 * * *",
+    );
+
     // The leader SIGKILLed while the log changes under the mirror: the next leader takes
     // over and the objects end up exactly the log's volumes, none stale.
     let leader = managers.leader(&[1, 2, 3]);

@@ -79,6 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 credentials: creds(&arg(5)?)?,
                 concurrency: arg(6)?.parse()?,
                 base_backup_name: String::new(),
+                compare_local: false,
             })
             .await?
             .into_inner()

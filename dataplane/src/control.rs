@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Request, Response, Status};
 
 use crate::address::{Address, Listener};
-use crate::backup::job::{BackupParams, DEFAULT_CONCURRENCY, JobState, Jobs};
+use crate::backup::job::{BackupParams, DEFAULT_CONCURRENCY, JobState, Jobs, RestoreParams};
 use crate::backup::{BackupError, Credentials, Store};
 use crate::engine::{Engine, EngineError, ReplicaMode};
 use crate::proto;
@@ -273,10 +273,13 @@ impl EngineControl for ControlService {
             .start_restore(
                 self.engine.clone(),
                 store,
-                r.backup_volume,
-                r.backup_name,
-                Some(r.base_backup_name).filter(|b| !b.is_empty()),
-                concurrency(r.concurrency),
+                RestoreParams {
+                    volume: r.backup_volume,
+                    name: r.backup_name,
+                    base: Some(r.base_backup_name).filter(|b| !b.is_empty()),
+                    compare_local: r.compare_local,
+                    concurrency: concurrency(r.concurrency),
+                },
             )
             .map_err(backup_status)?;
         Ok(Response::new(proto::JobName { name }))

@@ -443,11 +443,12 @@ pub struct SettingStatus {
     printcolumn = r#"{"name":"Cron","type":"string","jsonPath":".spec.cron"}"#,
     printcolumn = r#"{"name":"Retain","type":"integer","jsonPath":".spec.retain"}"#,
     printcolumn = r#"{"name":"Concurrency","type":"integer","jsonPath":".spec.concurrency"}"#,
+    printcolumn = r#"{"name":"Last Run","type":"date","jsonPath":".status.lastRun"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RecurringJobSpec {
-    /// snapshot or backup.
+    /// snapshot, snapshot-cleanup, snapshot-delete, backup or backup-force-create.
     pub task: String,
     pub cron: String,
     pub retain: i32,
@@ -461,6 +462,20 @@ pub struct RecurringJobSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecurringJobStatus {
+    /// The schedule slot of the newest run (RFC 3339, UTC); empty before the first.
+    #[serde(default)]
+    pub last_run: String,
+    /// The next slot the job fires at.
+    #[serde(default)]
+    pub next_run: String,
+    /// Volumes the run going on still works on (0 when none runs).
+    #[serde(default)]
+    pub running_volumes: u32,
+    /// Whether the newest finished run failed on some volume, and the first reason.
+    #[serde(default)]
+    pub last_run_failed: bool,
+    #[serde(default)]
+    pub last_failure: String,
     #[serde(default)]
     pub observed_generation: i64,
     #[serde(default)]

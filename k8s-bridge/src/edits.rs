@@ -2,7 +2,7 @@
 //! Fields the log cannot change that way are refused with a sentence saying what to do
 //! instead; the mirror puts that on the object and puts the log's value back.
 
-use shorthorn_state::{DataLocality, Request, State};
+use shorthorn_state::{DataLocality, JobTask, Request, State};
 
 use crate::crd;
 use crate::project::{Kind, backup_target_spec, node_spec, volume_spec};
@@ -20,6 +20,7 @@ pub fn requests_for(
         Kind::Setting => setting(name, spec, state),
         Kind::BackupTarget => backup_target(spec, state),
         Kind::Node => node(name, spec, state),
+        Kind::RecurringJob => recurring_job(name, spec, state),
         other => Err(format!(
             "the spec of a {} is written by Shorthorn and cannot be edited; use the shorthorn CLI or API",
             other.name()
@@ -161,6 +162,43 @@ fn backup_target(spec: &serde_json::Value, state: &State) -> Result<Vec<Request>
     Ok(out)
 }
 
+fn recurring_job(
+    name: &str,
+    spec: &serde_json::Value,
+    state: &State,
+) -> Result<Vec<Request>, String> {
+    let Some(job) = state.recurring_jobs.get(name) else {
+        return Err(format!(
+            "recurring job \"{name}\" is not in the log (it is being created or was deleted)"
+        ));
+    };
+    let want: crd::RecurringJobSpec = parse(Kind::RecurringJob, spec)?;
+    let task = JobTask::parse(&want.task).ok_or_else(|| {
+        format!(
+            "spec.task \"{}\" is not one of {}",
+            want.task,
+            JobTask::ALL.map(JobTask::as_str).join(", ")
+        )
+    })?;
+    let count = |field: &str, value: i32| {
+        u32::try_from(value).map_err(|_| format!("spec.{field} must not be negative: {value}"))
+    };
+    let wanted = shorthorn_state::RecurringJobSpec {
+        name: name.to_string(),
+        task,
+        cron: want.cron,
+        retain: count("retain", want.retain)?,
+        concurrency: count("concurrency", want.concurrency)?,
+        groups: want.groups.into_iter().collect(),
+        labels: want.labels,
+    };
+    if wanted == job.spec {
+        return Ok(Vec::new());
+    }
+    // The log checks the rest (cron, retain and concurrency bounds) and says why.
+    Ok(vec![Request::UpdateRecurringJob(wanted)])
+}
+
 fn node(name: &str, spec: &serde_json::Value, state: &State) -> Result<Vec<Request>, String> {
     let Some(n) = state.nodes.get(name) else {
         return Err(format!("node \"{name}\" is not in the log"));
@@ -284,6 +322,58 @@ mod tests {
             .expect("a replica");
         let why = requests_for(Kind::Replica, &replica.0.1, &replica.1.spec, &state).unwrap_err();
         assert!(why.contains("cannot be edited"), "{why}");
+    }
+
+    #[test]
+    fn a_recurring_job_is_mirrored_and_its_edits_become_an_update() {
+        let mut state = cluster();
+        let job = shorthorn_state::RecurringJobSpec {
+            name: "nightly".into(),
+            task: JobTask::Backup,
+            cron: "0 2 * * *".into(),
+            retain: 7,
+            concurrency: 2,
+            groups: ["default".to_string()].into(),
+            labels: Default::default(),
+        };
+        shorthorn_state::apply(
+            &mut state,
+            &shorthorn_state::Command::new(
+                shorthorn_state::Timestamp(1_000_000),
+                "test",
+                Request::CreateRecurringJob(job.clone()),
+            ),
+        )
+        .expect("accepted");
+        let desired = &project(&state)[&(Kind::RecurringJob, "nightly".to_string())];
+        assert_eq!(desired.spec["task"], "backup");
+        assert_eq!(desired.spec["retain"], 7);
+        assert_eq!(desired.status["nextRun"], "1970-01-01T02:00:00Z");
+        assert_eq!(desired.status["lastRun"], "");
+        assert_eq!(
+            requests_for(Kind::RecurringJob, "nightly", &desired.spec, &state),
+            Ok(vec![])
+        );
+        let mut spec = desired.spec.clone();
+        spec["cron"] = "*/5 * * * *".into();
+        spec["retain"] = 3.into();
+        let want = shorthorn_state::RecurringJobSpec {
+            cron: "*/5 * * * *".into(),
+            retain: 3,
+            ..job
+        };
+        assert_eq!(
+            requests_for(Kind::RecurringJob, "nightly", &spec, &state),
+            Ok(vec![Request::UpdateRecurringJob(want)])
+        );
+        let mut spec = desired.spec.clone();
+        spec["task"] = "defrag".into();
+        let why = requests_for(Kind::RecurringJob, "nightly", &spec, &state).unwrap_err();
+        assert!(why.contains("\"defrag\" is not one of"), "{why}");
+        let mut spec = desired.spec.clone();
+        spec["retain"] = (-1).into();
+        let why = requests_for(Kind::RecurringJob, "nightly", &spec, &state).unwrap_err();
+        assert!(why.contains("spec.retain"), "{why}");
     }
 
     #[test]

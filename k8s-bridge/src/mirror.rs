@@ -50,6 +50,7 @@ fn resource(kind: Kind) -> ApiResource {
         Kind::Snapshot => ApiResource::erase::<crd::Snapshot>(&()),
         Kind::Backup => ApiResource::erase::<crd::Backup>(&()),
         Kind::BackupVolume => ApiResource::erase::<crd::BackupVolume>(&()),
+        Kind::RecurringJob => ApiResource::erase::<crd::RecurringJob>(&()),
     }
 }
 

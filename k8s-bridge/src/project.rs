@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use shorthorn_state::{BackupState, ReplicaMode, RestoreState, SnapshotState, State, VolumeState};
+use shorthorn_state::{
+    BackupState, JobOutcome, ReplicaMode, RestoreState, SnapshotState, State, Timestamp,
+    VolumeState,
+};
 
 use crate::crd::{self, object_name, setting_object_name};
 
@@ -20,10 +23,11 @@ pub enum Kind {
     Snapshot,
     Backup,
     BackupVolume,
+    RecurringJob,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Node,
         Kind::Setting,
         Kind::BackupTarget,
@@ -33,6 +37,7 @@ impl Kind {
         Kind::Snapshot,
         Kind::Backup,
         Kind::BackupVolume,
+        Kind::RecurringJob,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +51,7 @@ impl Kind {
             Kind::Snapshot => "Snapshot",
             Kind::Backup => "Backup",
             Kind::BackupVolume => "BackupVolume",
+            Kind::RecurringJob => "RecurringJob",
         }
     }
 
@@ -53,7 +59,7 @@ impl Kind {
     pub fn editable(self) -> bool {
         matches!(
             self,
-            Kind::Volume | Kind::Setting | Kind::BackupTarget | Kind::Node
+            Kind::Volume | Kind::Setting | Kind::BackupTarget | Kind::Node | Kind::RecurringJob
         )
     }
 }
@@ -351,7 +357,50 @@ pub fn project(state: &State) -> Projection {
             }),
         );
     }
+    for job in state.recurring_jobs.values() {
+        let spec = &job.spec;
+        let failure = job
+            .history
+            .last()
+            .and_then(|run| {
+                run.outcomes.values().find_map(|o| match o {
+                    JobOutcome::Failed { reason, .. } => Some(reason.clone()),
+                    _ => None,
+                })
+            })
+            .unwrap_or_default();
+        put(
+            Kind::RecurringJob,
+            spec.name.clone(),
+            json(crd::RecurringJobSpec {
+                task: spec.task.as_str().to_string(),
+                cron: spec.cron.clone(),
+                retain: i32::try_from(spec.retain).unwrap_or(i32::MAX),
+                concurrency: i32::try_from(spec.concurrency).unwrap_or(i32::MAX),
+                groups: spec.groups.iter().cloned().collect(),
+                labels: spec.labels.clone(),
+            }),
+            json(crd::RecurringJobStatus {
+                last_run: job.last_slot.map(rfc3339).unwrap_or_default(),
+                next_run: job.next_slot().map(rfc3339).unwrap_or_default(),
+                running_volumes: job
+                    .run
+                    .as_ref()
+                    .map_or(0, |r| (r.pending.len() + r.running.len()) as u32),
+                last_run_failed: !failure.is_empty(),
+                last_failure: failure,
+                ..Default::default()
+            }),
+        );
+    }
     out
+}
+
+/// A log time (ms since the epoch) as Kubernetes writes times.
+fn rfc3339(at: Timestamp) -> String {
+    k8s_openapi::jiff::Timestamp::from_millisecond(at.0 as i64)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -319,6 +319,7 @@ impl Agent {
                     backup_name: backup,
                     concurrency: concurrency.min(u32::MAX as u64) as u32,
                     base_backup_name: String::new(),
+                    compare_local: false,
                 };
                 return match client.start_restore(start).await {
                     Ok(_) => {

@@ -226,6 +226,12 @@ impl Agent {
                 reason: reply.error,
             }),
             JobState::Error => {
+                if let Some(request) = self
+                    .restoring_deleted(volume, target, backup_volume, backup)
+                    .await
+                {
+                    return Some(request);
+                }
                 let retry = self
                     .standby_polls
                     .lock()
@@ -266,6 +272,44 @@ impl Agent {
         }
     }
 
+    /// After a failed restore of `backup`: when the backup volume no longer has it (deleted
+    /// on the source cluster mid-restore), the request that replaces it with the newest
+    /// backup left, over the mix of data the cut-short restore left (or, with none left,
+    /// says so). `None` when it is still there or the target cannot be listed: the restore
+    /// is retried as it is.
+    async fn restoring_deleted(
+        &self,
+        volume: &Volume,
+        target: &str,
+        backup_volume: &str,
+        backup: &str,
+    ) -> Option<Request> {
+        let index = self
+            .open_target(target)
+            .ok()?
+            .list_backups(backup_volume)
+            .await
+            .ok()?;
+        if index.iter().any(|b| b.name == backup) {
+            return None;
+        }
+        let Some(newest) = index.iter().max_by_key(|b| (b.created_unix_ms, &b.name)) else {
+            return Some(Request::ReportStandbyFailed {
+                volume: volume.name.clone(),
+                reason: format!(
+                    "backup \"{backup}\" was deleted from the target while it was restored and \
+                     backup volume \"{backup_volume}\" has no other: the data is part of it"
+                ),
+            });
+        };
+        tracing::warn!(volume = %volume.name, backup, instead = %newest.name, "the backup being restored was deleted from the target: restoring the newest left in its place");
+        Some(Request::ReportStandbyRestoring {
+            volume: volume.name.clone(),
+            backup: newest.name.clone(),
+            created: Timestamp(newest.created_unix_ms),
+        })
+    }
+
     /// Starts the restore of `backup` over `base` on the engine; why it could not, if so.
     async fn start_standby_restore(
         &self,
@@ -287,6 +331,8 @@ impl Agent {
             backup_name: backup.to_string(),
             concurrency: view.restore_concurrency.min(u32::MAX as u64) as u32,
             base_backup_name: base.unwrap_or_default().to_string(),
+            // A later restore with no base: over what a restore cut short left.
+            compare_local: base.is_none() && !volume.restoring(),
         };
         match client.start_restore(request).await {
             Ok(_) => {

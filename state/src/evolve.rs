@@ -460,6 +460,11 @@ pub fn evolve(state: &mut State, event: &Event) {
             created,
         } => {
             if let Some(dr) = standby_of(state, name) {
+                // Another backup in place of one whose restore was cut short (it was
+                // deleted from the target): the data is a mix of no known backup now.
+                if dr.restoring.as_ref().is_some_and(|r| r != backup) {
+                    dr.last_restored = None;
+                }
                 dr.last_seen = Some(backup.clone());
                 dr.last_seen_created = *created;
                 dr.restoring = Some(backup.clone());

@@ -440,11 +440,14 @@ pub struct Standby {
     pub last_seen: Option<String>,
     pub last_seen_created: Timestamp,
     /// The backup the data is, when it was made (ms), and when its restore completed.
+    /// `None` while a restore replaces one that was cut short (see `restoring`).
     pub last_restored: Option<String>,
     pub last_restored_created: Timestamp,
     pub restored_at: Timestamp,
     /// A newer backup being restored over `last_restored`: until it completes the data
-    /// is a mix of the two.
+    /// is a mix of the two. When the backup being restored is deleted from the target
+    /// meanwhile, the newest one left is restored in its place, over data of no known
+    /// backup (`last_restored` is `None` then).
     pub restoring: Option<String>,
     /// Why the last poll or restore failed; cleared by the next that succeeds.
     pub error: Option<String>,

@@ -323,6 +323,43 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_deleted_mid_restore_is_replaced_over_data_of_no_known_backup() {
+        let mut c = standby();
+        restored(&mut c, "b1", 1_000);
+        let restoring = |c: &mut Cluster, backup: &str, created: u64| {
+            c.ok(Request::ReportStandbyRestoring {
+                volume: "dr".into(),
+                backup: backup.into(),
+                created: Timestamp(created),
+            })
+        };
+        restoring(&mut c, "b2", 2_000);
+        // Retried after a failure: the same backup over the same base.
+        c.ok(Request::ReportStandbyFailed {
+            volume: "dr".into(),
+            reason: "target unreachable".into(),
+        });
+        restoring(&mut c, "b2", 2_000);
+        let dr = c.state.volumes["dr"].dr.clone().unwrap();
+        assert_eq!(dr.last_restored.as_deref(), Some("b1"), "{dr:?}");
+        // b2 deleted from the target mid-restore: b1 (the newest left) in its place, over
+        // a mix of b1 and b2.
+        restoring(&mut c, "b1", 1_000);
+        let dr = c.state.volumes["dr"].dr.clone().unwrap();
+        assert_eq!(
+            (dr.restoring.as_deref(), dr.last_restored.as_deref()),
+            (Some("b1"), None),
+            "the data is no backup now"
+        );
+        restored(&mut c, "b1", 1_000);
+        let dr = c.state.volumes["dr"].dr.clone().unwrap();
+        assert_eq!(
+            (dr.last_restored.as_deref(), dr.restoring),
+            (Some("b1"), None)
+        );
+    }
+
+    #[test]
     fn a_standby_refuses_what_would_write_to_it_with_the_reason() {
         let mut c = standby();
         restored(&mut c, "b1", 1_000);

@@ -99,7 +99,8 @@ pub(crate) fn round_trip_incremental_dedup(t: &Target) {
 
 /// A disaster-recovery standby's restores: over the data of b1, b2 writes only the block
 /// that changed and zeroes the one that became zeros, without fetching it; the result is
-/// b2 byte for byte. A base gone from the target falls back to a full restore.
+/// b2 byte for byte. A base gone from the target, or data of no known backup, is compared
+/// block by block with the volume's own data.
 #[test]
 fn incremental_restore_writes_only_what_changed_since_the_base() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -159,13 +160,48 @@ fn incremental_restore_writes_only_what_changed_since_the_base() {
     );
     assert_eq!(r.image_sha("r2b.img"), sha2);
 
-    // The base deleted on the target: every block is written.
+    // The base deleted on the target: the volume's own blocks are compared, so a volume
+    // holding b2 fetches nothing, and one holding other data gets b2 whole.
+    let same = r.restore_over(&t, "vola", "b2", "gone");
+    assert_eq!(
+        same.state,
+        proto::JobState::Completed as i32,
+        "{}",
+        same.error
+    );
+    assert_eq!(same.uploaded_bytes, 0, "{same:?}");
+    assert_eq!(r.image_sha("r2c.img"), sha2);
     let mut o = Vol::new("other", SIZE);
     qemu_io(&o.c.nbd_uri(o.epoch), &["write -P 0x11 0 4194304", "flush"]);
     let st = o.restore_over(&t, "vola", "b2", "gone");
     assert_eq!(st.state, proto::JobState::Completed as i32, "{}", st.error);
     assert!(st.uploaded_bytes >= 10 * BS, "{st:?}");
     assert_eq!(o.image_sha("o2.img"), sha2);
+
+    // Data of no known backup (a restore cut short, its backup then deleted): with
+    // compare_local only the blocks that differ from b2 are fetched, and a block that
+    // should be zeros is zeroed.
+    let r_uri = r.c.nbd_uri(r.epoch);
+    qemu_io(
+        &r_uri,
+        &[
+            "write -P 0x33 2097152 4096",
+            "write -P 0x44 10485760 4096",
+            "flush",
+        ],
+    );
+    let mixed = r.restore_with(&t, "vola", "b2", "", true);
+    assert_eq!(
+        mixed.state,
+        proto::JobState::Completed as i32,
+        "{}",
+        mixed.error
+    );
+    assert_eq!(
+        mixed.uploaded_bytes, BS,
+        "one differing data block: {mixed:?}"
+    );
+    assert_eq!(r.image_sha("r2d.img"), sha2, "the mix is b2 again");
 }
 
 #[test]

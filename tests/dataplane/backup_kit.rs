@@ -123,6 +123,19 @@ impl Vol {
         name: &str,
         base: &str,
     ) -> proto::JobStatusReply {
+        self.restore_with(t, volume, name, base, false)
+    }
+
+    /// A restore of `volume/name` over `base`, with the volume's own blocks compared first
+    /// when `compare_local`; returns the final status.
+    pub fn restore_with(
+        &mut self,
+        t: &Target,
+        volume: &str,
+        name: &str,
+        base: &str,
+        compare_local: bool,
+    ) -> proto::JobStatusReply {
         let job = self
             .ctl
             .start_restore(proto::StartRestoreRequest {
@@ -132,6 +145,7 @@ impl Vol {
                 backup_name: name.into(),
                 concurrency: 4,
                 base_backup_name: base.into(),
+                compare_local,
             })
             .expect("start restore");
         self.ctl.wait_job(&job, 300)

@@ -361,18 +361,41 @@ pub async fn run_backup(
     result
 }
 
+/// A restore job: backup `name` of backup volume `volume`, over the data of backup
+/// `base` (or, with `compare_local`, over data of no known backup).
+#[derive(Debug, Clone)]
+pub struct RestoreParams {
+    pub volume: String,
+    pub name: String,
+    pub base: Option<String>,
+    pub compare_local: bool,
+    pub concurrency: usize,
+}
+
+/// What a volume holds before a restore into it, which decides the blocks written.
+#[derive(Debug, Clone, Copy)]
+pub enum RestoreOver<'a> {
+    /// Nothing worth keeping (a new volume): every block is written.
+    Nothing,
+    /// The data of this backup: only the blocks whose hash differs are written, and only
+    /// the blocks it had and the restored one has not are trimmed.
+    Backup(&'a Manifest),
+    /// Data of no known backup (a mix of two): each block is read and hashed first, and
+    /// only those that differ are written (non-zero ones where the backup has none are
+    /// trimmed).
+    Unknown,
+}
+
 /// Restores backup `m` into the engine's volume: every block is checked against its
 /// blake3; a missing or bad one fails the restore naming offset, hash and backup. Blocks
-/// not in the manifest are trimmed (they read as zeros). Flushes at the end.
-///
-/// Over `base` (a backup whose data the volume holds, of the same block size), only the
-/// blocks whose hash differs are written, and only the blocks `base` had and `m` has not
-/// are trimmed: an incremental restore. Cut short and run again, it gives the same data.
+/// not in the manifest are trimmed (they read as zeros). Flushes at the end. Over data
+/// already there (`over`), only what differs is written: an incremental restore. Cut
+/// short and run again, it gives the same data.
 pub async fn run_restore(
     engine: &Engine,
     store: &Store,
     m: &Manifest,
-    base: Option<&Manifest>,
+    over: RestoreOver<'_>,
     concurrency: usize,
     progress: &Progress,
 ) -> Result<(), BackupError> {
@@ -389,9 +412,19 @@ pub async fn run_restore(
     }
     progress.total_bytes.store(m.size, Ordering::Relaxed);
     let hashes: HashMap<u64, &String> = m.blocks.iter().map(|(o, h)| (*o, h)).collect();
-    let base: Option<HashMap<u64, &String>> = base
-        .filter(|b| b.block_size == bs)
-        .map(|b| b.blocks.iter().map(|(o, h)| (*o, h)).collect());
+    let (base, compare_local) = match over {
+        RestoreOver::Backup(b) if b.block_size == bs => (
+            Some(
+                b.blocks
+                    .iter()
+                    .map(|(o, h)| (*o, h))
+                    .collect::<HashMap<u64, &String>>(),
+            ),
+            false,
+        ),
+        RestoreOver::Nothing => (None, false),
+        RestoreOver::Backup(_) | RestoreOver::Unknown => (None, true),
+    };
     let base = &base;
     let backup = store.backup_url(&m.volume, &m.name);
     let backup = &backup;
@@ -410,6 +443,8 @@ pub async fn run_restore(
             let unchanged = base
                 .as_ref()
                 .is_some_and(|b| b.get(&offset) == hashes.get(&offset));
+            let unchanged = unchanged
+                || (compare_local && holds(engine, offset, len, hashes.get(&offset)).await?);
             if unchanged {
                 progress.done_bytes.fetch_add(len as u64, Ordering::Relaxed);
                 return Ok(());
@@ -463,6 +498,20 @@ pub async fn run_restore(
         "restore completed"
     );
     Ok(())
+}
+
+/// Whether the volume's block at `offset` already is `hash` (all zeros for `None`).
+async fn holds(
+    engine: &Engine,
+    offset: u64,
+    len: u32,
+    hash: Option<&&String>,
+) -> Result<bool, BackupError> {
+    let data = engine.read(offset, len).await?;
+    Ok(match hash {
+        None => data.iter().all(|b| *b == 0),
+        Some(hash) => blake3::hash(&data).to_hex().as_str() == hash.as_str(),
+    })
 }
 
 /// The jobs an engine runs, by name.
@@ -568,27 +617,38 @@ impl Jobs {
         &self,
         engine: Arc<Engine>,
         store: Store,
-        volume: String,
-        name: String,
-        base: Option<String>,
-        concurrency: usize,
+        p: RestoreParams,
     ) -> Result<String, BackupError> {
+        let RestoreParams {
+            volume,
+            name,
+            base,
+            compare_local,
+            concurrency,
+        } = p;
         let job = format!("restore-{volume}-{name}");
         self.spawn(&job, "restore", store, |store, progress| async move {
             let m = store.get_manifest(&volume, &name).await?;
+            // A base named but gone leaves data of no backup the target still knows.
+            let compare_local = compare_local || base.is_some();
             let base = match base {
                 None => None,
                 Some(base) => match store.get_manifest(&volume, &base).await {
                     Ok(b) => Some(b),
-                    // Deleted on the target since: every block is written.
+                    // Deleted on the target since: the volume's own blocks are compared.
                     Err(BackupError::BackupNotFound { .. }) => {
-                        tracing::info!(volume, backup = %name, base, "the base backup is gone: a full restore");
+                        tracing::info!(volume, backup = %name, base, "the base backup is gone: comparing the volume's blocks");
                         None
                     }
                     Err(e) => return Err(e),
                 },
             };
-            run_restore(&engine, &store, &m, base.as_ref(), concurrency, &progress).await?;
+            let over = match &base {
+                Some(b) => RestoreOver::Backup(b),
+                None if compare_local => RestoreOver::Unknown,
+                None => RestoreOver::Nothing,
+            };
+            run_restore(&engine, &store, &m, over, concurrency, &progress).await?;
             Ok(store.backup_url(&volume, &name))
         })?;
         Ok(job)
