@@ -364,6 +364,30 @@ fn a_corrupted_block_is_named_by_verify_and_fails_the_restore() {
     let b1 = backup(&cluster, "src", "b1");
     let (ok, out, err) = cluster.cli(&["backup", "verify", "b1"]);
     assert!(ok && out.contains("all 4 blocks are good"), "{out}{err}");
+    // Through the API with progress: NDJSON lines ending with the report; a backup that
+    // is not there is a plain 404 before any line.
+    let verify = |backup: &str| {
+        ureq::post(&format!(
+            "{}/v1/backups/{backup}/verify?progress=true",
+            cluster.api()
+        ))
+        .set("Authorization", &format!("Bearer {}", cluster.token()))
+        .send_json(serde_json::json!({}))
+        .map_err(Box::new)
+    };
+    let answer = verify("b1").expect("verify with progress");
+    assert_eq!(answer.content_type(), "application/x-ndjson");
+    let text = answer.into_string().expect("answer");
+    let last: Value = serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(last["report"]["blocks"], 4, "{text}");
+    assert_eq!(last["report"]["bad"], Value::Array(vec![]), "{text}");
+    assert!(
+        matches!(
+            verify("nope").map_err(|e| *e),
+            Err(ureq::Error::Status(404, _))
+        ),
+        "a missing backup"
+    );
 
     // The block at offset 2 MiB: flip a byte of its body on the target.
     let root = store.path().join("shorthorn-backupstore");

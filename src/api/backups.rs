@@ -9,9 +9,15 @@
 
 use std::collections::BTreeMap;
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shorthorn_dataplane::backup::{BackupError, BackupTarget, Store, parse_backup_url};
 use shorthorn_state::{Backup, BackupState, Request};
@@ -290,12 +296,22 @@ pub(super) struct VerifyReport {
     bad: Vec<BadBlockView>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerifyQuery {
+    /// Answer with a stream of progress lines (NDJSON) ending with the report, so a
+    /// backup of any size is verified within one request without a timeout cutting it.
+    #[serde(default)]
+    progress: bool,
+}
+
 /// Reads every block of a completed backup from the target and checks it; 200 with each
 /// bad one named (an empty `bad` list: the backup restores byte for byte).
 pub(super) async fn verify(
     State(api): State<Api>,
     Path(name): Path<String>,
-) -> Result<Json<VerifyReport>, ApiError> {
+    Query(query): Query<VerifyQuery>,
+) -> Result<Response, ApiError> {
     let backup = api.backup(name.clone()).await?;
     if backup.state != BackupState::Completed {
         return Err(ApiError::Conflict(format!(
@@ -304,9 +320,8 @@ pub(super) async fn verify(
         )));
     }
     let store = api.store(&backup.target)?;
-    Ok(Json(
-        api.verify_on(&store, &backup.volume, &backup.name).await?,
-    ))
+    api.verify_answer(store, backup.volume, backup.name, query.progress)
+        .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,18 +335,86 @@ pub(super) struct VerifyBody {
 pub(super) async fn verify_on_target(
     State(api): State<Api>,
     Path(volume): Path<String>,
+    Query(query): Query<VerifyQuery>,
     Body(body): Body<VerifyBody>,
-) -> Result<Json<VerifyReport>, ApiError> {
+) -> Result<Response, ApiError> {
     let store = api.store(&api.current_target().await?)?;
-    Ok(Json(api.verify_on(&store, &volume, &body.backup).await?))
+    api.verify_answer(store, volume, body.backup, query.progress)
+        .await
 }
 
+/// Aborts the verification when the answer's stream is dropped (the client went away).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often a streamed verification says how far it got.
+const VERIFY_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 impl Api {
+    /// The verification of `volume/name` as one JSON report, or with `progress` as NDJSON
+    /// lines `{"checked": n, "blocks": total}` every second, then `{"report": ...}` (or
+    /// `{"error": kind, "message": ...}`). A backup that is not there is a plain 404 either
+    /// way: its manifest is read before the answer starts.
+    async fn verify_answer(
+        &self,
+        store: Store,
+        volume: String,
+        name: String,
+        progress: bool,
+    ) -> Result<Response, ApiError> {
+        if !progress {
+            return Ok(Json(self.verify_on(&store, &volume, &name, None).await?).into_response());
+        }
+        let blocks = store
+            .get_manifest(&volume, &name)
+            .await
+            .map_err(target_error)?
+            .blocks
+            .len() as u64;
+        let checked = Arc::new(AtomicU64::new(0));
+        let api = self.clone();
+        let counter = checked.clone();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            api.verify_on(&store, &volume, &name, Some(&counter)).await
+        }));
+        let lines = futures::stream::unfold(Some(task), move |task| {
+            let checked = checked.clone();
+            async move {
+                let mut task = task?;
+                let line = tokio::select! {
+                    done = &mut task.0 => {
+                        let line = match done {
+                            Ok(Ok(report)) => serde_json::json!({ "report": report }),
+                            Ok(Err(err)) => err.as_json(),
+                            Err(err) => serde_json::json!({ "error": "internal", "message": err.to_string() }),
+                        };
+                        return Some((Ok::<_, Infallible>(ndjson(&line)), None));
+                    }
+                    _ = tokio::time::sleep(VERIFY_PROGRESS_EVERY) => {
+                        serde_json::json!({ "checked": checked.load(Ordering::Relaxed), "blocks": blocks })
+                    }
+                };
+                Some((Ok(ndjson(&line)), Some(task)))
+            }
+        });
+        Ok((
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            axum::body::Body::from_stream(lines),
+        )
+            .into_response())
+    }
+
     async fn verify_on(
         &self,
         store: &Store,
         volume: &str,
         name: &str,
+        checked: Option<&AtomicU64>,
     ) -> Result<VerifyReport, ApiError> {
         let concurrency = self.read(|s| s.settings.restore_concurrent_limit).await? as usize;
         let manifest = store
@@ -339,7 +422,12 @@ impl Api {
             .await
             .map_err(target_error)?;
         let bad = store
-            .verify(volume, name, concurrency)
+            .verify_counting(
+                volume,
+                name,
+                concurrency,
+                checked.unwrap_or(&AtomicU64::new(0)),
+            )
             .await
             .map_err(target_error)?;
         if !bad.is_empty() {
@@ -471,4 +559,11 @@ pub(super) async fn get_volume(
             })
             .collect(),
     ))
+}
+
+/// One NDJSON line.
+fn ndjson(value: &serde_json::Value) -> axum::body::Bytes {
+    let mut line = value.to_string();
+    line.push('\n');
+    line.into()
 }

@@ -67,10 +67,17 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as the body of an error answer says it.
+    pub(super) fn as_json(&self) -> serde_json::Value {
+        let (_, kind) = self.status_and_kind();
+        serde_json::json!({ "error": kind, "message": self.message() })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, kind) = self.status_and_kind();
-        let body = serde_json::json!({ "error": kind, "message": self.message() });
-        (status, Json(body)).into_response()
+        let (status, _) = self.status_and_kind();
+        (status, Json(self.as_json())).into_response()
     }
 }

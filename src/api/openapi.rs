@@ -109,6 +109,7 @@ pub fn build() -> Value {
     let list = |item: Value| json!({ "type": "array", "items": item });
     let labels = json!({ "type": "object", "additionalProperties": { "type": "string" },
         "description": "recurring-job.shorthorn.io/<job>: enabled and recurring-job-group.shorthorn.io/<group>: enabled join recurring jobs" });
+    let verify_progress = json!([{ "name": "progress", "in": "query", "required": false, "schema": { "type": "boolean" } }]);
     let job_body = json!({
         "type": "object", "required": ["name", "task", "cron"], "additionalProperties": false,
         "properties": {
@@ -246,7 +247,10 @@ pub fn build() -> Value {
         },
         "/v1/backups/{name}/verify": {
             "parameters": path_param("name"),
-            "post": operation("Read every block of a completed backup from the target and check its blake3; names each bad one", ("200", ok("report", reference("VerifyReport"))), None),
+            "post": with_parameters(
+                operation("Read every block of a completed backup from the target and check its blake3; names each bad one. With progress=true the answer is NDJSON: {\"checked\", \"blocks\"} every second, then {\"report\": VerifyReport} or {\"error\", \"message\"}", ("200", ok("report", reference("VerifyReport"))), None),
+                verify_progress.clone(),
+            ),
         },
         "/v1/backupvolumes": {
             "get": with_parameters(
@@ -260,9 +264,12 @@ pub fn build() -> Value {
         },
         "/v1/backupvolumes/{name}/verify": {
             "parameters": path_param("name"),
-            "post": operation("Verify one backup of this backup volume on the target (any cluster's): every block read and checked, each bad one named", ("200", ok("report", reference("VerifyReport"))), Some(json!({
-                "type": "object", "required": ["backup"], "additionalProperties": false, "properties": { "backup": { "type": "string" } }
-            }))),
+            "post": with_parameters(
+                operation("Verify one backup of this backup volume on the target (any cluster's): every block read and checked, each bad one named (progress=true: NDJSON as for a backup's verify)", ("200", ok("report", reference("VerifyReport"))), Some(json!({
+                    "type": "object", "required": ["backup"], "additionalProperties": false, "properties": { "backup": { "type": "string" } }
+                }))),
+                verify_progress,
+            ),
         },
         "/v1/recurringjobs": {
             "get": operation("List recurring jobs", ("200", ok("jobs", list(reference("RecurringJob")))), None),

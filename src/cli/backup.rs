@@ -221,25 +221,46 @@ fn await_backup(
 }
 
 fn verify(client: &Client, name: &str, output: Output) -> anyhow::Result<()> {
-    let report = {
-        let _spinner = Progress::spinner(output, format!("verifying backup \"{name}\""));
-        if name.contains('?') {
-            let (target, volume, backup) =
-                parse_backup_url(name).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let current = client.get("/v1/settings/backupTarget")?;
-            anyhow::ensure!(
-                current["value"] == target.as_str(),
-                "{name} is not on the backup target ({}); only backups there can be verified",
-                text(&current["value"])
-            );
-            client.post(
-                &format!("/v1/backupvolumes/{volume}/verify"),
-                json!({ "backup": backup }),
-            )?
-        } else {
-            client.post(&format!("/v1/backups/{name}/verify"), json!({}))?
-        }
+    let (path, body) = if name.contains('?') {
+        let (target, volume, backup) =
+            parse_backup_url(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let current = client.get("/v1/settings/backupTarget")?;
+        anyhow::ensure!(
+            current["value"] == target.as_str(),
+            "{name} is not on the backup target ({}); only backups there can be verified",
+            text(&current["value"])
+        );
+        (
+            format!("/v1/backupvolumes/{volume}/verify?progress=true"),
+            json!({ "backup": backup }),
+        )
+    } else {
+        (
+            format!("/v1/backups/{name}/verify?progress=true"),
+            json!({}),
+        )
     };
+    // Progress lines until the report (or the error that ended the verification).
+    let bar = Progress::bar(output, 0);
+    bar.set_message(format!("blocks of backup \"{name}\" checked"));
+    let mut outcome = None;
+    client.post_lines(&path, body, |line| {
+        if let (Some(checked), Some(blocks)) = (line["checked"].as_u64(), line["blocks"].as_u64()) {
+            bar.set(checked, blocks);
+        } else {
+            outcome = Some(line);
+        }
+    })?;
+    drop(bar);
+    let outcome = outcome
+        .ok_or_else(|| anyhow::anyhow!("the manager ended the verification without a report"))?;
+    if let Some(kind) = outcome["error"].as_str() {
+        anyhow::bail!(
+            "verifying backup \"{name}\" failed ({kind}): {}",
+            text(&outcome["message"])
+        );
+    }
+    let report = outcome["report"].clone();
     let bad = report["bad"].as_array().cloned().unwrap_or_default();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),

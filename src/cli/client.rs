@@ -181,6 +181,60 @@ impl Client {
     }
 }
 
+impl Client {
+    /// POSTs a request whose answer is NDJSON lines (a long job's progress, then its
+    /// outcome) and calls `line` with each. The wait is bounded between lines, not for the
+    /// whole answer, so a job of any length is followed to its end. Only for requests that
+    /// change nothing (tried on the next manager when one cannot be reached or has no
+    /// leader).
+    pub fn post_lines(
+        &self,
+        path: &str,
+        body: Value,
+        mut line: impl FnMut(Value),
+    ) -> anyhow::Result<()> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(10))
+            .timeout_read(TRY_TIMEOUT)
+            .build();
+        let mut last = None;
+        for api in &self.apis {
+            let result = agent
+                .post(&format!("{api}{path}"))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .send_json(body.clone());
+            match result {
+                Ok(response) => {
+                    let reader = std::io::BufReader::new(response.into_reader());
+                    for text in std::io::BufRead::lines(reader) {
+                        let text = text.with_context(|| format!("reading the answer of {api}"))?;
+                        if !text.trim().is_empty() {
+                            line(serde_json::from_str(&text).with_context(|| {
+                                format!("{api} answered a line that is not JSON: {text}")
+                            })?);
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(ureq::Error::Status(status, response)) => {
+                    let body = read_body(response).unwrap_or(Value::Null);
+                    let message = body["message"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| body.to_string());
+                    let failure = anyhow::Error::new(Failure { status, message });
+                    if status != 503 && status != 504 {
+                        return Err(failure);
+                    }
+                    last = Some(failure);
+                }
+                Err(err) => last = Some(anyhow::anyhow!("{api}: {err}")),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no manager API configured")))
+    }
+}
+
 /// A fresh idempotency key: 128 random bits in hex.
 fn random_key() -> anyhow::Result<String> {
     let mut bytes = [0u8; 16];

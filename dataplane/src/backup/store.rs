@@ -563,11 +563,25 @@ impl Store {
         name: &str,
         concurrency: usize,
     ) -> Result<Vec<BadBlock>, BackupError> {
+        self.verify_counting(volume, name, concurrency, &AtomicU64::new(0))
+            .await
+    }
+
+    /// As [`Store::verify`], counting the blocks checked so far in `checked` (for progress).
+    pub async fn verify_counting(
+        &self,
+        volume: &str,
+        name: &str,
+        concurrency: usize,
+        checked: &AtomicU64,
+    ) -> Result<Vec<BadBlock>, BackupError> {
         let m = self.get_manifest(volume, name).await?;
         let results: Vec<Result<Option<BadBlock>, BackupError>> =
             futures::stream::iter(m.blocks.iter().cloned())
                 .map(|(offset, hash)| async move {
-                    Ok(match self.get_block(&hash).await? {
+                    let block = self.get_block(&hash).await?;
+                    checked.fetch_add(1, Ordering::Relaxed);
+                    Ok(match block {
                         Ok(_) => None,
                         Err(reason) => Some(BadBlock {
                             offset,
