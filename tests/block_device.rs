@@ -321,12 +321,27 @@ fn engine_killed_under_fio_is_restarted_behind_the_same_device() {
 
 #[test]
 fn engine_killed_under_a_file_writer_loses_no_fsynced_file() {
+    engine_lost_under_a_file_writer(false);
+}
+
+#[test]
+fn engine_hung_under_a_file_writer_is_replaced_and_loses_no_fsynced_file() {
+    engine_lost_under_a_file_writer(true);
+}
+
+/// A writer creates files on ext4 over the fuse device and fsyncs each one; the engine is
+/// SIGKILLed while it runs (or, with `hang`, SIGSTOPped: the agent sees it stop answering,
+/// kills it and starts another). The writer sees no error, and after unmount, detach and
+/// attach on another node every file it fsynced reads back with its checksum.
+fn engine_lost_under_a_file_writer(hang: bool) {
     // At most this many files of 1 MiB fit the volume's filesystem with room to spare.
     const MAX_FILES: u32 = 180;
-    // A writer creates files on ext4 over the fuse device and fsyncs each one; the engine
-    // is SIGKILLed while it runs. The writer sees no error, and after unmount, detach and
-    // attach on another node every file it fsynced reads back with its checksum.
-    let cluster = DevCluster::up();
+    // A hung engine is replaced after 3 s without an answer here (20 s by default).
+    let cluster = if hang {
+        DevCluster::up_with_env(&[("SHORTHORN_ENGINE_HANG_SECS", "3")])
+    } else {
+        DevCluster::up()
+    };
     cluster.create_volume("db", 256, 3, &[]);
     let device = attach_device(&cluster, "db", "node-1", "fuse");
     run("mkfs.ext4", &["-q", "-F", &device]);
@@ -374,9 +389,30 @@ fn engine_killed_under_a_file_writer_loses_no_fsynced_file() {
     let epoch = cluster.json(&["volume", "get", "db"])["epoch"]
         .as_u64()
         .expect("epoch");
-    kill(engine_pid(&cluster, 1, "db"));
+    let pid = engine_pid(&cluster, 1, "db");
+    if hang {
+        let _ = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+    } else {
+        kill(pid);
+    }
     let volume = wait_restarted(&cluster, epoch);
     assert_eq!(volume["attachment"]["device"], device.as_str(), "{volume}");
+    assert_ne!(engine_pid(&cluster, 1, "db"), pid, "a new engine process");
+    if hang {
+        let log = std::fs::read_to_string(cluster.dir().join("m1/manager.log")).unwrap_or_default();
+        assert!(
+            log.contains("the engine has not answered"),
+            "restarted without the hang being seen"
+        );
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|stat| stat.contains(") Z ")),
+            "the hung engine {pid} is still there"
+        );
+    }
     let after = written.load(Ordering::SeqCst);
     wait_written(after + 8, "after the restart");
     stop.store(true, Ordering::SeqCst);

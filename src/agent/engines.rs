@@ -20,10 +20,18 @@ impl Agent {
     pub(super) async fn converge_engines(&mut self, view: &NodeView) {
         for (volume, replicas) in &view.attached {
             let epoch = volume.epoch;
+            // An engine that stopped answering (hung, SIGSTOPped) is killed and handled as
+            // one that died: a new engine under a new epoch, behind the same device.
+            let hung = self.engine_hung(&volume.name);
             // An engine of an older epoch is fenced by its replicas; stop it.
             if let Some(proc) = self.engines.get_mut(&volume.name)
-                && (proc.record.epoch != epoch.0 || !proc.alive())
+                && (proc.record.epoch != epoch.0 || !proc.alive() || hung)
             {
+                self.engine_silence.remove(&volume.name);
+                if hung {
+                    tracing::warn!(volume = %volume.name, pid = proc.record.pid, "the engine has not answered for {} s: killing it", engine_hang_timeout().as_secs());
+                    crate::process::signal(proc.record.pid, libc::SIGKILL);
+                }
                 let mut proc = self.engines.remove(&volume.name).expect("present");
                 let died = proc.record.epoch == epoch.0;
                 proc.stop();
@@ -82,7 +90,7 @@ impl Agent {
                             Ok(Some(ready)) => device = Some(ready),
                             Ok(None) => {
                                 // Being set up: report at a later tick.
-                                self.watch_engine(volume, replicas, view).await;
+                                self.watch_and_time(volume, replicas, view).await;
                                 continue;
                             }
                             Err(err) => {
@@ -92,7 +100,7 @@ impl Agent {
                                     .as_ref()
                                     .is_some_and(|a| a.error.as_deref() == Some(reason.as_str()));
                                 if known || volume.state != VolumeState::Attaching {
-                                    self.watch_engine(volume, replicas, view).await;
+                                    self.watch_and_time(volume, replicas, view).await;
                                     continue;
                                 }
                                 tracing::warn!(volume = %volume.name, "setting up the block device: {reason}");
@@ -104,7 +112,7 @@ impl Agent {
                                 if let Err(err) = self.propose(request).await {
                                     tracing::warn!(volume = %volume.name, "reporting the device failure: {err}");
                                 }
-                                self.watch_engine(volume, replicas, view).await;
+                                self.watch_and_time(volume, replicas, view).await;
                                 continue;
                             }
                         }
@@ -129,7 +137,7 @@ impl Agent {
                             tracing::warn!(volume = %volume.name, "reporting the engine: {err}");
                         }
                     }
-                    self.watch_engine(volume, replicas, view).await;
+                    self.watch_and_time(volume, replicas, view).await;
                 }
                 VolumeState::Detaching => {
                     // The device first: it sends its last flush to the engine. One that
@@ -171,6 +179,8 @@ impl Agent {
             self.stop_device(&volume, true);
         }
         self.last_nbd.retain(|v, _| wanted.contains(&v.as_str()));
+        self.engine_silence
+            .retain(|v, _| wanted.contains(&v.as_str()));
         self.engine_deaths
             .retain(|v, _| wanted.contains(&v.as_str()));
         for volume in gone {
@@ -276,10 +286,34 @@ impl Agent {
 
     /// Reads the engine's replica list: reports replicas it dropped, adds write-only
     /// replicas for rebuild, and reports finished rebuilds.
-    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica], view: &NodeView) {
+    /// [`Agent::watch_engine`], timing how long the engine has not answered.
+    async fn watch_and_time(&mut self, volume: &Volume, replicas: &[Replica], view: &NodeView) {
+        if self.watch_engine(volume, replicas, view).await {
+            self.engine_silence.remove(&volume.name);
+        } else {
+            let silence = self
+                .engine_silence
+                .entry(volume.name.clone())
+                .or_insert((Instant::now(), 0));
+            silence.1 += 1;
+        }
+    }
+
+    /// Whether `volume`'s engine has failed every probe for [`engine_hang_timeout`].
+    fn engine_hung(&self, volume: &str) -> bool {
+        self.engine_silence
+            .get(volume)
+            .is_some_and(|(since, probes)| {
+                *probes >= HUNG_PROBES && since.elapsed() >= engine_hang_timeout()
+            })
+    }
+
+    /// Reports what the engine says of its replicas and carries out the volume's work on
+    /// it; whether the engine answered (no engine here counts as answered).
+    async fn watch_engine(&self, volume: &Volume, replicas: &[Replica], view: &NodeView) -> bool {
         let scrub_every = view.scrub_interval_secs;
         let Some(proc) = self.engines.get(&volume.name) else {
-            return;
+            return true;
         };
         let connect = async {
             let address = proc
@@ -296,7 +330,7 @@ impl Agent {
             .map_err(|e| e.to_string())
         };
         let Ok(client) = proc.control.get_or_try_init(|| connect).await else {
-            return;
+            return false;
         };
         let mut client = client.clone();
         let Ok(Ok(list)) = tokio::time::timeout(
@@ -305,7 +339,7 @@ impl Agent {
         )
         .await
         else {
-            return;
+            return false;
         };
         let seen = list.into_inner().replicas;
         let find = |addr: &str| {
@@ -413,6 +447,7 @@ impl Agent {
                 .await;
             self.scrub_when_due(volume, &client, scrub_every);
         }
+        true
     }
 
     /// Starts a scrub of the volume when `scrubInterval` seconds passed since the last one
@@ -499,6 +534,19 @@ impl Deaths {
 /// Grows the engine (and through it every replica) when the log says the volume is larger
 /// than the engine serves; returns whether it did. A volume expanded while detached grows
 /// when its engine starts.
+/// Probes in a row an engine must fail, over [`engine_hang_timeout`], to be taken for hung.
+const HUNG_PROBES: u32 = 5;
+
+/// How long an engine may go without answering its control probes (2 s each, every
+/// agent tick) before the agent kills it and starts a new one behind the same device:
+/// 20 s, or `SHORTHORN_ENGINE_HANG_SECS` (tests).
+fn engine_hang_timeout() -> Duration {
+    std::env::var("SHORTHORN_ENGINE_HANG_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(20), Duration::from_secs)
+}
+
 async fn grow_engine(volume: &Volume, client: &mut EngineClient) -> bool {
     let Ok(stats) = client.stats(shorthorn_dataplane::proto::Empty {}).await else {
         return false;

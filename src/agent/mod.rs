@@ -83,6 +83,8 @@ pub struct Agent {
     last_nbd: BTreeMap<String, String>,
     /// Engine deaths in a row per volume, to back off a crashing engine.
     engine_deaths: BTreeMap<String, engines::Deaths>,
+    /// Since when, and for how many probes in a row, each engine has not answered.
+    engine_silence: BTreeMap<String, (Instant, u32)>,
     /// When this agent first saw each volume attaching here.
     attach_seen: BTreeMap<String, Instant>,
     /// Orphaned replica directories already reported.
@@ -113,6 +115,7 @@ impl Agent {
             devices: BTreeMap::new(),
             last_nbd: BTreeMap::new(),
             engine_deaths: BTreeMap::new(),
+            engine_silence: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
             orphans_reported: Default::default(),
             scrubbed: Default::default(),
