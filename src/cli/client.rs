@@ -148,12 +148,7 @@ impl Client {
                 match result {
                     Ok(response) => return read_body(response),
                     Err(ureq::Error::Status(status, response)) => {
-                        let body = read_body(response).unwrap_or(Value::Null);
-                        let message = body["message"]
-                            .as_str()
-                            .map(str::to_string)
-                            .unwrap_or_else(|| body.to_string());
-                        let failure = Failure { status, message };
+                        let failure = Failure::of(status, response);
                         let retry = if write {
                             status >= 500
                         } else {
@@ -217,12 +212,7 @@ impl Client {
                     return Ok(());
                 }
                 Err(ureq::Error::Status(status, response)) => {
-                    let body = read_body(response).unwrap_or(Value::Null);
-                    let message = body["message"]
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| body.to_string());
-                    let failure = anyhow::Error::new(Failure { status, message });
+                    let failure = anyhow::Error::new(Failure::of(status, response));
                     if status != 503 && status != 504 {
                         return Err(failure);
                     }
@@ -249,6 +239,18 @@ fn random_key() -> anyhow::Result<String> {
 pub struct Failure {
     pub status: u16,
     pub message: String,
+}
+
+impl Failure {
+    /// An error answer: its status and the `message` of its body (or the whole body).
+    fn of(status: u16, response: ureq::Response) -> Failure {
+        let body = read_body(response).unwrap_or(Value::Null);
+        let message = body["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| body.to_string());
+        Failure { status, message }
+    }
 }
 
 impl std::fmt::Display for Failure {
