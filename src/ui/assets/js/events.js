@@ -1,0 +1,240 @@
+// Following the log: `/v1/events` is a server-sent event stream, but the browser's
+// EventSource cannot send the Authorization header, so the stream is read with fetch and a
+// ReadableStream and parsed here. After a disconnect it resumes from the last log index
+// seen plus one (`?from=`), so no event is missed or seen twice. Each event is turned into
+// the topics it touches ("volumes", "volume:db", "nodes", ...); the page refreshes what
+// it shows of those, debounced by the app.
+
+import { authHeaders } from './api.js';
+
+/** The newest events (not heartbeats), oldest first, for the dashboard and volume pages. */
+export const recent = [];
+const KEEP = 400;
+
+const listeners = new Set();
+const statusListeners = new Set();
+let controller = null;
+let lastIndex = null;
+let running = false;
+/** The stream said it cannot serve from where we asked (events trimmed): start from now. */
+let restartFromNow = false;
+/** Nodes known to be down: their next heartbeat means they are up again. */
+const downNodes = new Set();
+
+/** `fn(event, topics)` for every event from now on; returns the unsubscribe. */
+export function onEvent(fn) {
+  listeners.add(fn);
+  return () => listeners.delete(fn);
+}
+
+/** `fn(state)` with 'connecting', 'live' or 'reconnecting'. */
+export function onStatus(fn) {
+  statusListeners.add(fn);
+  return () => statusListeners.delete(fn);
+}
+
+function setStatus(state) {
+  for (const fn of statusListeners) fn(state);
+}
+
+/** Which nodes are down now, from a node listing (so a heartbeat after it counts). */
+export function noteNodes(nodes) {
+  downNodes.clear();
+  for (const node of nodes) if (!node.ready) downNodes.add(node.id);
+}
+
+/** The volume a replica id (`{volume}-r{seq}`) belongs to. */
+export function volumeOfReplica(id) {
+  return String(id).replace(/-r\d+$/, '');
+}
+
+/** The volume an event is about, if any. */
+export function volumeOf(event) {
+  if (event.volume && typeof event.volume === 'object') return event.volume.name;
+  if (typeof event.volume === 'string') return event.volume;
+  if (event.replica) return event.replica.volume;
+  if (event.snapshot) return event.snapshot.volume;
+  if (event.backup) return event.backup.volume;
+  if (event.type.startsWith('Replica') && event.id) return volumeOfReplica(event.id);
+  if (event.type.startsWith('RecurringJob')) return null;
+  if (/^(Volume|Engine|Device|Restore|Standby)/.test(event.type)) return event.name;
+  return null;
+}
+
+/** The topics an event touches. */
+export function topicsOf(event) {
+  const topics = new Set();
+  const type = event.type;
+  const volume = volumeOf(event);
+  if (volume) {
+    topics.add('volumes');
+    topics.add(`volume:${volume}`);
+  }
+  if (type.startsWith('Replica') || type === 'SchedulingFailed') topics.add('replicas');
+  if (type.startsWith('Node') || type.startsWith('Disk')) {
+    if (type === 'NodeHeartbeat') {
+      if (downNodes.has(event.id)) {
+        downNodes.delete(event.id);
+        topics.add('nodes');
+      }
+    } else {
+      topics.add('nodes');
+    }
+    if (type === 'NodeDown') downNodes.add(event.id);
+  }
+  // Placements move disk usage.
+  if (type === 'ReplicaScheduled' || type === 'ReplicaRemoved') topics.add('nodes');
+  if (type === 'SettingChanged') topics.add('settings');
+  if (type.startsWith('Backup')) topics.add('backups');
+  if (type === 'BackupVolumesSynced' || type.startsWith('Standby') || type.startsWith('VolumeActivat')) {
+    topics.add('backupvolumes');
+  }
+  if (type.startsWith('RecurringJob')) topics.add('jobs');
+  if (type.startsWith('Snapshot') || type.startsWith('Revert')) topics.add('snapshots');
+  return topics;
+}
+
+/** Starts following from log index `from` (idempotent). */
+export function start(from) {
+  if (running) return;
+  running = true;
+  lastIndex = from > 0 ? from - 1 : null;
+  follow();
+}
+
+/** Stops following (at sign-out). */
+export function stop() {
+  running = false;
+  if (controller) controller.abort();
+  controller = null;
+  recent.length = 0;
+}
+
+async function follow() {
+  let delay = 500;
+  while (running) {
+    setStatus(lastIndex === null ? 'connecting' : 'reconnecting');
+    controller = new AbortController();
+    if (restartFromNow) {
+      restartFromNow = false;
+      try {
+        const status = await fetch('/v1/cluster', { headers: authHeaders(), cache: 'no-store' });
+        if (status.ok) lastIndex = (await status.json()).applied ?? lastIndex;
+      } catch {
+        // Tried again after the pause below.
+      }
+    }
+    const from = lastIndex === null ? 0 : lastIndex + 1;
+    try {
+      const response = await fetch(`/v1/events?from=${from}`, {
+        headers: authHeaders({ Accept: 'text/event-stream' }),
+        signal: controller.signal,
+        cache: 'no-store',
+      });
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      setStatus('live');
+      delay = 500;
+      await read(response.body);
+    } catch (err) {
+      if (!running) return;
+    }
+    if (!running) return;
+    // The manager went away or closed the stream: resume after a pause.
+    setStatus('reconnecting');
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 5000);
+  }
+}
+
+/** Reads one stream to its end, dispatching each complete event. */
+async function read(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  let message = { id: null, event: 'message', data: [] };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let newline;
+    while ((newline = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      const line = buffer.slice(0, newline);
+      buffer = buffer.slice(newline + (buffer.startsWith('\r\n', newline) ? 2 : 1));
+      if (line === '') {
+        if (message.data.length) dispatch(message);
+        message = { id: null, event: 'message', data: [] };
+        continue;
+      }
+      if (line.startsWith(':')) continue; // keep-alive comment
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let text = colon < 0 ? '' : line.slice(colon + 1);
+      if (text.startsWith(' ')) text = text.slice(1);
+      if (field === 'id') message.id = text;
+      else if (field === 'event') message.event = text;
+      else if (field === 'data') message.data.push(text);
+    }
+  }
+}
+
+function dispatch(message) {
+  const index = Number(message.id);
+  if (Number.isFinite(index) && message.id !== null) {
+    if (lastIndex !== null && index <= lastIndex) return; // seen before a reconnect
+    lastIndex = index;
+  }
+  if (message.event === 'error') {
+    // The stream ends after it; the next connection starts from the newest entry.
+    restartFromNow = true;
+    return;
+  }
+  if (message.event !== 'event') return;
+  let event;
+  try {
+    event = JSON.parse(message.data.join('\n'));
+  } catch {
+    return;
+  }
+  event.index = index;
+  const topics = topicsOf(event);
+  if (event.type !== 'NodeHeartbeat') {
+    recent.push(event);
+    if (recent.length > KEEP) recent.splice(0, recent.length - KEEP);
+  }
+  for (const fn of listeners) fn(event, topics);
+}
+
+/** A line of words for an event: what happened, to what, and why. */
+export function describe(event) {
+  const e = event;
+  const subject = volumeOf(e) || e.id || e.name || e.node?.id || e.job?.spec?.name || e.key || '';
+  const parts = [];
+  const words = {
+    NodeRegistered: `node ${e.node?.id} registered`,
+    NodeDown: `node ${e.id} is down`,
+    NodeSchedulingChanged: `node ${e.id}: scheduling ${e.schedulable ? 'on' : 'off'}`,
+    DiskSchedulingChanged: `disk ${e.node}/${e.disk}: scheduling ${e.schedulable ? 'on' : 'off'}`,
+    VolumeCreated: `volume ${subject} created`,
+    VolumeAttaching: `volume ${subject} attaching on ${e.node}${e.internal ? ' (internal)' : ''}`,
+    VolumeAttached: `volume ${subject} attached at ${e.endpoint}`,
+    VolumeDetached: `volume ${subject} detached`,
+    VolumeDeleted: `volume ${subject} deleted`,
+    VolumeExpanded: `volume ${subject} expanded`,
+    ReplicaScheduled: `replica ${e.replica?.id} placed on ${e.replica?.node}/${e.replica?.disk}`,
+    ReplicaFailed: `replica ${e.id} failed`,
+    ReplicaRebuilding: `replica ${e.id} rebuilding`,
+    ReplicaHealthy: `replica ${e.id} healthy`,
+    ReplicaRemoved: `replica ${e.id} removed`,
+    SettingChanged: `setting ${e.key} = ${e.value}`,
+    SnapshotTaken: `snapshot ${e.volume}/${e.name} taken`,
+    SnapshotReverted: `volume ${e.volume} reverted to ${e.name}`,
+    SnapshotDeleted: `snapshot ${e.volume}/${e.name} deleted`,
+    BackupCompleted: `backup ${e.name} of ${e.volume} completed`,
+    RestoreCompleted: `volume ${e.name} restored`,
+    VolumeActivated: `volume ${e.name} activated`,
+    RecurringJobCreated: `recurring job ${e.job?.spec?.name} created`,
+    RecurringJobDeleted: `recurring job ${e.name} deleted`,
+  };
+  parts.push(words[e.type] || `${e.type}${subject ? ` ${subject}` : ''}`);
+  if (e.reason) parts.push(`: ${e.reason}`);
+  return parts.join('');
+}
