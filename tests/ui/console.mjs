@@ -108,7 +108,6 @@ try {
     await dialog({ name: 'web', size: '2Gi', replicas: 3 }, 'Create');
     await dialogClosed();
     const row = 'tr[data-volume="web"]';
-    await expectText(`${row} td.state`, /detached/);
     await expectText(`${row} td.robustness`, /healthy/);
     await page.locator(row).getByRole('button', { name: 'Attach' }).click();
     await dialog({ node: 'node-1' }, 'Attach');
@@ -193,7 +192,7 @@ try {
     await dialogClosed();
     const row = 'tr[data-volume="web-dr"]';
     await expectText(`${row} td.status`, /standby/);
-    await expectText(row, /backup-[0-9a-f]+/, 60_000);
+    await expectText(`${row} td.restored`, /backup-[0-9a-f]+/, 60_000);
     await screenshot('backups-standby');
     await page.locator(row).getByRole('button', { name: 'Activate' }).click();
     await expectText(`${row} td.status`, /activated/, 60_000);

@@ -16,6 +16,8 @@ const statusListeners = new Set();
 let controller = null;
 let lastIndex = null;
 let running = false;
+/** Which start() a follow loop belongs to: a loop of an earlier session ends. */
+let generation = 0;
 /** The stream said it cannot serve from where we asked (events trimmed): start from now. */
 let restartFromNow = false;
 /** Nodes known to be down: their next heartbeat means they are up again. */
@@ -99,7 +101,8 @@ export function start(from) {
   if (running) return;
   running = true;
   lastIndex = from > 0 ? from - 1 : null;
-  follow();
+  generation += 1;
+  follow(generation);
 }
 
 /** Stops following (at sign-out). */
@@ -110,10 +113,12 @@ export function stop() {
   recent.length = 0;
 }
 
-async function follow() {
+async function follow(mine) {
   let delay = 500;
-  while (running) {
-    setStatus(lastIndex === null ? 'connecting' : 'reconnecting');
+  let wasLive = false;
+  const on = () => running && mine === generation;
+  while (on()) {
+    setStatus(wasLive ? 'reconnecting' : 'connecting');
     controller = new AbortController();
     if (restartFromNow) {
       restartFromNow = false;
@@ -133,12 +138,13 @@ async function follow() {
       });
       if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
       setStatus('live');
+      wasLive = true;
       delay = 500;
       await read(response.body);
-    } catch (err) {
-      if (!running) return;
+    } catch {
+      // Ended below, or tried again.
     }
-    if (!running) return;
+    if (!on()) return;
     // The manager went away or closed the stream: resume after a pause.
     setStatus('reconnecting');
     await new Promise((resolve) => setTimeout(resolve, delay));
@@ -179,7 +185,8 @@ async function read(body) {
 function dispatch(message) {
   const index = Number(message.id);
   if (Number.isFinite(index) && message.id !== null) {
-    if (lastIndex !== null && index <= lastIndex) return; // seen before a reconnect
+    // One log entry's events share its index; an older index was seen before a reconnect.
+    if (lastIndex !== null && index < lastIndex) return;
     lastIndex = index;
   }
   if (message.event === 'error') {

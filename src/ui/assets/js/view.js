@@ -65,6 +65,11 @@ export function badge(state, text) {
   return h('span', { class: `badge ${tone}`, data: { state: String(state) } }, text ?? String(state));
 }
 
+/** A small square in a state's colour, for legends. */
+export function swatch(state) {
+  return h('span', { class: `sw ${TONES[state] || 'idle'}` });
+}
+
 /** A bar of segments `[{ value, class }]` out of `total`. */
 export function bar(total, segments, title) {
   return h('div', { class: 'bar', title },

@@ -149,7 +149,7 @@ export function mount(root, _params, ctx) {
         h('td', {}, h('a', { href: `#/volumes/${api.seg(v.name)}` }, v.name)),
         h('td', {}, h('code', {}, d.backupVolume || v.restore?.url || '')),
         h('td', { class: 'status' }, status),
-        h('td', {}, d.lastRestored || h('span', { class: 'muted' }, 'none yet')),
+        h('td', { class: 'restored' }, d.lastRestored || h('span', { class: 'muted' }, 'none yet')),
         h('td', { class: 'small' }, d.error ? h('span', { class: 'error-text' }, d.error) : (d.activationNote || '')),
         h('td', { class: 'actions' }, button));
     });

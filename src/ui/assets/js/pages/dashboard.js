@@ -4,7 +4,7 @@
 import * as api from '../api.js';
 import * as events from '../events.js';
 import * as fmt from '../format.js';
-import { h, fill, badge, bar, panel, table, pageHead } from '../view.js';
+import { h, fill, swatch, bar, panel, table, pageHead } from '../view.js';
 
 const STATES = ['attached', 'detached', 'creating', 'attaching', 'detaching', 'deleting'];
 const ROBUSTNESS = ['healthy', 'degraded', 'faulted'];
@@ -41,11 +41,11 @@ function volumesCard(volumes) {
     h('div', { class: 'big', id: 'volume-count' }, String(volumes.length)),
     h('h3', {}, 'Robustness'),
     h('div', { class: 'legend', id: 'volumes-by-robustness' },
-      ROBUSTNESS.map((r) => legendRow(r, byRobustness[r] || 0, badge(r, ' ')))),
+      ROBUSTNESS.map((r) => legendRow(r, byRobustness[r] || 0, swatch(r)))),
     h('h3', {}, 'State'),
     h('div', { class: 'legend', id: 'volumes-by-state' },
       STATES.filter((s) => byState[s] || s === 'attached' || s === 'detached')
-        .map((s) => legendRow(s, byState[s] || 0, badge(s, ' ')))),
+        .map((s) => legendRow(s, byState[s] || 0, swatch(s)))),
   ], h('a', { href: '#/volumes', class: 'small' }, 'all volumes'));
 }
 
@@ -79,7 +79,7 @@ function storageCard(nodes) {
       legendRow('Reserved', fmt.bytes(reserved), h('span', { class: 'sw reserved' })),
       legendRow('Used', fmt.bytes(used), h('span', { class: 'sw used' })),
       legendRow('Disabled', fmt.bytes(disabled), h('span', { class: 'sw disabled' })),
-      legendRow('Scheduled to replicas', fmt.bytes(scheduled), h('span', { class: 'sw' }))),
+      legendRow('Scheduled to replicas', fmt.bytes(scheduled), h('span', { class: 'sw scheduled' }))),
   ]);
 }
 
@@ -89,9 +89,9 @@ function nodesCard(nodes) {
   return panel('Nodes', [
     h('div', { class: 'big' }, String(nodes.length)),
     h('div', { class: 'legend', id: 'nodes-summary' },
-      legendRow('up', up, badge('up', ' ')),
-      legendRow('down', nodes.length - up, badge('down', ' ')),
-      legendRow('scheduling off', unschedulable, badge('off', ' '))),
+      legendRow('up', up, swatch('up')),
+      legendRow('down', nodes.length - up, swatch('down')),
+      legendRow('scheduling off', unschedulable, swatch('off'))),
   ], h('a', { href: '#/nodes', class: 'small' }, 'nodes and disks'));
 }
 

@@ -93,7 +93,7 @@ export function mount(root, [name], ctx) {
     } else if (attached) {
       buttons.push(h('button', { type: 'button', disabled: v.attachment?.internal, onclick: async (e) => { await detach([name], e.target); again(); } }, 'Detach'));
     } else {
-      buttons.push(h('button', { type: 'button', disabled: v.state !== 'detached', onclick: async () => { if (await attachDialog([name])) again(); } }, 'Attach'));
+      buttons.push(h('button', { type: 'button', disabled: !['detached', 'creating'].includes(v.state), onclick: async () => { if (await attachDialog([name])) again(); } }, 'Attach'));
     }
     buttons.push(
       h('button', { type: 'button', id: 'take-snapshot', disabled: v.standby, onclick: takeSnapshot }, 'Take snapshot'),

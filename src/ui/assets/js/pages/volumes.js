@@ -169,7 +169,7 @@ export function mount(root) {
       const attached = v.state === 'attached' || v.state === 'attaching';
       const toggle = attached
         ? h('button', { type: 'button', class: 'small', onclick: async (e) => { await detach([v.name], e.target); again(); } }, 'Detach')
-        : h('button', { type: 'button', class: 'small', disabled: v.standby || v.state !== 'detached',
+        : h('button', { type: 'button', class: 'small', disabled: v.standby || !['detached', 'creating'].includes(v.state),
           onclick: async () => { if (await attachDialog([v.name])) again(); } }, 'Attach');
       return h('tr', { data: { volume: v.name } },
         h('td', {}, box),
