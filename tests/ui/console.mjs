@@ -105,7 +105,9 @@ try {
   await step('create a volume and see it healthy', async () => {
     await go('/volumes');
     await page.click('#create-volume');
-    await dialog({ name: 'web', size: '2Gi', replicas: 3 }, 'Create');
+    // Large and sparse: a rebuild compares every chunk, holes too (about 13 GiB/s here),
+    // so its progress shows for a few seconds; backups and restores read only data.
+    await dialog({ name: 'web', size: '48Gi', replicas: 3 }, 'Create');
     await dialogClosed();
     const row = 'tr[data-volume="web"]';
     await expectText(`${row} td.robustness`, /healthy/);

@@ -57,9 +57,9 @@ export function volumeOf(event) {
   if (event.replica) return event.replica.volume;
   if (event.snapshot) return event.snapshot.volume;
   if (event.backup) return event.backup.volume;
-  if (event.type.startsWith('Replica') && event.id) return volumeOfReplica(event.id);
-  if (event.type.startsWith('RecurringJob')) return null;
-  if (/^(Volume|Engine|Device|Restore|Standby)/.test(event.type)) return event.name;
+  if (event.type.startsWith('replica') && event.id) return volumeOfReplica(event.id);
+  if (event.type.startsWith('recurringJob')) return null;
+  if (/^(volume|engine|device|restore|standby)/.test(event.type)) return event.name;
   return null;
 }
 
@@ -72,9 +72,9 @@ export function topicsOf(event) {
     topics.add('volumes');
     topics.add(`volume:${volume}`);
   }
-  if (type.startsWith('Replica') || type === 'SchedulingFailed') topics.add('replicas');
-  if (type.startsWith('Node') || type.startsWith('Disk')) {
-    if (type === 'NodeHeartbeat') {
+  if (type.startsWith('replica') || type === 'schedulingFailed') topics.add('replicas');
+  if (type.startsWith('node') || type.startsWith('disk')) {
+    if (type === 'nodeHeartbeat') {
       if (downNodes.has(event.id)) {
         downNodes.delete(event.id);
         topics.add('nodes');
@@ -82,17 +82,17 @@ export function topicsOf(event) {
     } else {
       topics.add('nodes');
     }
-    if (type === 'NodeDown') downNodes.add(event.id);
+    if (type === 'nodeDown') downNodes.add(event.id);
   }
   // Placements move disk usage.
-  if (type === 'ReplicaScheduled' || type === 'ReplicaRemoved') topics.add('nodes');
-  if (type === 'SettingChanged') topics.add('settings');
-  if (type.startsWith('Backup')) topics.add('backups');
-  if (type === 'BackupVolumesSynced' || type.startsWith('Standby') || type.startsWith('VolumeActivat')) {
+  if (type === 'replicaScheduled' || type === 'replicaRemoved') topics.add('nodes');
+  if (type === 'settingChanged') topics.add('settings');
+  if (type.startsWith('backup')) topics.add('backups');
+  if (type === 'backupVolumesSynced' || type.startsWith('standby') || type.startsWith('volumeActivat')) {
     topics.add('backupvolumes');
   }
-  if (type.startsWith('RecurringJob')) topics.add('jobs');
-  if (type.startsWith('Snapshot') || type.startsWith('Revert')) topics.add('snapshots');
+  if (type.startsWith('recurringJob')) topics.add('jobs');
+  if (type.startsWith('snapshot') || type.startsWith('revert')) topics.add('snapshots');
   return topics;
 }
 
@@ -203,7 +203,7 @@ function dispatch(message) {
   }
   event.index = index;
   const topics = topicsOf(event);
-  if (event.type !== 'NodeHeartbeat') {
+  if (event.type !== 'nodeHeartbeat') {
     recent.push(event);
     if (recent.length > KEEP) recent.splice(0, recent.length - KEEP);
   }
@@ -216,30 +216,30 @@ export function describe(event) {
   const subject = volumeOf(e) || e.id || e.name || e.node?.id || e.job?.spec?.name || e.key || '';
   const parts = [];
   const words = {
-    NodeRegistered: `node ${e.node?.id} registered`,
-    NodeDown: `node ${e.id} is down`,
-    NodeSchedulingChanged: `node ${e.id}: scheduling ${e.schedulable ? 'on' : 'off'}`,
-    DiskSchedulingChanged: `disk ${e.node}/${e.disk}: scheduling ${e.schedulable ? 'on' : 'off'}`,
-    VolumeCreated: `volume ${subject} created`,
-    VolumeAttaching: `volume ${subject} attaching on ${e.node}${e.internal ? ' (internal)' : ''}`,
-    VolumeAttached: `volume ${subject} attached at ${e.endpoint}`,
-    VolumeDetached: `volume ${subject} detached`,
-    VolumeDeleted: `volume ${subject} deleted`,
-    VolumeExpanded: `volume ${subject} expanded`,
-    ReplicaScheduled: `replica ${e.replica?.id} placed on ${e.replica?.node}/${e.replica?.disk}`,
-    ReplicaFailed: `replica ${e.id} failed`,
-    ReplicaRebuilding: `replica ${e.id} rebuilding`,
-    ReplicaHealthy: `replica ${e.id} healthy`,
-    ReplicaRemoved: `replica ${e.id} removed`,
-    SettingChanged: `setting ${e.key} = ${e.value}`,
-    SnapshotTaken: `snapshot ${e.volume}/${e.name} taken`,
-    SnapshotReverted: `volume ${e.volume} reverted to ${e.name}`,
-    SnapshotDeleted: `snapshot ${e.volume}/${e.name} deleted`,
-    BackupCompleted: `backup ${e.name} of ${e.volume} completed`,
-    RestoreCompleted: `volume ${e.name} restored`,
-    VolumeActivated: `volume ${e.name} activated`,
-    RecurringJobCreated: `recurring job ${e.job?.spec?.name} created`,
-    RecurringJobDeleted: `recurring job ${e.name} deleted`,
+    nodeRegistered: `node ${e.node?.id} registered`,
+    nodeDown: `node ${e.id} is down`,
+    nodeSchedulingChanged: `node ${e.id}: scheduling ${e.schedulable ? 'on' : 'off'}`,
+    diskSchedulingChanged: `disk ${e.node}/${e.disk}: scheduling ${e.schedulable ? 'on' : 'off'}`,
+    volumeCreated: `volume ${subject} created`,
+    volumeAttaching: `volume ${subject} attaching on ${e.node}${e.internal ? ' (internal)' : ''}`,
+    volumeAttached: `volume ${subject} attached at ${e.endpoint}`,
+    volumeDetached: `volume ${subject} detached`,
+    volumeDeleted: `volume ${subject} deleted`,
+    volumeExpanded: `volume ${subject} expanded`,
+    replicaScheduled: `replica ${e.replica?.id} placed on ${e.replica?.node}/${e.replica?.disk}`,
+    replicaFailed: `replica ${e.id} failed`,
+    replicaRebuilding: `replica ${e.id} rebuilding`,
+    replicaHealthy: `replica ${e.id} healthy`,
+    replicaRemoved: `replica ${e.id} removed`,
+    settingChanged: `setting ${e.key} = ${e.value}`,
+    snapshotTaken: `snapshot ${e.volume}/${e.name} taken`,
+    snapshotReverted: `volume ${e.volume} reverted to ${e.name}`,
+    snapshotDeleted: `snapshot ${e.volume}/${e.name} deleted`,
+    backupCompleted: `backup ${e.name} of ${e.volume} completed`,
+    restoreCompleted: `volume ${e.name} restored`,
+    volumeActivated: `volume ${e.name} activated`,
+    recurringJobCreated: `recurring job ${e.job?.spec?.name} created`,
+    recurringJobDeleted: `recurring job ${e.name} deleted`,
   };
   parts.push(words[e.type] || `${e.type}${subject ? ` ${subject}` : ''}`);
   if (e.reason) parts.push(`: ${e.reason}`);

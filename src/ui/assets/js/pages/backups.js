@@ -8,7 +8,7 @@ import { h, fill, badge, table, panel, pageHead, formDialog, confirmDialog, toas
 import { activate } from './volumes.js';
 
 /** Events after which the target's listing may differ (it is read only then). */
-const TARGET_CHANGES = new Set(['BackupCompleted', 'BackupDeleted', 'BackupVolumesSynced']);
+const TARGET_CHANGES = new Set(['backupCompleted', 'backupDeleted', 'backupVolumesSynced']);
 
 async function defaultReplicas() {
   const setting = await api.get('/v1/settings/defaultReplicaCount').catch(() => ({ value: '3' }));
@@ -181,7 +181,7 @@ export function mount(root, _params, ctx) {
 
   return {
     topics: (t, event) => {
-      if (TARGET_CHANGES.has(event.type) || (event.type === 'SettingChanged' && event.key === 'backupTarget')) readTarget = true;
+      if (TARGET_CHANGES.has(event.type) || (event.type === 'settingChanged' && event.key === 'backupTarget')) readTarget = true;
       return t.has('backups') || t.has('backupvolumes') || t.has('volumes') || readTarget;
     },
     async refresh() {

@@ -10,7 +10,7 @@ import { h, fill, badge, table, panel, pageHead, formDialog, confirmDialog, act,
 import { attachDialog, detach, activate, expandDialog, replicasDialog, deleteDialog, note } from './volumes.js';
 
 /** How often the engine is asked for rebuild progress while a replica is rebuilt. */
-const REBUILD_POLL_MS = 1000;
+const REBUILD_POLL_MS = 500;
 
 function stamp() {
   const d = new Date();
