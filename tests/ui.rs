@@ -55,7 +55,10 @@ fn the_ui_is_served_without_the_token_while_the_api_still_needs_it() {
         let (status, headers, body) = fetch(&format!("{}/", cluster.api_of(n)), None);
         assert_eq!(status, 200, "manager {n}: {body}");
         assert_eq!(header(&headers, "content-type"), "text/html; charset=utf-8");
-        assert!(body.contains(r#"<script type="module" src="/ui/js/app.js">"#), "{body}");
+        assert!(
+            body.contains(r#"<script type="module" src="/ui/js/app.js">"#),
+            "{body}"
+        );
         let policy = header(&headers, "content-security-policy");
         assert!(policy.contains("default-src 'self'"), "{policy}");
         assert!(policy.contains("script-src 'self'"), "{policy}");
@@ -255,7 +258,8 @@ fn the_console_in_chromium_manages_a_dev_cluster() {
     let backups = tempfile::tempdir().expect("tempdir");
     // Kept after the test, for a person to look at; scripts/test empties the scratch
     // directory at its start.
-    let shots = std::env::temp_dir().join(format!("shorthorn-ui-screenshots-{}", std::process::id()));
+    let shots =
+        std::env::temp_dir().join(format!("shorthorn-ui-screenshots-{}", std::process::id()));
     std::fs::create_dir_all(&shots).expect("screenshot directory");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/console.mjs");
     let mut child = Command::new(node)
@@ -287,7 +291,9 @@ fn the_console_in_chromium_manages_a_dev_cluster() {
                 Ok(status) if status.success() => format!("done {pid}\n"),
                 other => format!("failed to kill {pid}: {other:?}\n"),
             };
-            stdin.write_all(answer.as_bytes()).expect("answers the script");
+            stdin
+                .write_all(answer.as_bytes())
+                .expect("answers the script");
         }
         said.push(line);
     }

@@ -167,10 +167,7 @@ mod tests {
         let etag = first.headers()[header::ETAG].clone();
         let mut again = HeaderMap::new();
         again.insert(header::IF_NONE_MATCH, etag);
-        assert_eq!(
-            serve("app.css", &again).status(),
-            StatusCode::NOT_MODIFIED
-        );
+        assert_eq!(serve("app.css", &again).status(), StatusCode::NOT_MODIFIED);
         assert_eq!(serve("nope.js", &again).status(), StatusCode::NOT_FOUND);
     }
 }

@@ -230,6 +230,19 @@ try {
     await expectText('#recent-events', /node node-2: scheduling on/);
     await screenshot('dashboard');
   });
+  await step('delete two volumes at once', async () => {
+    await go('/volumes');
+    for (const name of ['web-restored', 'web-dr']) {
+      await page.locator(`tr[data-volume="${name}"] input[type=checkbox]`).check();
+    }
+    await expectText('#selected-count', /2 selected/);
+    await page.locator('.toolbar').getByRole('button', { name: 'Delete' }).click();
+    await dialog({}, 'Delete');
+    await dialogClosed();
+    await page.locator('tr[data-volume="web-dr"]').waitFor({ state: 'detached', timeout: 60_000 });
+    await page.locator('tr[data-volume="web-restored"]').waitFor({ state: 'detached', timeout: 60_000 });
+    await expectText('tbody', /web/);
+  });
   console.log(`console test passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 } catch (err) {
   console.log(`FAILED: ${err.message}`);

@@ -122,7 +122,7 @@ export function toast(message, bad = false) {
   }
   const el = h('div', { class: bad ? 'toast bad' : 'toast' }, message);
   toastBox.appendChild(el);
-  setTimeout(() => el.remove(), bad ? 9000 : 5000);
+  setTimeout(() => el.remove(), bad ? 9000 : 4000);
 }
 
 /**

@@ -163,7 +163,8 @@ export function mount(root, [name], ctx) {
         h('td', { class: 'mode' }, badge(mode)),
         h('td', { class: 'rebuild' }, rebuild),
         h('td', {}, r.address ? h('code', {}, r.address) : h('span', { class: 'muted' }, 'not started')),
-        h('td', { class: 'small' }, r.failure || seen?.error || ''));
+        h('td', { class: mode === 'ERR' ? 'small error-text' : 'small muted' },
+          mode === 'ERR' ? (r.failure || seen?.error || '') : (r.failure ? `last failure: ${r.failure}` : '')));
     });
     return panel('Replicas', [
       engineError ? h('div', { class: 'muted small' }, `Engine: ${engineError}`) : null,
