@@ -244,7 +244,8 @@ fn the_console_in_chromium_manages_a_dev_cluster() {
     // and see it healthy, snapshot and revert, a replica SIGKILLed and its rebuild progress
     // shown until healthy, a file:// backup target, a bad setting's reason, a backup, its
     // restore into a new volume, a DR standby of its backup volume activated, a recurring
-    // job, node scheduling off and on; screenshots of each page.
+    // job, node scheduling off and on and tags, the event stream resumed after its manager
+    // restarted, two volumes deleted at once; screenshots of each page.
     let (chromium, node, playwright) = match browser_tools() {
         Ok(tools) => tools,
         Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("{why}"),
@@ -294,6 +295,19 @@ fn the_console_in_chromium_manages_a_dev_cluster() {
             stdin
                 .write_all(answer.as_bytes())
                 .expect("answers the script");
+        }
+        if let Some(job) = line.strip_prefix("need restart-manager-and-create-job ") {
+            cluster.restart_manager(1);
+            cluster.ok(&[
+                "job",
+                "create",
+                job.trim(),
+                "--task",
+                "snapshot",
+                "--cron",
+                "0 0 * * *",
+            ]);
+            stdin.write_all(b"done\n").expect("answers the script");
         }
         said.push(line);
     }

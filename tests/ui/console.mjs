@@ -7,7 +7,9 @@
 //   UI_SHOTS         where the screenshots go
 //   UI_BACKUP_TARGET a file:// backup target to set
 // Protocol with the test on stdout/stdin: "screenshot PATH" lines; "need kill-replica VOL"
-// asks the test to SIGKILL one replica process of VOL, which answers "done PID".
+// asks the test to SIGKILL one replica process of VOL ("done PID"); "need
+// restart-manager-and-create-job JOB" to SIGKILL and restart manager 1, then create a
+// recurring job JOB with the CLI ("done").
 
 import { createRequire } from 'node:module';
 import { createInterface } from 'node:readline';
@@ -220,6 +222,10 @@ try {
     await screenshot('nodes-scheduling-off');
     await page.locator(row).getByRole('button', { name: 'Enable scheduling' }).click();
     await expectText(`${row} td.scheduling`, /schedulable/);
+    await page.locator(row).getByRole('button', { name: 'Edit tags' }).click();
+    await dialog({ tags: 'ssd, fast' }, 'Save');
+    await dialogClosed();
+    await expectText(`${row} td.tags`, /fastssd/);
   });
 
   await step('dashboard', async () => {
@@ -230,6 +236,20 @@ try {
     await expectText('#recent-events', /node node-2: scheduling on/);
     await screenshot('dashboard');
   });
+  await step('the event stream resumes after its manager restarts', async () => {
+    // The test SIGKILLs the manager this page talks to, starts it again, and creates a job
+    // through the CLI: the page learns of it only from the resumed stream.
+    await go('/');
+    await expectText('.live', /live/);
+    const before = Number(await page.getAttribute('.live', 'data-connections'));
+    const answer = await ask('restart-manager-and-create-job after-restart');
+    if (!answer.startsWith('done')) throw new Error(`the test could not restart the manager: ${answer}`);
+    await expectText('#recent-events', /recurring job after-restart created/, 30_000);
+    await expectText('.live', /live/);
+    const after = Number(await page.getAttribute('.live', 'data-connections'));
+    if (!(after > before)) throw new Error(`the stream was not reconnected (connections ${before} then ${after})`);
+  });
+
   await step('delete two volumes at once', async () => {
     await go('/volumes');
     for (const name of ['web-restored', 'web-dr']) {

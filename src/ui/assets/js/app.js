@@ -76,6 +76,7 @@ function shell() {
   const dot = h('span', { class: 'dot' });
   const liveText = h('span', {}, 'connecting');
   const cluster = h('div', { class: 'muted', id: 'cluster-status' });
+  const live = h('div', { class: 'live', title: 'the event stream of /v1/events' }, dot, liveText);
   const signOut = h('button', { type: 'button', class: 'small' }, 'Sign out');
   signOut.addEventListener('click', () => {
     api.signOut();
@@ -88,10 +89,10 @@ function shell() {
       h('div', { class: 'brand' }, h('img', { src: '/ui/icon.svg', alt: '' }), 'Shorthorn'),
       nav,
       h('div', { class: 'side-foot' },
-        h('div', { class: 'live', title: 'the event stream of /v1/events' }, dot, liveText),
+        live,
         cluster, signOut)),
     main));
-  return { nav, main, dot, liveText, cluster };
+  return { nav, main, dot, liveText, live, cluster };
 }
 
 let frame = null;
@@ -99,9 +100,14 @@ let frame = null;
 function startSession(status) {
   frame = shell();
   showCluster(status);
+  let connections = 0;
   events.onStatus((state) => {
+    if (!frame) return;
+    if (state === 'live') connections += 1;
     frame.dot.className = `dot ${state === 'live' ? 'on' : 'off'}`;
     frame.liveText.textContent = state === 'live' ? 'live' : state;
+    // How many times the stream was (re)connected: 1 until a disconnect.
+    frame.live.dataset.connections = String(connections);
   });
   unsubscribe = events.onEvent(onEvent);
   // Some history for "recent events", then everything new.
