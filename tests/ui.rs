@@ -4,6 +4,10 @@
 //! itself in headless Chromium (Debian's `chromium`, driven by playwright-core from
 //! `tests/ui/console.mjs`): sign in, volumes, snapshots, a rebuild, backups, restore, a DR
 //! standby, settings, recurring jobs and node scheduling, each step checked on the page.
+//!
+//! The browser test needs `chromium` and `node` on PATH and `SHORTHORN_PLAYWRIGHT_CORE`
+//! (printed by `scripts/build-tools`); without them it prints SKIPPED, and fails under
+//! `CI=true`. Its screenshots stay in `$TMPDIR/shorthorn-ui-screenshots-<pid>/`.
 
 mod testkit;
 

@@ -121,6 +121,18 @@ function showCluster(status) {
   frame.cluster.textContent = `manager ${status.id} · ${leader}`;
 }
 
+/** The manager's Raft status in the sidebar, at most every few seconds (after a refresh). */
+let clusterAsked = 0;
+async function refreshCluster() {
+  if (Date.now() - clusterAsked < 5000) return;
+  clusterAsked = Date.now();
+  try {
+    showCluster(await api.get('/v1/cluster'));
+  } catch {
+    // Shown again at the next refresh.
+  }
+}
+
 function endSession() {
   events.stop();
   if (unsubscribe) unsubscribe();
@@ -152,6 +164,7 @@ async function refreshNow(entry) {
   entry.refreshing = true;
   try {
     await entry.view.refresh();
+    refreshCluster();
   } catch (err) {
     if (err.status !== 401) toast(err.message, true);
   } finally {
