@@ -44,6 +44,8 @@ let shot = 0;
 async function screenshot(name) {
   shot += 1;
   const file = path.join(shots, `${String(shot).padStart(2, '0')}-${name}.png`);
+  // From the top, so that the sticky sidebar is where a person sees it.
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: file, fullPage: true });
   console.log(`screenshot ${file}`);
 }
@@ -262,6 +264,25 @@ try {
     await page.locator('tr[data-volume="web-dr"]').waitFor({ state: 'detached', timeout: 60_000 });
     await page.locator('tr[data-volume="web-restored"]').waitFor({ state: 'detached', timeout: 60_000 });
     await expectText('tbody', /web/);
+  });
+  await step('expand a volume, change its replica count, delete a snapshot', async () => {
+    await go('/volumes');
+    const row = 'tr[data-volume="web"]';
+    await page.locator(row).getByRole('button', { name: 'Expand' }).click();
+    await dialog({ size: '50Gi' }, 'Expand');
+    await dialogClosed();
+    await expectText(`${row} td:nth-child(5)`, /^50 GiB$/);
+    await page.locator(row).getByRole('button', { name: 'Replicas' }).click();
+    await dialog({ count: 2 }, 'Save');
+    await dialogClosed();
+    await expectText(`${row} td:nth-child(6)`, /^2\/2$/, 60_000);
+    await go('/volumes/web');
+    await page.locator('tr[data-snapshot="snap1"]').getByRole('button', { name: 'Delete' }).click();
+    await dialog({}, 'Delete');
+    await dialogClosed();
+    await page.locator('tr[data-snapshot="snap1"]').waitFor({ state: 'detached', timeout: 60_000 });
+    await expectText('#volume-robustness', /healthy/);
+    await screenshot('volume-expanded');
   });
   console.log(`console test passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 } catch (err) {
