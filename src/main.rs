@@ -9,6 +9,7 @@ mod daemon;
 mod metrics;
 mod process;
 mod size;
+mod ui;
 
 use clap::Parser;
 

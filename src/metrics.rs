@@ -215,10 +215,11 @@ fn volume_labels(_state: Option<&State>, volume: &str) -> Labels {
 }
 
 /// What one engine answered.
-struct EngineReport {
-    volume: String,
-    stats: Option<proto::VolumeStats>,
-    replicas: Vec<proto::ReplicaInfo>,
+pub struct EngineReport {
+    pub volume: String,
+    /// None when the engine did not answer within [`ENGINE_TIMEOUT`].
+    pub stats: Option<proto::VolumeStats>,
+    pub replicas: Vec<proto::ReplicaInfo>,
 }
 
 impl Metrics {
@@ -332,44 +333,61 @@ impl Metrics {
         );
     }
 
+    /// This manager's node name (empty without a node agent).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// What the engine of `volume` on this node answers now (its stats and replicas with
+    /// their rebuild progress), or None when this node runs no engine for it.
+    pub async fn engine(&self, volume: &str) -> Option<EngineReport> {
+        let (engines, _) = self.local.get();
+        let address = engines.get(volume)?.clone();
+        Some(self.ask_engine(volume.to_string(), address).await)
+    }
+
     /// Asks every engine of this node for its stats and replicas, all at once.
     async fn ask_engines(&self, engines: BTreeMap<String, String>) -> Vec<EngineReport> {
         {
             let mut clients = self.clients.lock().await;
             clients.retain(|address, _| engines.values().any(|a| a == address));
         }
-        let asks = engines.into_iter().map(|(volume, address)| async move {
-            let Some(mut client) = self.client(&address).await else {
-                return EngineReport {
-                    volume,
-                    stats: None,
-                    replicas: Vec::new(),
-                };
-            };
-            let mut other = client.clone();
-            let (stats, list) = tokio::join!(
-                tokio::time::timeout(ENGINE_TIMEOUT, client.stats(proto::Empty {})),
-                tokio::time::timeout(ENGINE_TIMEOUT, other.list_replicas(proto::Empty {}))
-            );
-            let stats = match stats {
-                Ok(Ok(reply)) => Some(reply.into_inner()),
-                _ => {
-                    // Connect again next time: the engine may have been replaced.
-                    self.clients.lock().await.remove(&address);
-                    None
-                }
-            };
-            let replicas = match list {
-                Ok(Ok(reply)) => reply.into_inner().replicas,
-                _ => Vec::new(),
-            };
-            EngineReport {
-                volume,
-                stats,
-                replicas,
-            }
-        });
+        let asks = engines
+            .into_iter()
+            .map(|(volume, address)| self.ask_engine(volume, address));
         futures::future::join_all(asks).await
+    }
+
+    async fn ask_engine(&self, volume: String, address: String) -> EngineReport {
+        let Some(mut client) = self.client(&address).await else {
+            return EngineReport {
+                volume,
+                stats: None,
+                replicas: Vec::new(),
+            };
+        };
+        let mut other = client.clone();
+        let (stats, list) = tokio::join!(
+            tokio::time::timeout(ENGINE_TIMEOUT, client.stats(proto::Empty {})),
+            tokio::time::timeout(ENGINE_TIMEOUT, other.list_replicas(proto::Empty {}))
+        );
+        let stats = match stats {
+            Ok(Ok(reply)) => Some(reply.into_inner()),
+            _ => {
+                // Connect again next time: the engine may have been replaced.
+                self.clients.lock().await.remove(&address);
+                None
+            }
+        };
+        let replicas = match list {
+            Ok(Ok(reply)) => reply.into_inner().replicas,
+            _ => Vec::new(),
+        };
+        EngineReport {
+            volume,
+            stats,
+            replicas,
+        }
     }
 
     async fn client(&self, address: &str) -> Option<ControlClient> {
@@ -543,7 +561,7 @@ fn engine_metrics(sheet: &mut Sheet, node: &str, reports: &[EngineReport], state
 }
 
 /// `done` of `total` in whole percent, at most 100 (0 of 0 is 0).
-fn percent(done: u64, total: u64) -> u64 {
+pub(crate) fn percent(done: u64, total: u64) -> u64 {
     let percent = (u128::from(done) * 100)
         .checked_div(u128::from(total))
         .unwrap_or(0);

@@ -7,16 +7,18 @@
 //! A write sent with an `Idempotency-Key` header is applied at most once: a retry with the
 //! same key (to any manager, within 15 minutes) gets the first outcome, a success answered
 //! from the current state.
-//! Every route but `/healthz`, `/readyz` and `/metrics` needs `Authorization: Bearer
-//! <token>`. `/metrics` is open, as Longhorn's is and as Prometheus scrapes by default: it
+//! Every route but `/healthz`, `/readyz`, `/metrics` and the web UI's files (`/`, `/ui/...`,
+//! see [`crate::ui`]) needs `Authorization: Bearer <token>`. `/metrics` is open, as Longhorn's is and as Prometheus scrapes by default: it
 //! shows names, sizes and rates, never data, tokens or credentials (keep the API port off
 //! untrusted networks, as for Longhorn's).
 //! Nothing a client sends can crash the manager: bad input is a 4xx with a JSON body
 //! `{"error": kind, "message": text}`.
 
 mod backups;
+mod engine;
 mod error;
 mod jobs;
+mod nodes;
 mod openapi;
 mod snapshots;
 
@@ -118,6 +120,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/volumes/{name}/expand", post(expand_volume))
         .route("/v1/volumes/{name}/update", post(update_volume))
         .route("/v1/volumes/{name}/activate", post(activate_volume))
+        .route("/v1/volumes/{name}/engine", get(engine::get))
         .route(
             "/v1/volumes/{name}/snapshots",
             get(snapshots::list).post(snapshots::create),
@@ -132,6 +135,11 @@ pub fn router(api: Api) -> Router {
         )
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/nodes/{id}/update", post(nodes::update))
+        .route(
+            "/v1/nodes/{id}/disks/{disk}/update",
+            post(nodes::update_disk),
+        )
         .route("/v1/replicas", get(list_replicas))
         .route("/v1/settings", get(list_settings))
         .route("/v1/settings/{key}", get(get_setting).put(set_setting))
@@ -159,6 +167,7 @@ pub fn router(api: Api) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(crate::ui::routes())
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(api)

@@ -16,6 +16,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/volumes/{name}/attach", "post"),
     ("/v1/volumes/{name}/detach", "post"),
     ("/v1/volumes/{name}/activate", "post"),
+    ("/v1/volumes/{name}/engine", "get"),
     ("/v1/volumes/{name}/expand", "post"),
     ("/v1/volumes/{name}/update", "post"),
     ("/v1/volumes/{name}/snapshots", "get"),
@@ -24,6 +25,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/volumes/{name}/snapshots/{snapshot}/revert", "post"),
     ("/v1/nodes", "get"),
     ("/v1/nodes/{id}", "get"),
+    ("/v1/nodes/{id}/update", "post"),
+    ("/v1/nodes/{id}/disks/{disk}/update", "post"),
     ("/v1/replicas", "get"),
     ("/v1/settings", "get"),
     ("/v1/settings/{key}", "get"),
@@ -172,10 +175,14 @@ pub fn build() -> Value {
             "parameters": path_param("name"),
             "post": operation("Activate a disaster-recovery standby: what is newer in its backup volume is restored, then it becomes a normal detached volume (`standby` false)", ("200", ok("volume", volume.clone())), None),
         },
+        "/v1/volumes/{name}/engine": {
+            "parameters": path_param("name"),
+            "get": operation("What the engine of an attached volume says now: its replicas (RW, WO while rebuilt with the rebuild's progress, ERR with the reason) and its I/O over its last second. Any manager answers; the manager of the engine's node is asked for it (409 when the volume is not attached or its engine not running yet)", ("200", ok("engine", reference("Engine"))), None),
+        },
         "/v1/volumes/{name}/expand": {
             "parameters": path_param("name"),
             "post": operation("Grow a volume", ("200", ok("volume", volume.clone())), Some(json!({
-                "type": "object", "required": ["size"], "additionalProperties": false, "properties": { "size": size }
+                "type": "object", "required": ["size"], "additionalProperties": false, "properties": { "size": size.clone() }
             }))),
         },
         "/v1/volumes/{name}/update": {
@@ -209,6 +216,30 @@ pub fn build() -> Value {
         },
         "/v1/nodes": { "get": operation("List nodes with their disks and usage", ("200", ok("nodes", list(reference("Node")))), None) },
         "/v1/nodes/{id}": { "parameters": path_param("id"), "get": operation("Get a node", ("200", ok("node", reference("Node"))), None) },
+        "/v1/nodes/{id}/update": {
+            "parameters": path_param("id"),
+            "post": operation("Turn scheduling on or off (a node with it off takes no new replica; those it has stay) or replace the node's tags", ("200", ok("node", reference("Node"))), Some(json!({
+                "type": "object", "additionalProperties": false, "minProperties": 1,
+                "properties": {
+                    "schedulable": { "type": "boolean" },
+                    "tags": { "type": "array", "items": { "type": "string" }, "description": "replaces the tags; volumes' nodeSelector must all match" }
+                }
+            }))),
+        },
+        "/v1/nodes/{id}/disks/{disk}/update": {
+            "parameters": json!([
+                { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "disk", "in": "path", "required": true, "schema": { "type": "string" } }
+            ]),
+            "post": operation("Turn a disk's scheduling on or off, replace its tags, or change the space kept out of scheduling; answers with its node", ("200", ok("node", reference("Node"))), Some(json!({
+                "type": "object", "additionalProperties": false, "minProperties": 1,
+                "properties": {
+                    "schedulable": { "type": "boolean" },
+                    "tags": { "type": "array", "items": { "type": "string" }, "description": "replaces the tags; volumes' diskSelector must all match" },
+                    "reserved": size.clone()
+                }
+            }))),
+        },
         "/v1/replicas": {
             "get": {
                 "summary": "List replicas",
@@ -337,6 +368,20 @@ pub fn build() -> Value {
                 "Node": { "type": "object", "properties": {
                     "id": { "type": "string" }, "address": { "type": "string" }, "zone": { "type": "string" },
                     "schedulable": { "type": "boolean" }, "disks": { "type": "object" } } },
+                "Engine": { "type": "object", "properties": {
+                    "volume": { "type": "string" }, "node": { "type": "string", "description": "the node whose engine answered" },
+                    "replicas": { "type": "array", "items": { "type": "object", "properties": {
+                        "id": { "type": ["string", "null"], "description": "the log's replica at that address" },
+                        "address": { "type": "string" }, "mode": { "enum": ["RW", "WO", "ERR"] },
+                        "rebuild": { "type": ["object", "null"], "description": "while rebuilt (WO)", "properties": {
+                            "doneBytes": { "type": "integer" }, "totalBytes": { "type": "integer" },
+                            "copiedBytes": { "type": "integer" }, "progress": { "type": "integer", "minimum": 0, "maximum": 100 } } },
+                        "error": { "type": ["string", "null"] } } } },
+                    "stats": { "type": ["object", "null"], "description": "null when the engine did not answer in time", "properties": {
+                        "epoch": { "type": "integer" }, "uptimeMs": { "type": "integer" },
+                        "readIops": { "type": "integer" }, "writeIops": { "type": "integer" },
+                        "readThroughput": { "type": "integer", "description": "bytes/s" }, "writeThroughput": { "type": "integer", "description": "bytes/s" },
+                        "readLatencyNs": { "type": "integer" }, "writeLatencyNs": { "type": "integer" } } } } },
                 "Replica": { "type": "object", "properties": {
                     "id": { "type": "string" }, "volume": { "type": "string" }, "node": { "type": "string" },
                     "disk": { "type": "string" }, "mode": { "enum": ["RW", "WO", "ERR"] } } },

@@ -174,6 +174,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("  API:        {}", config.apis.join(", "));
     println!("  token file: {}", token_file.display());
+    println!(
+        "  web UI:     {}/ (any manager's; sign in with the token)",
+        config.apis[0]
+    );
     println!("  logs:       {}/m*/manager.log", dir.display());
     println!("Try: shorthorn volume create db --size 1Gi && shorthorn volume ls");
     if args.detach {
