@@ -18,7 +18,7 @@
 //!   leadership moves a scrape may find none or two for a moment.
 //!
 //! Labels are `volume`, `node`, `disk`, `replica`, `backup`, and `pvc` and `pvc_namespace`
-//! on a volume's figures when the log knows its PersistentVolumeClaim (not yet: see
+//! on a volume's figures when the log knows its PersistentVolumeClaim (see
 //! [`volume_labels`]). `shorthorn_volume_state` and `shorthorn_volume_robustness` have one
 //! series per state (`state` label; 1 for the current one, 0 for the others), as Longhorn
 //! 1.11's do (Longhorn 1.9 and before gave one number); `shorthorn_backup_state` keeps
@@ -208,10 +208,23 @@ fn backup_state_number(state: BackupState) -> u64 {
 }
 
 /// The labels of a volume's figures: `volume`, then `pvc` and `pvc_namespace` when the log
-/// knows the volume's PersistentVolumeClaim. The log keeps no claim names yet, so those two
-/// are never given (rather than guessed from the volume name).
-fn volume_labels(_state: Option<&State>, volume: &str) -> Labels {
-    vec![("volume", volume.to_string())]
+/// knows the volume's PersistentVolumeClaim (the labels the CSI driver gives a volume it
+/// creates for a claim; never guessed from the volume name).
+fn volume_labels(state: Option<&State>, volume: &str) -> Labels {
+    let mut labels = vec![("volume", volume.to_string())];
+    let volume_labels = state.and_then(|s| s.volumes.get(volume)).map(|v| &v.labels);
+    for (key, label) in [
+        (shorthorn_csi::controller::PVC_NAME_LABEL, "pvc"),
+        (
+            shorthorn_csi::controller::PVC_NAMESPACE_LABEL,
+            "pvc_namespace",
+        ),
+    ] {
+        if let Some(value) = volume_labels.and_then(|l| l.get(key)) {
+            labels.push((label, value.clone()));
+        }
+    }
+    labels
 }
 
 /// What one engine answered.
@@ -928,6 +941,40 @@ mod tests {
             })
             .sum();
         assert_eq!(placed, state.replicas.len() as f64);
+    }
+
+    #[test]
+    fn a_volume_made_for_a_claim_carries_pvc_and_pvc_namespace() {
+        let mut state = cluster();
+        let labels = &mut state.volumes.get_mut("v").expect("volume").labels;
+        labels.insert(
+            shorthorn_csi::controller::PVC_NAME_LABEL.into(),
+            "mysql-pvc".into(),
+        );
+        labels.insert(
+            shorthorn_csi::controller::PVC_NAMESPACE_LABEL.into(),
+            "default".into(),
+        );
+        let mut sheet = Sheet::new();
+        cluster_metrics(&mut sheet, &state);
+        let all = samples(&sheet.text());
+        assert_eq!(
+            sample(
+                &all,
+                "shorthorn_volume_capacity_bytes",
+                &[
+                    r#"volume="v""#,
+                    r#"pvc="mysql-pvc""#,
+                    r#"pvc_namespace="default""#
+                ]
+            ),
+            GIB as f64
+        );
+        assert_eq!(
+            volume_labels(Some(&cluster()), "v"),
+            vec![("volume", "v".to_string())],
+            "no claim, no pvc labels"
+        );
     }
 
     #[test]

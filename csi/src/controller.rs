@@ -258,6 +258,11 @@ fn recurring_job_labels(value: &str) -> Result<BTreeMap<String, String>, Status>
         .collect())
 }
 
+/// The volume label holding the name of the PersistentVolumeClaim it was made for.
+pub const PVC_NAME_LABEL: &str = "pvc.shorthorn.io/name";
+/// The volume label holding that claim's namespace.
+pub const PVC_NAMESPACE_LABEL: &str = "pvc.shorthorn.io/namespace";
+
 /// Parses StorageClass parameters; an unknown key is an error (a typo would otherwise be
 /// silently ignored). Keys the external-provisioner adds (`csi.storage.k8s.io/…`) are skipped.
 pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, Status> {
@@ -310,7 +315,7 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, 
             "mkfsParams" => p.mkfs_params = Some(value.clone()),
             "diskSelector" => p.disk_selector = tags(value),
             "nodeSelector" => p.node_selector = tags(value),
-            "recurringJobSelector" => p.labels = recurring_job_labels(value)?,
+            "recurringJobSelector" => p.labels.extend(recurring_job_labels(value)?),
             "frontend" => match value.trim() {
                 "" => {}
                 "auto" | "fuse" | "nbd" => p.frontend = Some(value.trim().to_string()),
@@ -320,6 +325,15 @@ pub fn parse_parameters(params: &HashMap<String, String>) -> Result<Parameters, 
                     )));
                 }
             },
+            // The claim behind the volume (external-provisioner --extra-create-metadata):
+            // kept as labels, so metrics and listings can name it.
+            "csi.storage.k8s.io/pvc/name" => {
+                p.labels.insert(PVC_NAME_LABEL.to_string(), value.clone());
+            }
+            "csi.storage.k8s.io/pvc/namespace" => {
+                p.labels
+                    .insert(PVC_NAMESPACE_LABEL.to_string(), value.clone());
+            }
             k if k.starts_with("csi.storage.k8s.io/") => {}
             other => {
                 return Err(invalid(format!(
@@ -1434,9 +1448,27 @@ mod tests {
             ("staleReplicaTimeout", "2880"),
             ("fsType", "xfs"),
             ("diskSelector", "ssd, fast"),
-            ("csi.storage.k8s.io/pvc/name", "x"),
+            ("csi.storage.k8s.io/pvc/name", "mysql-pvc"),
+            ("csi.storage.k8s.io/pvc/namespace", "default"),
+            ("csi.storage.k8s.io/pv/name", "pvc-1234"),
+            (
+                "recurringJobSelector",
+                r#"[{"name":"snap","isGroup":false}]"#,
+            ),
         ])
         .unwrap();
+        assert_eq!(
+            ok.labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (PVC_NAME_LABEL, "mysql-pvc"),
+                (PVC_NAMESPACE_LABEL, "default"),
+                ("recurring-job.shorthorn.io/snap", "enabled"),
+            ],
+            "the claim's labels beside the jobs'"
+        );
         assert_eq!(ok.number_of_replicas, Some(3));
         assert_eq!(ok.stale_replica_timeout, Some(2880));
         assert_eq!(ok.fs_type.as_deref(), Some("xfs"));
