@@ -63,6 +63,40 @@ fn watch_follows_the_log_while_attach_wait_and_detach_return_when_done() {
     assert!(out.contains("volume \"db\" detached"), "{out}");
     assert_eq!(cluster.json(&["volume", "get", "db"])["state"], "detached");
 
+    // volume update: replica count, data locality and stale replica timeout; bad values and
+    // nothing to change say why.
+    cluster.ok(&[
+        "volume",
+        "update",
+        "db",
+        "--replicas",
+        "2",
+        "--data-locality",
+        "best-effort",
+        "--stale-replica-timeout",
+        "5",
+    ]);
+    let v = cluster.json(&["volume", "get", "db"]);
+    assert_eq!(
+        (
+            &v["numberOfReplicas"],
+            &v["dataLocality"],
+            &v["staleReplicaTimeoutSecs"]
+        ),
+        (&2.into(), &"best-effort".into(), &300.into()),
+        "{v}"
+    );
+    let (ok, _, stderr) = cluster.cli(&[
+        "volume",
+        "update",
+        "db",
+        "--stale-replica-timeout",
+        "600000",
+    ]);
+    assert!(!ok && stderr.contains("out of range"), "{stderr}");
+    let (ok, _, stderr) = cluster.cli(&["volume", "update", "db"]);
+    assert!(!ok && stderr.contains("nothing to change"), "{stderr}");
+
     let (ok, _, stderr) = cluster.cli(&["volume", "attach", "nope", "--node", "node-1"]);
     assert!(
         !ok && stderr.contains("volume \"nope\" not found"),

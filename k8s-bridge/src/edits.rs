@@ -69,12 +69,16 @@ fn volume(name: &str, spec: &serde_json::Value, state: &State) -> Result<Vec<Req
             "activate a standby volume with the CLI or API",
         ));
     }
-    if want.stale_replica_timeout_seconds != have.stale_replica_timeout_seconds {
-        return Err(fixed(
-            "staleReplicaTimeoutSeconds",
-            "it is set when the volume is created (StorageClass parameter staleReplicaTimeout)",
-        ));
-    }
+    let stale_secs = (want.stale_replica_timeout_seconds != have.stale_replica_timeout_seconds)
+        .then(|| {
+            u64::try_from(want.stale_replica_timeout_seconds).map_err(|_| {
+                format!(
+                    "spec.staleReplicaTimeoutSeconds must not be negative: {}",
+                    want.stale_replica_timeout_seconds
+                )
+            })
+        })
+        .transpose()?;
     let mut out = Vec::new();
     let size: u64 = want
         .size
@@ -108,12 +112,13 @@ fn volume(name: &str, spec: &serde_json::Value, state: &State) -> Result<Vec<Req
             ));
         }
     };
-    if replicas != v.number_of_replicas || locality != v.data_locality {
+    if replicas != v.number_of_replicas || locality != v.data_locality || stale_secs.is_some() {
         out.push(Request::UpdateVolume {
             name: name.to_string(),
             number_of_replicas: (replicas != v.number_of_replicas).then_some(replicas),
             data_locality: (locality != v.data_locality).then_some(locality),
             labels: None,
+            stale_replica_timeout_secs: stale_secs,
         });
     }
     Ok(out)
@@ -279,12 +284,13 @@ mod tests {
     }
 
     #[test]
-    fn replica_count_size_and_locality_become_commands() {
+    fn replica_count_size_locality_and_stale_timeout_become_commands() {
         let state = cluster();
         let mut spec = spec_of(&state, Kind::Volume, "db");
         spec["numberOfReplicas"] = 2.into();
         spec["size"] = (2u64 << 30).to_string().into();
         spec["dataLocality"] = "best-effort".into();
+        spec["staleReplicaTimeoutSeconds"] = 600.into();
         assert_eq!(
             requests_for(Kind::Volume, "db", &spec, &state),
             Ok(vec![
@@ -297,9 +303,14 @@ mod tests {
                     name: "db".into(),
                     number_of_replicas: Some(2),
                     data_locality: Some(DataLocality::BestEffort),
+                    stale_replica_timeout_secs: Some(600),
                 },
             ])
         );
+        let mut spec = spec_of(&state, Kind::Volume, "db");
+        spec["staleReplicaTimeoutSeconds"] = (-1).into();
+        let why = requests_for(Kind::Volume, "db", &spec, &state).unwrap_err();
+        assert!(why.contains("must not be negative"), "{why}");
     }
 
     #[test]

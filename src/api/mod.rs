@@ -488,6 +488,9 @@ struct UpdateBody {
     /// Replaces the volume's labels.
     #[serde(default)]
     labels: Option<BTreeMap<String, String>>,
+    /// Minutes a failed replica is kept for a delta rebuild before it is replaced.
+    #[serde(default)]
+    stale_replica_timeout: Option<u64>,
 }
 
 async fn update_volume(
@@ -500,6 +503,9 @@ async fn update_volume(
         number_of_replicas: body.number_of_replicas,
         data_locality: body.data_locality,
         labels: body.labels,
+        stale_replica_timeout_secs: body
+            .stale_replica_timeout
+            .map(|minutes| minutes.saturating_mul(60)),
     };
     api.propose(request).await?;
     get_volume(State(api), Path(name)).await

@@ -187,11 +187,12 @@ pub fn build() -> Value {
         },
         "/v1/volumes/{name}/update": {
             "parameters": path_param("name"),
-            "post": operation("Change replica count or data locality", ("200", ok("volume", volume.clone())), Some(json!({
+            "post": operation("Change replica count, data locality, stale replica timeout (minutes) or labels", ("200", ok("volume", volume.clone())), Some(json!({
                 "type": "object", "additionalProperties": false,
                 "properties": {
                     "numberOfReplicas": { "type": "integer", "minimum": 1, "maximum": 20 },
                     "dataLocality": { "enum": ["disabled", "best-effort"] },
+                    "staleReplicaTimeout": { "type": "integer", "minimum": 0, "maximum": 525600 },
                     "labels": labels.clone()
                 }
             }))),

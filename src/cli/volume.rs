@@ -112,6 +112,19 @@ pub enum VolumeCommand {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Change a volume's replica count (replicas are added or removed at once), data
+    /// locality or stale replica timeout.
+    Update {
+        name: String,
+        #[arg(long)]
+        replicas: Option<u8>,
+        /// disabled or best-effort.
+        #[arg(long)]
+        data_locality: Option<String>,
+        /// Minutes a failed replica is kept for a delta rebuild before it is replaced.
+        #[arg(long)]
+        stale_replica_timeout: Option<u64>,
+    },
     /// Grow a volume.
     Expand {
         name: String,
@@ -358,6 +371,28 @@ pub fn volume(cmd: VolumeCommand, target: &Target) -> anyhow::Result<()> {
                 &format!("/v1/volumes/{name}/expand"),
                 json!({ "size": size }),
             )?
+        }
+        VolumeCommand::Update {
+            name,
+            replicas,
+            data_locality,
+            stale_replica_timeout,
+        } => {
+            let mut body = json!({});
+            if let Some(n) = replicas {
+                body["numberOfReplicas"] = json!(n);
+            }
+            if let Some(locality) = data_locality {
+                body["dataLocality"] = json!(locality);
+            }
+            if let Some(minutes) = stale_replica_timeout {
+                body["staleReplicaTimeout"] = json!(minutes);
+            }
+            anyhow::ensure!(
+                body.as_object().is_some_and(|b| !b.is_empty()),
+                "nothing to change: give --replicas, --data-locality or --stale-replica-timeout"
+            );
+            client.post(&format!("/v1/volumes/{name}/update"), body)?
         }
         VolumeCommand::Delete { name } => {
             client.delete(&format!("/v1/volumes/{name}"))?;

@@ -114,6 +114,9 @@ pub enum Request {
         /// Replaces the volume's labels when given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         labels: Option<BTreeMap<String, String>>,
+        /// Seconds a failed replica is kept for a delta rebuild before it is replaced.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stale_replica_timeout_secs: Option<u64>,
     },
     ExpandVolume {
         name: String,

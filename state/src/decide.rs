@@ -135,12 +135,16 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
             number_of_replicas,
             data_locality,
             labels,
+            stale_replica_timeout_secs,
         } => update_volume(
             state,
             name,
-            *number_of_replicas,
-            *data_locality,
-            labels.as_ref(),
+            VolumeChanges {
+                replicas: *number_of_replicas,
+                locality: *data_locality,
+                labels: labels.as_ref(),
+                stale_secs: *stale_replica_timeout_secs,
+            },
             at,
         ),
         Request::ExpandVolume { name, size } => expand_volume(state, name, *size),
@@ -692,25 +696,53 @@ fn create_volume(state: &State, spec: &VolumeSpec, at: Timestamp) -> Result<Vec<
     Ok(source_events)
 }
 
+/// What an `UpdateVolume` changes (`None`: kept).
+struct VolumeChanges<'a> {
+    replicas: Option<u8>,
+    locality: Option<DataLocality>,
+    labels: Option<&'a BTreeMap<String, String>>,
+    stale_secs: Option<u64>,
+}
+
+/// The longest stale replica timeout a volume takes, as the setting's range (a year).
+const STALE_REPLICA_TIMEOUT_MAX_SECS: u64 = 525_600 * 60;
+
 fn update_volume(
     state: &State,
     name: &str,
-    replicas: Option<u8>,
-    locality: Option<DataLocality>,
-    labels: Option<&BTreeMap<String, String>>,
+    changes: VolumeChanges<'_>,
     at: Timestamp,
 ) -> Result<Vec<Event>, Rejection> {
+    let VolumeChanges {
+        replicas,
+        locality,
+        labels,
+        stale_secs,
+    } = changes;
     let volume = live_volume(state, name)?;
     let wanted = replicas.unwrap_or(volume.number_of_replicas);
     check_replica_count(wanted)?;
     if let Some(labels) = labels {
         check_labels(labels)?;
     }
+    if let Some(secs) = stale_secs
+        && secs > STALE_REPLICA_TIMEOUT_MAX_SECS
+    {
+        return Err(Rejection::invalid(format!(
+            "stale replica timeout {secs} s is out of range: at most {STALE_REPLICA_TIMEOUT_MAX_SECS} s (525600 minutes)"
+        )));
+    }
     let mut events = vec![Event::VolumeUpdated {
         name: name.to_string(),
         number_of_replicas: wanted,
         data_locality: locality.unwrap_or(volume.data_locality),
     }];
+    if let Some(secs) = stale_secs.filter(|s| *s != volume.stale_replica_timeout_secs) {
+        events.push(Event::VolumeStaleReplicaTimeoutSet {
+            name: name.to_string(),
+            secs,
+        });
+    }
     if let Some(labels) = labels.filter(|l| **l != volume.labels) {
         events.push(Event::VolumeLabelsSet {
             name: name.to_string(),
@@ -1192,6 +1224,37 @@ mod tests {
                 format!("number of replicas {bad} is out of range: it must be between 1 and 20")
             );
         }
+    }
+
+    #[test]
+    fn the_stale_replica_timeout_of_a_volume_can_be_changed_within_a_year() {
+        let mut c = three_nodes();
+        c.volume("db", 1, 3);
+        let update = |secs: u64| Request::UpdateVolume {
+            name: "db".into(),
+            number_of_replicas: None,
+            data_locality: None,
+            labels: None,
+            stale_replica_timeout_secs: Some(secs),
+        };
+        let events = c.ok(update(300));
+        assert!(
+            events.contains(&Event::VolumeStaleReplicaTimeoutSet {
+                name: "db".into(),
+                secs: 300
+            }),
+            "{events:?}"
+        );
+        assert_eq!(c.state.volumes["db"].stale_replica_timeout_secs, 300);
+        assert!(
+            !c.ok(update(300))
+                .iter()
+                .any(|e| matches!(e, Event::VolumeStaleReplicaTimeoutSet { .. })),
+            "unchanged"
+        );
+        let message = c.rejected(update(STALE_REPLICA_TIMEOUT_MAX_SECS + 1), InvalidArgument);
+        assert!(message.contains("out of range"), "{message}");
+        assert_eq!(c.state.volumes["db"].stale_replica_timeout_secs, 300);
     }
 
     #[test]

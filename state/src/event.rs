@@ -75,6 +75,10 @@ pub enum Event {
         name: String,
         size: Bytes,
     },
+    VolumeStaleReplicaTimeoutSet {
+        name: String,
+        secs: u64,
+    },
     /// The volume is attaching on `node` under `epoch` (bigger than any before).
     VolumeAttaching {
         name: String,
@@ -321,6 +325,7 @@ impl Event {
         match self {
             Event::VolumeCreated { volume } => Some(&volume.name),
             Event::VolumeUpdated { name, .. }
+            | Event::VolumeStaleReplicaTimeoutSet { name, .. }
             | Event::VolumeExpanded { name, .. }
             | Event::VolumeAttaching { name, .. }
             | Event::VolumeAttached { name, .. }

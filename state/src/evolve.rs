@@ -107,6 +107,11 @@ pub fn evolve(state: &mut State, event: &Event) {
             }
             refresh(state, name);
         }
+        Event::VolumeStaleReplicaTimeoutSet { name, secs } => {
+            if let Some(volume) = state.volumes.get_mut(name) {
+                volume.stale_replica_timeout_secs = *secs;
+            }
+        }
         Event::VolumeExpanded { name, size } => {
             let Some(volume) = state.volumes.get_mut(name) else {
                 return;

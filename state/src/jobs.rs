@@ -829,6 +829,7 @@ mod tests {
                 format!("{JOB_VOLUME_LABEL_PREFIX}{job}"),
                 "enabled".into(),
             )])),
+            stale_replica_timeout_secs: None,
         });
     }
 

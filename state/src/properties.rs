@@ -261,6 +261,7 @@ fn request(state: &State, step: &Step) -> Request {
             name: volume(v),
             number_of_replicas: Some(replicas),
             data_locality: None,
+            stale_replica_timeout_secs: None,
         },
         Step::Expand { volume: v, units } => {
             let size = state.volumes.get(&volume(v)).map_or(MIB2, |x| x.size);

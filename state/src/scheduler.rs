@@ -664,6 +664,7 @@ mod tests {
             name: "db".into(),
             number_of_replicas: Some(3),
             data_locality: None,
+            stale_replica_timeout_secs: None,
         });
         assert_eq!(c.nodes_of("db"), ["a", "b", "c"]);
         let failed = c.replicas("db")[1].id.clone();
@@ -676,6 +677,7 @@ mod tests {
             name: "db".into(),
             number_of_replicas: Some(2),
             data_locality: None,
+            stale_replica_timeout_secs: None,
         });
         assert!(
             events.contains(&Event::ReplicaRemoved { id: failed }),
