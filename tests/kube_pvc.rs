@@ -6,7 +6,8 @@
 //! the claim binds, the volume shows in `kubectl get volumes.shorthorn.io`; the seed's
 //! mysql Deployment pinned to one node gets the volume attached (a VolumeAttachment through
 //! external-attacher), staged and published by that node's kubelet as ext4 on the FUSE +
-//! loop device; moved to the second node it finds the bytes written on the first; the claim
+//! loop device, where MariaDB creates the seed's `longhorn` database; moved to the second
+//! node it still lists `longhorn` and finds the bytes written on the first; the claim
 //! grows through external-resizer and the kubelet grows the mounted filesystem; a
 //! VolumeSnapshot becomes ReadyToUse; deleting the claim deletes the volume.
 
@@ -21,6 +22,7 @@ use testkit::kube::{
     ControlPlane, KubeManagers, NAMESPACE, SEED_VALUES, plane_with_crds, seed_default_settings,
 };
 use testkit::kubelet::{KubeNode, ManagerAccess, NodeTools};
+use testkit::mariadb::MariaDb;
 use testkit::{random_file, run, sha256, text_of};
 
 /// The seed's claim, on Shorthorn's class (the seed's says `longhorn`).
@@ -328,6 +330,14 @@ fn seed_pvc_binds_mounts_moves_grows_and_snapshots_through_real_sidecars_and_kub
         "{.spec.csi.driver} {.spec.csi.volumeHandle} {.spec.csi.fsType} {.spec.capacity.storage}",
     );
     assert_eq!(pv_spec, format!("driver.shorthorn.io {pv} ext4 1Gi"));
+    // As the seed shows it: NAME STATUS VOLUME CAPACITY ACCESS MODES STORAGECLASS AGE.
+    let shown = plane.kubectl_ok(&["get", "pvc", "mysql-pvc", "--no-headers"]);
+    let columns: Vec<&str> = shown.split_whitespace().collect();
+    assert_eq!(
+        columns[..6],
+        ["mysql-pvc", "Bound", pv.as_str(), "1Gi", "RWO", "shorthorn"],
+        "{shown}"
+    );
     let volume = cluster.json(&["volume", "get", &pv]);
     assert_eq!(volume["numberOfReplicas"], 3, "{volume}");
     assert_eq!(volume["size"], 1u64 << 30, "{volume}");
@@ -374,11 +384,16 @@ fn seed_pvc_binds_mounts_moves_grows_and_snapshots_through_real_sidecars_and_kub
         "no ext4 staged under {}: {staged}",
         staging.display()
     );
-    // What the pod writes, flushed to the volume.
+    // The seed's `create database longhorn`, by MariaDB on the pod's volume directory (the
+    // fake runtime runs no container), and bytes of our own, flushed to the volume.
+    let run1 = dir.path().join("mariadb-1");
+    std::fs::create_dir_all(&run1).expect("run dir");
+    let db = MariaDb::start(&mount1, &run1);
+    db.sql("create database longhorn").expect("create database");
+    db.stop();
     let data = dir.path().join("data.bin");
     random_file(&data, 8);
     std::fs::copy(&data, mount1.join("data.bin")).expect("writes into the pod's volume");
-    std::fs::write(mount1.join("longhorn"), "create database longhorn\n").expect("writes");
     run(
         "sync",
         &["-f", mount1.join("data.bin").to_str().expect("path")],
@@ -413,10 +428,12 @@ fn seed_pvc_binds_mounts_moves_grows_and_snapshots_through_real_sidecars_and_kub
     let mount2 = node2.pod_volume(&uid2, &pv);
     assert_ext4_on_fuse_loop(&mount2);
     assert_eq!(sha256(&mount2.join("data.bin")), sha256(&data));
-    assert_eq!(
-        std::fs::read_to_string(mount2.join("longhorn")).expect("reads"),
-        "create database longhorn\n"
-    );
+    let run2 = dir.path().join("mariadb-2");
+    std::fs::create_dir_all(&run2).expect("run dir");
+    let db = MariaDb::start(&mount2, &run2);
+    let databases = db.sql("show databases").expect("show databases");
+    assert!(databases.lines().any(|l| l == "longhorn"), "{databases}");
+    db.stop();
     eprintln!("kube_pvc: moved to node-2 at {:?}", started.elapsed());
 
     // 5. The claim grows to 2Gi through external-resizer (ControllerExpandVolume), offline:

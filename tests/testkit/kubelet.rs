@@ -8,7 +8,10 @@
 //!
 //! Everything lives under one directory; the kubelet's root directory is `root/`. On drop
 //! the processes are killed by pid and whatever is still mounted under `root/` is unmounted
-//! (deepest first), so a failed test leaves no mount behind.
+//! (deepest first), so a failed test leaves no mount behind. Two paths of the kubelet are
+//! fixed in its code and land on the host whatever the root directory: the device-plugin
+//! socket `/var/lib/kubelet/device-plugins/kubelet.sock` (shared by the nodes; no device
+//! plugin is used) and `/var/log/containers` (empty: the fake runtime writes no logs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -12,6 +12,7 @@
 pub mod csi_controller;
 pub mod kube;
 pub mod kubelet;
+pub mod mariadb;
 pub mod nfs;
 pub mod processes;
 pub mod prometheus;
