@@ -1,14 +1,16 @@
 //! A real Kubernetes control plane on loopback for the tests: etcd, kube-apiserver and
 //! kube-controller-manager, built from the Go module proxy by `scripts/build-tools` (see
 //! tools/etcd and tools/k8s), started as child processes over a temporary directory and
-//! killed (by their pid) on drop. No kubelet and no scheduler: nothing runs pods.
+//! killed (by their pid) on drop. No scheduler: a test that runs pods names their node,
+//! whose kubelet comes from testkit/kubelet.rs. Also here: the managers as the chart runs
+//! them (`manager --kubernetes`, [`KubeManagers`]).
 //!
 //! The API server is started as controller-runtime's envtest starts it (RBAC, the
 //! ServiceAccount admission plugin off, a self-signed serving certificate generated into
 //! `--cert-dir`, service-account keys), plus `--advertise-address=127.0.0.1
 //! --endpoint-reconciler-type=none` and a static admin token (group `system:masters`).
-//! The controller manager runs every controller but node-lifecycle (it would taint nodes
-//! that have no kubelet).
+//! The controller manager runs every controller but node-lifecycle (it would taint and
+//! evict for nodes that have no kubelet).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
