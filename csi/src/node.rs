@@ -160,6 +160,61 @@ async fn filesystem(device: &Path) -> Result<Option<String>, Status> {
     }
 }
 
+/// The size of a block device in bytes.
+async fn device_bytes(device: &Path) -> Result<u64, Status> {
+    let d = device.to_string_lossy();
+    let out = run_ok("blockdev", &["--getsize64", &d]).await?;
+    out.trim()
+        .parse()
+        .map_err(|e| internal(&format!("reading the size of {d} ({out:?})"), e))
+}
+
+/// The size of the ext2/3/4 filesystem on `device` in bytes (its superblock's block count
+/// times block size).
+async fn ext_bytes(device: &Path) -> Result<u64, Status> {
+    let d = device.to_string_lossy();
+    let header = run_ok("dumpe2fs", &["-h", &d]).await?;
+    let field = |name: &str| {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (field("Block count:"), field("Block size:")) {
+        (Some(count), Some(size)) => Ok(count * size),
+        _ => Err(Status::internal(format!(
+            "dumpe2fs -h {d} shows no block count and size: {header}"
+        ))),
+    }
+}
+
+/// Grows an unmounted ext2/3/4 filesystem to its device when the device is larger (the
+/// volume was expanded while no pod used it): `e2fsck -f -p`, which resize2fs wants first,
+/// then `resize2fs`. Offline growth needs only the device, whereas growing a mounted ext4
+/// (NodeExpandVolume) needs CAP_SYS_RESOURCE, which a plugin may lack; after this, the
+/// kubelet's NodeExpandVolume finds nothing left to do.
+async fn grow_ext_unmounted(device: &Path) -> Result<(), Status> {
+    let (device_size, fs_size) = (device_bytes(device).await?, ext_bytes(device).await?);
+    // resize2fs rounds down to whole blocks (and block groups): only a real difference.
+    if device_size < fs_size + (1 << 20) {
+        return Ok(());
+    }
+    let d = device.to_string_lossy();
+    let checked = run("e2fsck", &["-f", "-p", &d]).await?;
+    // 0: clean, 1: errors corrected; anything else needs a human.
+    if !matches!(checked.status.code(), Some(0) | Some(1)) {
+        return Err(Status::failed_precondition(format!(
+            "the filesystem on {d} needs checking before it can grow to its volume's new \
+             size: e2fsck -f -p exited {}: {}{}",
+            checked.status,
+            String::from_utf8_lossy(&checked.stdout).trim(),
+            String::from_utf8_lossy(&checked.stderr).trim()
+        )));
+    }
+    run_ok("resize2fs", &[&d]).await?;
+    Ok(())
+}
+
 fn mkdir(path: &Path) -> Result<(), Status> {
     std::fs::create_dir_all(path).map_err(|e| internal(&format!("creating {}", path.display()), e))
 }
@@ -222,7 +277,12 @@ impl proto::node_server::Node for NodeService {
         .unwrap_or("ext4")
         .to_string();
         let fs = match filesystem(&device).await? {
-            Some(fs) => fs,
+            Some(fs) => {
+                if matches!(fs.as_str(), "ext4" | "ext3" | "ext2") {
+                    grow_ext_unmounted(&device).await?;
+                }
+                fs
+            }
             None => {
                 let d = device.to_string_lossy().into_owned();
                 let mut args: Vec<String> = req
@@ -454,7 +514,23 @@ impl proto::node_server::Node for NodeService {
         }
         match filesystem(&device).await?.as_deref() {
             Some("ext4") | Some("ext3") | Some("ext2") => {
-                run_ok("resize2fs", &[&d]).await?;
+                let out = run("resize2fs", &[&d]).await?;
+                let said = String::from_utf8_lossy(&out.stderr);
+                if !out.status.success() && said.contains("Permission denied") {
+                    // The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE.
+                    return Err(Status::failed_precondition(format!(
+                        "cannot grow the mounted ext4 on {d}: the kernel refused (growing a \
+                         mounted ext4 needs CAP_SYS_RESOURCE, which this plugin lacks; run it \
+                         privileged). It grows when the volume is next staged"
+                    )));
+                }
+                if !out.status.success() {
+                    return Err(Status::internal(format!(
+                        "resize2fs {d} failed ({}): {}",
+                        out.status,
+                        said.trim()
+                    )));
+                }
             }
             Some("xfs") => {
                 run_ok("xfs_growfs", &[&req.volume_path]).await?;

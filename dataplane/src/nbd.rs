@@ -128,11 +128,13 @@ async fn connection(engine: Arc<Engine>, stream: Stream) -> Result<(), NbdError>
     let (r, w) = stream.into_split();
     let mut r = BufReader::with_capacity(256 << 10, r);
     let mut w = BufWriter::with_capacity(256 << 10, w);
+    // Counted from the start of the handshake: a client that has its export's reply is a
+    // client (revert refuses while one is connected), with no moment in between.
+    engine.clients.fetch_add(1, Ordering::AcqRel);
+    let _guard = ClientGuard(engine.clone());
     if !handshake(&engine, &mut r, &mut w).await? {
         return Ok(());
     }
-    engine.clients.fetch_add(1, Ordering::AcqRel);
-    let _guard = ClientGuard(engine.clone());
     transmission(engine, r, w).await
 }
 

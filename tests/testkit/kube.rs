@@ -1,24 +1,27 @@
 //! A real Kubernetes control plane on loopback for the tests: etcd, kube-apiserver and
 //! kube-controller-manager, built from the Go module proxy by `scripts/build-tools` (see
 //! tools/etcd and tools/k8s), started as child processes over a temporary directory and
-//! killed (by their pid) on drop. No kubelet and no scheduler: nothing runs pods.
+//! killed (by their pid) on drop. No scheduler: a test that runs pods names their node,
+//! whose kubelet comes from testkit/kubelet.rs. Also here: the managers as the chart runs
+//! them (`manager --kubernetes`, [`KubeManagers`]).
 //!
 //! The API server is started as controller-runtime's envtest starts it (RBAC, the
 //! ServiceAccount admission plugin off, a self-signed serving certificate generated into
 //! `--cert-dir`, service-account keys), plus `--advertise-address=127.0.0.1
 //! --endpoint-reconciler-type=none` and a static admin token (group `system:masters`).
-//! The controller manager runs every controller but node-lifecycle (it would taint nodes
-//! that have no kubelet).
+//! The controller manager runs every controller but node-lifecycle (it would taint and
+//! evict for nodes that have no kubelet).
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{free_port_base, text};
+use super::processes::Processes;
+use super::{BIN, DevCluster, free_port_base, text};
 
 /// The admin's bearer token (a member of `system:masters`).
 pub const ADMIN_TOKEN: &str = "shorthorn-test-admin-token";
@@ -41,47 +44,28 @@ impl Tools {
     /// Every binary, or `None` (after printing SKIPPED) when one is missing and this is not
     /// CI. Under `CI=true` a missing binary fails the test: CI must run all of them.
     pub fn find() -> Option<Tools> {
-        let cache = std::env::var("SHORTHORN_TOOLS").unwrap_or("/var/tmp/shorthorn-tools".into());
+        let cache = tools_cache();
         let k8s = format!("{cache}/k8s-{KUBE_VERSION}");
-        let wanted = [
-            (
-                "SHORTHORN_ETCD",
-                format!("{cache}/etcd-{ETCD_VERSION}/etcd"),
-            ),
-            ("SHORTHORN_KUBE_APISERVER", format!("{k8s}/kube-apiserver")),
-            (
-                "SHORTHORN_KUBE_CONTROLLER_MANAGER",
-                format!("{k8s}/kube-controller-manager"),
-            ),
-            ("SHORTHORN_KUBECTL", format!("{k8s}/kubectl")),
-            (
-                "SHORTHORN_HELM",
-                format!("{cache}/helm-{HELM_VERSION}/helm"),
-            ),
-        ];
-        let mut found = Vec::new();
-        let mut missing = Vec::new();
-        for (var, default) in wanted {
-            let path = std::env::var_os(var).map_or(PathBuf::from(&default), PathBuf::from);
-            if path.is_file() {
-                found.push(path);
-            } else {
-                missing.push(format!("{var} ({})", path.display()));
-            }
-        }
-        if !missing.is_empty() {
-            let message = format!(
-                "the Kubernetes control plane's binaries are missing: {}; run scripts/build-tools \
-                 and export the lines it prints",
-                missing.join(", ")
-            );
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{message}");
-            }
-            eprintln!("SKIPPED: {message}");
-            return None;
-        }
-        let mut found = found.into_iter();
+        let mut found = find_binaries(
+            "the Kubernetes control plane's binaries",
+            &[
+                (
+                    "SHORTHORN_ETCD",
+                    format!("{cache}/etcd-{ETCD_VERSION}/etcd"),
+                ),
+                ("SHORTHORN_KUBE_APISERVER", format!("{k8s}/kube-apiserver")),
+                (
+                    "SHORTHORN_KUBE_CONTROLLER_MANAGER",
+                    format!("{k8s}/kube-controller-manager"),
+                ),
+                ("SHORTHORN_KUBECTL", format!("{k8s}/kubectl")),
+                (
+                    "SHORTHORN_HELM",
+                    format!("{cache}/helm-{HELM_VERSION}/helm"),
+                ),
+            ],
+        )?
+        .into_iter();
         let mut next = || found.next().expect("five paths");
         Some(Tools {
             etcd: next(),
@@ -93,6 +77,39 @@ impl Tools {
     }
 }
 
+/// Where `scripts/build-tools` caches what it builds.
+pub fn tools_cache() -> String {
+    std::env::var("SHORTHORN_TOOLS").unwrap_or("/var/tmp/shorthorn-tools".into())
+}
+
+/// The files `wanted` names (an environment variable each, or its default path), or `None`
+/// (after printing SKIPPED) when one is missing and this is not CI. Under `CI=true` a missing
+/// one fails the test: CI must run all of them.
+pub fn find_binaries(what: &str, wanted: &[(&str, String)]) -> Option<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for (var, default) in wanted {
+        let path = std::env::var_os(var).map_or(PathBuf::from(default), PathBuf::from);
+        if path.exists() {
+            found.push(path);
+        } else {
+            missing.push(format!("{var} ({})", path.display()));
+        }
+    }
+    if missing.is_empty() {
+        return Some(found);
+    }
+    let message = format!(
+        "{what} are missing: {}; run scripts/build-tools and export the lines it prints",
+        missing.join(", ")
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    None
+}
+
 /// etcd, kube-apiserver and kube-controller-manager on loopback; killed on drop. Set
 /// `SHORTHORN_KEEP_TEST_DIRS` to keep the directory (logs, kubeconfig, etcd data).
 pub struct ControlPlane {
@@ -100,8 +117,8 @@ pub struct ControlPlane {
     dir: TempDir,
     /// `https://127.0.0.1:PORT`.
     pub server: String,
-    /// Started last first: controller manager, API server, etcd.
-    children: Vec<(&'static str, Child)>,
+    /// etcd, the API server, the controller manager (killed in the reverse order).
+    processes: Processes,
 }
 
 impl ControlPlane {
@@ -118,11 +135,12 @@ impl ControlPlane {
         let base = free_port_base();
         let (etcd_client, etcd_peer, secure) = (base + 1, base + 2, base + 3);
         let server = format!("https://127.0.0.1:{secure}");
+        let processes = Processes::new(dir.path());
         let mut plane = ControlPlane {
             tools,
             dir,
             server,
-            children: Vec::new(),
+            processes,
         };
         let d = plane.dir.path().to_path_buf();
 
@@ -218,15 +236,9 @@ impl ControlPlane {
     }
 
     fn spawn(&mut self, name: &'static str, bin: &Path, args: &[String]) {
-        let log = File::create(self.log(name)).expect("log file");
-        let child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starts {name} ({}): {e}", bin.display()));
-        self.children.push((name, child));
+        let mut command = Command::new(bin);
+        command.args(args);
+        self.processes.spawn(name, command);
     }
 
     /// Waits up to 3 minutes (2 busy cores) for `done`; fails with every process's log tail
@@ -237,17 +249,7 @@ impl ControlPlane {
             if done(self) {
                 return;
             }
-            let exited: Vec<String> = self
-                .children
-                .iter_mut()
-                .filter_map(|(name, child)| {
-                    child
-                        .try_wait()
-                        .ok()
-                        .flatten()
-                        .map(|status| format!("{name} exited ({status})"))
-                })
-                .collect();
+            let exited = self.processes.exited();
             if !exited.is_empty() || start.elapsed() > Duration::from_secs(180) {
                 panic!(
                     "waiting for {what}: {}\n{}",
@@ -265,14 +267,7 @@ impl ControlPlane {
 
     /// The last lines of each process's log.
     pub fn log_tails(&self) -> String {
-        let mut all = String::new();
-        for (name, _) in &self.children {
-            let log = std::fs::read_to_string(self.log(name)).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(20)..];
-            all.push_str(&format!("--- {name} log tail:\n{}\n", tail.join("\n")));
-        }
-        all
+        self.processes.log_tails(20)
     }
 
     /// The control plane's directory (logs `NAME.log`, `kubeconfig`, etcd data).
@@ -387,16 +382,6 @@ impl ControlPlane {
     }
 }
 
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        while let Some((_, mut child)) = self.children.pop() {
-            // Child::kill sends SIGKILL to this child's pid only.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 fn outcome(out: Output) -> (Option<String>, String) {
     let stdout = text(&out.stdout);
     let all = format!("{stdout}{}", text(&out.stderr));
@@ -441,6 +426,169 @@ current-context: shorthorn-test
 ",
         ca.display()
     )
+}
+
+// Managers as the chart runs them, as host processes.
+
+/// The namespace the chart installs into and the managers run in.
+pub const NAMESPACE: &str = "shorthorn-system";
+
+/// `count` managers started at once with `--kubernetes`, laid out as `dev up` lays them
+/// out (so `dev down` stops them and what their agents started).
+pub struct KubeManagers {
+    pub cluster: DevCluster,
+    base: u16,
+    kubeconfig: PathBuf,
+    settings: PathBuf,
+}
+
+impl KubeManagers {
+    pub fn start(plane: &ControlPlane, count: u16, default_settings: &str) -> KubeManagers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = free_port_base();
+        let settings = dir.path().join("default-settings.yaml");
+        std::fs::write(&settings, default_settings).expect("settings file");
+        std::fs::write(dir.path().join("token"), "kube-cluster-test-token\n").expect("token");
+        let managers = KubeManagers {
+            cluster: DevCluster::adopt(dir, base),
+            base,
+            kubeconfig: plane.kubeconfig(),
+            settings,
+        };
+        for n in 1..=count {
+            managers.spawn(n);
+        }
+        managers
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.cluster.dir()
+    }
+
+    /// Starts manager `n` as node `node-n` (the downward API's NODE_NAME).
+    pub fn spawn(&self, n: u16) {
+        let dir = self.dir().join(format!("m{n}"));
+        std::fs::create_dir_all(dir.join("disk")).expect("node dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("manager.log"))
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(["manager", "--kubernetes", "--namespace", NAMESPACE])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", &format!("127.0.0.1:{}", self.base + 10 + n)])
+            .args(["--api-listen", &format!("127.0.0.1:{}", self.base + n)])
+            .arg("--token-file")
+            .arg(self.dir().join("token"))
+            .arg("--disk")
+            .arg(dir.join("disk"))
+            .arg("--default-settings")
+            .arg(&self.settings)
+            .env("NODE_NAME", format!("node-{n}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starts a manager");
+        std::fs::write(dir.join("pid"), child.id().to_string()).expect("pid file");
+        // Stopped by `dev down` through its pid file, as dev clusters are.
+        std::mem::forget(child);
+    }
+
+    /// Manager `n`'s `/v1/cluster` (its view of the Raft group), if it answers.
+    pub fn raft(&self, n: u16) -> Option<Value> {
+        let url = format!("{}/v1/cluster", self.cluster.api_of(n));
+        let answer = ureq::get(&url)
+            .set("Authorization", "Bearer kube-cluster-test-token")
+            .timeout(Duration::from_secs(2))
+            .call()
+            .ok()?;
+        answer.into_json().ok()
+    }
+
+    /// Waits until every manager in `members` sees the same leader, `voters` voters and
+    /// `learners` learners.
+    pub fn wait_group(&self, members: &[u16], voters: usize, learners: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let views: Vec<Option<Value>> = members.iter().map(|&n| self.raft(n)).collect();
+            let agreed = views.iter().all(|v| {
+                v.as_ref().is_some_and(|v| {
+                    !v["leader"].is_null()
+                        && v["leader"] == views[0].as_ref().unwrap_or(&Value::Null)["leader"]
+                        && v["voters"].as_array().map_or(0, Vec::len) == voters
+                        && v["members"].as_object().map_or(0, |m| m.len()) == voters + learners
+                })
+            });
+            if agreed {
+                return views.into_iter().flatten().collect();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the managers did not form one group of {voters} voters and {learners} \
+                     learners; views: {views:?}\n{}",
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The manager number of the Raft leader.
+    pub fn leader(&self, members: &[u16]) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for &n in members {
+                if self.raft(n).is_some_and(|v| v["role"] == "Leader") {
+                    return n;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader\n{}", self.log_tails());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for n in 1..=4 {
+            let Ok(log) = std::fs::read_to_string(self.dir().join(format!("m{n}/manager.log")))
+            else {
+                continue;
+            };
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            out.push_str(&format!("--- m{n}/manager.log ends:\n"));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// The control plane with the namespace and the chart's CRDs, established.
+pub fn plane_with_crds() -> Option<ControlPlane> {
+    let plane = ControlPlane::start()?;
+    plane.kubectl_ok(&["create", "namespace", NAMESPACE]);
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/chart/crds/shorthorn.io.yaml");
+    plane.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().expect("path")]);
+    plane.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=120s",
+        "crd",
+        "volumes.shorthorn.io",
+        "nodes.shorthorn.io",
+        "settings.shorthorn.io",
+        "replicas.shorthorn.io",
+        "engines.shorthorn.io",
+    ]);
+    Some(plane)
 }
 
 /// The seed's example values: its `defaultSettings` and `ingress` as it shows them.

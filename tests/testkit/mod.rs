@@ -9,8 +9,12 @@
 // Each test binary uses a different subset of this kit.
 #![allow(dead_code)]
 
+pub mod csi_controller;
 pub mod kube;
+pub mod kubelet;
+pub mod mariadb;
 pub mod nfs;
+pub mod processes;
 pub mod prometheus;
 pub mod s3;
 

@@ -1,7 +1,8 @@
 //go:build tools
 
-// Package tools pins the Kubernetes components the tests' control plane runs
-// (tests/testkit/kube.rs); tools/k8s/build.sh builds them into
+// Package tools pins the Kubernetes components the tests' control plane and nodes run
+// (tests/testkit/kube.rs); fake-cri/ and csi-node-registrar/ are the two small mains a
+// kubelet without a container engine needs; tools/k8s/build.sh builds them into
 // /var/tmp/shorthorn-tools/k8s-<version>/.
 package tools
 
@@ -9,4 +10,5 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
