@@ -382,6 +382,14 @@ impl ControlPlane {
     }
 }
 
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Before the directory goes (fields drop in order): the controller manager would
+        // recreate what it keeps there.
+        self.processes.kill_all();
+    }
+}
+
 fn outcome(out: Output) -> (Option<String>, String) {
     let stdout = text(&out.stdout);
     let all = format!("{stdout}{}", text(&out.stderr));
