@@ -155,12 +155,6 @@ impl CsiController {
 
     /// Fails (with the logs) if one of them has exited.
     pub fn check_running(&mut self) {
-        let exited = self.processes.exited();
-        assert!(
-            exited.is_empty(),
-            "the CSI controller: {}\n{}",
-            exited.join(", "),
-            self.log_tails()
-        );
+        self.processes.check_running("the CSI controller");
     }
 }

@@ -179,14 +179,7 @@ impl KubeNode {
 
     /// Fails (with the logs) if a process of this node has exited.
     pub fn check_running(&mut self) {
-        let exited = self.processes.exited();
-        assert!(
-            exited.is_empty(),
-            "node {}: {}\n{}",
-            self.name,
-            exited.join(", "),
-            self.log_tails()
-        );
+        self.processes.check_running(&format!("node {}", self.name));
     }
 }
 

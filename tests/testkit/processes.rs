@@ -87,6 +87,17 @@ impl Processes {
         all
     }
 
+    /// Fails, with every log tail, if one of the processes has exited; `what` names them.
+    pub fn check_running(&mut self, what: &str) {
+        let exited = self.exited();
+        assert!(
+            exited.is_empty(),
+            "{what}: {}\n{}",
+            exited.join(", "),
+            self.log_tails(30)
+        );
+    }
+
     /// Kills (SIGKILL, by pid) and reaps the processes, last started first.
     pub fn kill_all(&mut self) {
         while let Some((_, mut child)) = self.children.pop() {
