@@ -185,7 +185,16 @@ fn managers_bootstrap_once_through_leases_and_mirror_the_log_with_edits() {
             .any(|l| l.starts_with("db ") && l.contains("attached") && l.contains("node-1")),
         "{listed}"
     );
-    assert_eq!(names(&plane, "replicas.shorthorn.io").len(), 3);
+    // The mirror writes at a bounded rate: the Replica objects may follow the Volume's.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while names(&plane, "replicas.shorthorn.io").len() != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "replicas mirrored: {:?}",
+            names(&plane, "replicas.shorthorn.io")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 
     // kubectl patch of the replica count becomes a command in the log.
     patch_replicas(&plane, "db", 2);
