@@ -545,19 +545,47 @@ pub fn write_random(endpoint: &str, mib: u64) -> Written {
     }
 }
 
-/// A base such that base+1..base+14 are free on 127.0.0.1 now. Chosen below the kernel's
-/// ephemeral range (32768 and up), where the agents of parallel tests take their ports.
+/// A base such that base+1..base+15 are free on 127.0.0.1 now, and reserved for this test
+/// process. Chosen below the kernel's ephemeral range (32768 and up), where the agents of
+/// parallel tests take their ports, on a 16-port grid so ranges never overlap, and held by
+/// a file naming this process under the system temp directory: a range whose manager is
+/// down for a restart is not free for another test to take meanwhile (a port taken so
+/// made a restarted manager fail with "Address already in use"). A file whose process is
+/// gone is taken over.
 pub fn free_port_base() -> u16 {
-    let seed = std::process::id() as u64
+    let reservations = std::env::temp_dir().join("shorthorn-test-ports");
+    std::fs::create_dir_all(&reservations).expect("port reservation directory");
+    let me = std::process::id();
+    let seed = me as u64
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-    for attempt in 0..500u64 {
+    for attempt in 0..2000u64 {
         let pick = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(attempt * 1442695040888963407);
-        let base = 20_000 + (pick >> 33) as u16 % 12_000;
-        if (1..=14).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        let base = 20_000 + 16 * ((pick >> 33) % 750) as u16;
+        let file = reservations.join(base.to_string());
+        // Held (by this process too: its clusters never share a range).
+        let held = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if held {
+            continue;
+        }
+        // Taken over from a process that is gone, or new: created exclusively, so two
+        // processes never both hold it.
+        let _ = std::fs::remove_file(&file);
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()));
+        if created.is_err() {
+            continue;
+        }
+        if (1..=15).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
