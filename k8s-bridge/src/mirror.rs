@@ -427,7 +427,7 @@ fn spec_applied(ok: bool, reason: &str, message: impl Into<String>, generation: 
         status: if ok { "True" } else { "False" }.into(),
         reason: reason.into(),
         message: message.into(),
-        last_transition_time: rfc3339_now(),
+        last_transition_time: crate::project::rfc3339(now()),
         observed_generation: Some(generation),
     }
 }
@@ -450,12 +450,6 @@ fn now() -> Timestamp {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0),
     )
-}
-
-fn rfc3339_now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 /// Aborts its task when dropped (the watches end with the mirror).

@@ -397,7 +397,7 @@ pub fn project(state: &State) -> Projection {
 }
 
 /// A log time (ms since the epoch) as Kubernetes writes times.
-fn rfc3339(at: Timestamp) -> String {
+pub(crate) fn rfc3339(at: Timestamp) -> String {
     k8s_openapi::jiff::Timestamp::from_millisecond(at.0 as i64)
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()

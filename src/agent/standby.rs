@@ -32,9 +32,14 @@ pub(super) struct Poll {
     retry_at: Option<Instant>,
 }
 
+/// The newest backup of `index` (by creation time, then name).
+fn newest(index: &[BackupSummary]) -> Option<&BackupSummary> {
+    index.iter().max_by_key(|b| (b.created_unix_ms, &b.name))
+}
+
 /// The newest backup of `index` that is newer than the standby's last restored one.
 fn newer<'a>(index: &'a [BackupSummary], dr: &Standby) -> Option<&'a BackupSummary> {
-    let newest = index.iter().max_by_key(|b| (b.created_unix_ms, &b.name))?;
+    let newest = newest(index)?;
     let Some(last) = dr.last_restored.as_deref() else {
         return Some(newest);
     };
@@ -293,7 +298,7 @@ impl Agent {
         if index.iter().any(|b| b.name == backup) {
             return None;
         }
-        let Some(newest) = index.iter().max_by_key(|b| (b.created_unix_ms, &b.name)) else {
+        let Some(newest) = newest(&index) else {
             return Some(Request::ReportStandbyFailed {
                 volume: volume.name.clone(),
                 reason: format!(

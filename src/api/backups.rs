@@ -19,7 +19,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use shorthorn_dataplane::backup::{BackupError, BackupTarget, Store, parse_backup_url};
+use shorthorn_dataplane::backup::{BackupError, BackupTarget, Manifest, Store, parse_backup_url};
 use shorthorn_state::{Backup, BackupState, Request};
 
 use super::{Api, ApiError, Body};
@@ -367,20 +367,22 @@ impl Api {
         name: String,
         progress: bool,
     ) -> Result<Response, ApiError> {
-        if !progress {
-            return Ok(Json(self.verify_on(&store, &volume, &name, None).await?).into_response());
-        }
-        let blocks = store
+        let manifest = store
             .get_manifest(&volume, &name)
             .await
-            .map_err(target_error)?
-            .blocks
-            .len() as u64;
+            .map_err(target_error)?;
+        if !progress {
+            let report = self
+                .verify_on(&store, &manifest, &AtomicU64::new(0))
+                .await?;
+            return Ok(Json(report).into_response());
+        }
+        let blocks = manifest.blocks.len() as u64;
         let checked = Arc::new(AtomicU64::new(0));
         let api = self.clone();
         let counter = checked.clone();
         let task = AbortOnDrop(tokio::spawn(async move {
-            api.verify_on(&store, &volume, &name, Some(&counter)).await
+            api.verify_on(&store, &manifest, &counter).await
         }));
         let lines = futures::stream::unfold(Some(task), move |task| {
             let checked = checked.clone();
@@ -409,27 +411,19 @@ impl Api {
             .into_response())
     }
 
+    /// Checks every block `manifest` names, counting them in `checked` as it goes.
     async fn verify_on(
         &self,
         store: &Store,
-        volume: &str,
-        name: &str,
-        checked: Option<&AtomicU64>,
+        manifest: &Manifest,
+        checked: &AtomicU64,
     ) -> Result<VerifyReport, ApiError> {
         let concurrency = self.read(|s| s.settings.restore_concurrent_limit).await? as usize;
-        let manifest = store
-            .get_manifest(volume, name)
-            .await
-            .map_err(target_error)?;
         let bad = store
-            .verify_counting(
-                volume,
-                name,
-                concurrency,
-                checked.unwrap_or(&AtomicU64::new(0)),
-            )
+            .verify_manifest(manifest, concurrency, checked)
             .await
             .map_err(target_error)?;
+        let (volume, name) = (&manifest.volume, &manifest.name);
         if !bad.is_empty() {
             tracing::warn!(backup = %name, volume, bad = bad.len(), "verify found bad blocks");
         }

@@ -563,19 +563,19 @@ impl Store {
         name: &str,
         concurrency: usize,
     ) -> Result<Vec<BadBlock>, BackupError> {
-        self.verify_counting(volume, name, concurrency, &AtomicU64::new(0))
+        let m = self.get_manifest(volume, name).await?;
+        self.verify_manifest(&m, concurrency, &AtomicU64::new(0))
             .await
     }
 
-    /// As [`Store::verify`], counting the blocks checked so far in `checked` (for progress).
-    pub async fn verify_counting(
+    /// As [`Store::verify`], for a manifest already read, counting the blocks checked so
+    /// far in `checked` (for progress).
+    pub async fn verify_manifest(
         &self,
-        volume: &str,
-        name: &str,
+        m: &Manifest,
         concurrency: usize,
         checked: &AtomicU64,
     ) -> Result<Vec<BadBlock>, BackupError> {
-        let m = self.get_manifest(volume, name).await?;
         let results: Vec<Result<Option<BadBlock>, BackupError>> =
             futures::stream::iter(m.blocks.iter().cloned())
                 .map(|(offset, hash)| async move {
