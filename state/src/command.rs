@@ -362,6 +362,29 @@ pub enum Request {
         name: String,
         volume: String,
     },
+    /// Moves volume `name`'s engine, then its replicas one at a time, to `image` (the
+    /// absolute path of a shorthorn binary on every node) without detaching it.
+    UpgradeEngine {
+        name: String,
+        image: String,
+    },
+    /// The agent checking an upgrade's image ran it: it starts (`version` is what it says
+    /// it is).
+    ReportEngineUpgradeChecked {
+        name: String,
+        #[serde(default)]
+        version: String,
+    },
+    /// The upgrade's image did not start (checked, or as the engine or a replica).
+    ReportEngineUpgradeFailed {
+        name: String,
+        reason: String,
+    },
+    /// Upgrades every volume to `image`, at most concurrentAutomaticEngineUpgradePerNodeLimit
+    /// per node at once.
+    StartEngineUpgradeJob {
+        image: String,
+    },
 }
 
 /// A node as its agent registers it.

@@ -14,11 +14,17 @@ use crate::{
     Replica, ReplicaMode, Request, Robustness, Settings, State, Timestamp, Volume, VolumeSpec,
     VolumeState, evolve,
 };
-use crate::{auto_attach, backups, copy, jobs, restore, salvage, snapshots, standby};
+use crate::{auto_attach, backups, copy, jobs, restore, salvage, snapshots, standby, upgrade};
 
 /// Decides `command` against `state`: the events it produces, or why it is refused.
 /// Pure and deterministic: the same state and command always give the same answer.
 pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection> {
+    let mut events = decide_request(state, command)?;
+    upgrade::follow(state, &mut events, command.at);
+    Ok(events)
+}
+
+fn decide_request(state: &State, command: &Command) -> Result<Vec<Event>, Rejection> {
     let at = command.at;
     match &command.request {
         Request::RegisterNode(spec) => register_node(state, spec, at),
@@ -427,6 +433,12 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         Request::FireRecurringJob { name } => jobs::fire(state, name, at),
         Request::StepRecurringJob { name, volume } => jobs::step(state, name, volume, at),
         Request::FinishRecurringJobVolume { name, volume } => jobs::finish(state, name, volume, at),
+        Request::UpgradeEngine { name, image } => upgrade::start(state, name, image, false, at),
+        Request::ReportEngineUpgradeChecked { name, .. } => upgrade::checked(state, name, at),
+        Request::ReportEngineUpgradeFailed { name, reason } => {
+            upgrade::failed(state, name, reason, at)
+        }
+        Request::StartEngineUpgradeJob { image } => upgrade::start_job(state, image, at),
     }
 }
 

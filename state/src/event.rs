@@ -317,6 +317,65 @@ pub enum Event {
         at: Timestamp,
         note: Option<String>,
     },
+    /// An engine upgrade of the volume began: the new image is checked first.
+    EngineUpgradeStarted {
+        name: String,
+        image: String,
+        from: String,
+        job: bool,
+        at: Timestamp,
+    },
+    /// The new image starts; the engine is replaced by one of it at `epoch`.
+    EngineUpgradeChecked {
+        name: String,
+        epoch: Epoch,
+    },
+    /// The engine of the new image serves; the replicas follow.
+    EngineUpgradeEngineRunning {
+        name: String,
+    },
+    /// Replica `id` is restarted with the new image and rebuilt.
+    EngineUpgradeReplica {
+        name: String,
+        id: String,
+    },
+    /// The log saw replica `id` fail for its restart.
+    EngineUpgradeReplicaRestarted {
+        name: String,
+        id: String,
+    },
+    /// Replica `id` runs the new image and is read-write again.
+    EngineUpgradeReplicaDone {
+        name: String,
+        id: String,
+    },
+    EngineUpgradeFinished {
+        name: String,
+        at: Timestamp,
+    },
+    /// The upgrade stopped; the volume is back on its old image.
+    EngineUpgradeFailed {
+        name: String,
+        reason: String,
+        at: Timestamp,
+    },
+    EngineUpgradeJobStarted {
+        image: String,
+        volumes: Vec<String>,
+        at: Timestamp,
+    },
+    EngineUpgradeJobVolumeDone {
+        name: String,
+    },
+    /// A volume's upgrade failed: the job starts no other.
+    EngineUpgradeJobFailed {
+        name: String,
+        reason: String,
+        at: Timestamp,
+    },
+    EngineUpgradeJobFinished {
+        at: Timestamp,
+    },
 }
 
 impl Event {
@@ -342,7 +401,15 @@ impl Event {
             | Event::StandbyRestored { name, .. }
             | Event::StandbyFailed { name, .. }
             | Event::VolumeActivating { name }
-            | Event::VolumeActivated { name, .. } => Some(name),
+            | Event::VolumeActivated { name, .. }
+            | Event::EngineUpgradeStarted { name, .. }
+            | Event::EngineUpgradeChecked { name, .. }
+            | Event::EngineUpgradeEngineRunning { name }
+            | Event::EngineUpgradeReplica { name, .. }
+            | Event::EngineUpgradeReplicaRestarted { name, .. }
+            | Event::EngineUpgradeReplicaDone { name, .. }
+            | Event::EngineUpgradeFinished { name, .. }
+            | Event::EngineUpgradeFailed { name, .. } => Some(name),
             Event::ReplicaScheduled { replica } => Some(&replica.volume),
             Event::SchedulingFailed { volume, .. }
             | Event::SnapshotTaken { volume, .. }

@@ -239,6 +239,8 @@ pub fn evolve(state: &mut State, event: &Event) {
                 }
             }
             state.unscheduled.remove(name);
+            state.engine_images.remove(name);
+            state.engine_upgrades.remove(name);
         }
         Event::ReplicaScheduled { replica } => {
             let Some(volume) = state.volumes.get_mut(&replica.volume) else {
@@ -514,6 +516,18 @@ pub fn evolve(state: &mut State, event: &Event) {
                 }
             }
         }
+        Event::EngineUpgradeStarted { .. }
+        | Event::EngineUpgradeChecked { .. }
+        | Event::EngineUpgradeEngineRunning { .. }
+        | Event::EngineUpgradeReplica { .. }
+        | Event::EngineUpgradeReplicaRestarted { .. }
+        | Event::EngineUpgradeReplicaDone { .. }
+        | Event::EngineUpgradeFinished { .. }
+        | Event::EngineUpgradeFailed { .. }
+        | Event::EngineUpgradeJobStarted { .. }
+        | Event::EngineUpgradeJobVolumeDone { .. }
+        | Event::EngineUpgradeJobFailed { .. }
+        | Event::EngineUpgradeJobFinished { .. } => crate::upgrade::evolve(state, event),
     }
 }
 

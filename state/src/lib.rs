@@ -27,6 +27,7 @@ mod scheduler;
 mod setting;
 mod snapshots;
 mod standby;
+mod upgrade;
 
 pub use codec::{DecodeError, FORMAT_VERSION};
 pub use command::{Command, DataSource, DiskSpec, NodeSpec, Request, VolumeSpec};
@@ -51,6 +52,7 @@ pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomai
 pub use rejection::{Rejection, RejectionKind};
 pub use scheduler::Placement;
 pub use setting::{SETTING_KEYS, Settings};
+pub use upgrade::{EngineUpgrade, EngineUpgradeJob, IMAGE_MAX_LEN, UpgradePhase};
 
 /// Decide `command` against `state` and, when it is accepted, evolve `state` with every
 /// event it produced. Returns the events, or the rejection (and then `state` is untouched).

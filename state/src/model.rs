@@ -95,6 +95,15 @@ pub struct State {
     /// them (every `backupstorePollInterval` seconds), by name.
     #[serde(default)]
     pub backup_volumes: BTreeMap<String, BackupVolume>,
+    /// The engine image of each volume not on its nodes' own binary.
+    #[serde(default)]
+    pub engine_images: BTreeMap<String, String>,
+    /// Each volume's last engine upgrade, running or finished.
+    #[serde(default)]
+    pub engine_upgrades: BTreeMap<String, crate::EngineUpgrade>,
+    /// The last engine upgrade job.
+    #[serde(default)]
+    pub engine_upgrade_job: Option<crate::EngineUpgradeJob>,
 }
 
 /// A storage node: where replicas live and engines run.

@@ -274,4 +274,7 @@ settings! {
     recurring_successful_jobs_history_limit: u64 = 1, "recurringSuccessfulJobsHistoryLimit", range(0, 100);
     /// Finished runs of a recurring job kept in its history where some volume failed.
     recurring_failed_jobs_history_limit: u64 = 1, "recurringFailedJobsHistoryLimit", range(0, 100);
+    /// Volumes a node may have in an engine upgrade job at once (the job upgrades every
+    /// volume to one image); 0 turns upgrade jobs off.
+    concurrent_automatic_engine_upgrade_per_node_limit: u64 = 0, "concurrentAutomaticEngineUpgradePerNodeLimit", range(0, 64);
 }
