@@ -26,6 +26,9 @@ pub(super) struct Record {
     pub(super) epoch: u64,
     #[serde(default)]
     pub(super) control: String,
+    /// The engine image it was started from ("" = the agent's own binary).
+    #[serde(default)]
+    pub(super) image: String,
 }
 
 pub(super) struct Proc {
@@ -127,4 +130,12 @@ pub(super) fn wait_listening(address: &str, within: Duration) {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
+}
+
+/// An error if `child` has already exited (it did not start), naming its log.
+pub(super) fn still_running(child: &mut Child, log: &Path) -> anyhow::Result<()> {
+    match child.try_wait()? {
+        Some(status) => anyhow::bail!("it exited ({status}) at once; see {}", log.display()),
+        None => Ok(()),
+    }
 }

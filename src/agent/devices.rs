@@ -86,6 +86,7 @@ impl Agent {
             epoch: 0,
             // The frontend, so that an adopted process is known by it too.
             control: kind.as_str().to_string(),
+            image: String::new(),
         };
         write_record(&dir, &record)?;
         tracing::info!(volume = %volume.name, frontend = kind.as_str(), "device process started");

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use shorthorn_dataplane::proto::ReplicaMode as EngineMode;
 use shorthorn_state::{Replica, ReplicaMode, Request, Robustness, Volume, VolumeState};
 
-use super::children::{Proc, Record, free_port, spawn_logged, wait_listening, write_record};
+use super::children::{
+    Proc, Record, free_port, spawn_logged, still_running, wait_listening, write_record,
+};
 use super::{ADDRESS_GRACE, Agent, NodeView, RETRY_FAILED, now_millis};
 
 impl Agent {
@@ -68,12 +70,17 @@ impl Agent {
                             tracing::debug!(volume = %volume.name, ?wait, "the engine keeps dying; starting it later");
                             continue;
                         }
-                        match self.start_engine(volume, replicas) {
+                        let image = view.engine_images.get(&volume.name).map_or("", String::as_str);
+                        let upgrading = view.upgrading_engines.contains(&volume.name);
+                        match self.start_engine(volume, replicas, image, upgrading) {
                             Ok(proc) => {
                                 self.engines.insert(volume.name.clone(), proc);
                             }
                             Err(err) => {
-                                tracing::warn!(volume = %volume.name, "starting the engine: {err:#}");
+                                tracing::warn!(volume = %volume.name, image, "starting the engine: {err:#}");
+                                if upgrading {
+                                    self.upgrade_failed(&volume.name, "the engine", &err).await;
+                                }
                                 continue;
                             }
                         }
@@ -192,7 +199,13 @@ impl Agent {
         }
     }
 
-    fn start_engine(&self, volume: &Volume, replicas: &[Replica]) -> anyhow::Result<Proc> {
+    fn start_engine(
+        &self,
+        volume: &Volume,
+        replicas: &[Replica],
+        image: &str,
+        upgrading: bool,
+    ) -> anyhow::Result<Proc> {
         let read_write: Vec<&Replica> = replicas
             .iter()
             .filter(|r| r.mode == ReplicaMode::ReadWrite)
@@ -243,7 +256,7 @@ impl Agent {
             )),
         };
         let control = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
-        let mut process = Process::new(&self.config.exe);
+        let mut process = Process::new(self.binary(image));
         process
             .arg("engine")
             .arg("serve")
@@ -261,7 +274,8 @@ impl Agent {
         for address in &healthy {
             process.arg("--replica").arg(format!("tcp:{address}"));
         }
-        let child = spawn_logged(process, &dir.join("engine.log"))?;
+        let log = dir.join("engine.log");
+        let mut child = spawn_logged(process, &log)?;
         let endpoint = nbd
             .as_ref()
             .map_or_else(String::new, |nbd| format!("nbd://{nbd}/{}", volume.name));
@@ -270,13 +284,20 @@ impl Agent {
             address: endpoint,
             epoch: volume.epoch.0,
             control,
+            image: image.to_string(),
         };
         write_record(&dir, &record)?;
         wait_listening(
             nbd.as_ref().unwrap_or(&record.control),
             Duration::from_secs(15),
         );
-        tracing::info!(volume = %volume.name, epoch = volume.epoch.0, nbd = ?nbd, "engine started");
+        // An upgrade's engine that exits at once fails the upgrade (the old image comes
+        // back) instead of being restarted as a dead engine.
+        if upgrading && let Err(err) = still_running(&mut child, &log) {
+            let _ = fs::remove_file(dir.join("process.json"));
+            return Err(err);
+        }
+        tracing::info!(volume = %volume.name, epoch = volume.epoch.0, nbd = ?nbd, image, "engine started");
         Ok(Proc {
             record,
             child: Some(child),

@@ -22,8 +22,9 @@ mod jobs;
 mod replicas;
 mod snapshots;
 mod standby;
+mod upgrades;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -83,6 +84,8 @@ pub struct Agent {
     last_nbd: BTreeMap<String, String>,
     /// Engine deaths in a row per volume, to back off a crashing engine.
     engine_deaths: BTreeMap<String, engines::Deaths>,
+    /// (volume, image) engine upgrade checks this agent ran and reported.
+    upgrade_checked: BTreeSet<(String, String)>,
     /// Since when, and for how many probes in a row, each engine has not answered.
     engine_silence: BTreeMap<String, (Instant, u32)>,
     /// When this agent first saw each volume attaching here.
@@ -115,6 +118,7 @@ impl Agent {
             devices: BTreeMap::new(),
             last_nbd: BTreeMap::new(),
             engine_deaths: BTreeMap::new(),
+            upgrade_checked: Default::default(),
             engine_silence: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
             orphans_reported: Default::default(),
@@ -272,6 +276,7 @@ impl Agent {
             self.propose(Request::MarkDeadNodes { timeout_secs })
                 .await?;
         }
+        self.check_upgrades(&view.upgrade_checks).await;
         self.converge_replicas(&view).await;
         self.converge_engines(&view).await;
         // Only the leader's agent runs the cluster-wide stale-replica timer: when the first
@@ -321,6 +326,15 @@ struct NodeView {
     copy_sources: BTreeMap<String, backups::CopySource>,
     /// (ready, last heartbeat) of every node.
     heartbeats: Vec<(bool, Timestamp)>,
+    /// The engine image of each volume attached here ("" = this agent's binary).
+    engine_images: BTreeMap<String, String>,
+    /// The image each replica here should run, and whether its process may be restarted
+    /// for it now (see `State::replica_image`).
+    replica_images: BTreeMap<String, (String, bool)>,
+    /// Volumes attached here whose engine upgrade is starting the new engine.
+    upgrading_engines: BTreeSet<String>,
+    /// (volume, image) of the engine upgrades this node checks.
+    upgrade_checks: Vec<(String, String)>,
 }
 
 impl NodeView {
@@ -378,7 +392,44 @@ impl NodeView {
                 Some((v.name.clone(), backups::CopySource::of(state, from)))
             })
             .collect();
+        let engine_images = state
+            .volumes
+            .keys()
+            .map(|v| (v.clone(), state.engine_image(v).to_string()))
+            .collect();
+        let replica_images = state
+            .replicas
+            .values()
+            .filter(|r| r.node == node)
+            .filter_map(|r| {
+                let (image, now) = state.replica_image(&r.id)?;
+                Some((r.id.clone(), (image.to_string(), now)))
+            })
+            .collect();
+        let running = || state.engine_upgrades.iter().filter(|(_, u)| u.running());
+        let upgrading_engines = running()
+            .filter(|(v, u)| {
+                matches!(u.phase, shorthorn_state::UpgradePhase::Engine { .. })
+                    && state
+                        .volumes
+                        .get(*v)
+                        .and_then(|v| v.attachment.as_ref())
+                        .is_some_and(|a| a.node == node)
+            })
+            .map(|(v, _)| v.clone())
+            .collect();
+        let upgrade_checks = running()
+            .filter(|(v, u)| {
+                u.phase == shorthorn_state::UpgradePhase::Checking
+                    && state.upgrade_checker(v) == Some(node)
+            })
+            .map(|(v, u)| (v.clone(), u.image.clone()))
+            .collect();
         NodeView {
+            engine_images,
+            replica_images,
+            upgrading_engines,
+            upgrade_checks,
             backups,
             copy_sources,
             backup_concurrency: state.settings.backup_concurrent_limit,

@@ -13,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 use shorthorn_state::{Replica, ReplicaMode, Request, Robustness, VolumeState};
 
-use super::children::{Proc, Record, free_port, spawn_logged, wait_listening, write_record};
+use super::children::{
+    Proc, Record, free_port, spawn_logged, still_running, wait_listening, write_record,
+};
 use super::{Agent, NodeView};
 
 impl Agent {
@@ -35,17 +37,45 @@ impl Agent {
                 }
                 continue;
             }
-            let running = self
+            let (image, restart_now) = view
+                .replica_images
+                .get(&replica.id)
+                .map_or(("", false), |(image, now)| (image.as_str(), *now));
+            let mut running = self
                 .replicas
                 .get_mut(&replica.id)
                 .is_some_and(|p| p.alive());
+            if running && restart_now && self.replicas[&replica.id].record.image != image {
+                // An engine upgrade is at this replica (or its volume is detached): it is
+                // failed first, so that the engine stops writing to it and the rebuild
+                // that follows is counted, then restarted from the new image.
+                if volume.state != VolumeState::Detached {
+                    let request = Request::ReportReplicaFailed {
+                        id: replica.id.clone(),
+                        reason: format!("restarting with engine image \"{image}\""),
+                    };
+                    if let Err(err) = self.propose(request).await {
+                        tracing::warn!(replica = %replica.id, "reporting the restart: {err}");
+                        continue;
+                    }
+                }
+                tracing::info!(replica = %replica.id, image, "restarting the replica with a new engine image");
+                if let Some(mut proc) = self.replicas.remove(&replica.id) {
+                    proc.stop();
+                }
+                running = false;
+            }
             if !running {
-                match self.start_replica(replica, volume.size, &dir) {
+                let upgrading = restart_now && volume.state != VolumeState::Detached;
+                match self.start_replica(replica, volume.size, &dir, image, upgrading) {
                     Ok(proc) => {
                         self.replicas.insert(replica.id.clone(), proc);
                     }
                     Err(err) => {
-                        tracing::warn!(replica = %replica.id, "starting the replica: {err:#}");
+                        tracing::warn!(replica = %replica.id, image, "starting the replica: {err:#}");
+                        if upgrading {
+                            self.upgrade_failed(&volume.name, "a replica", &err).await;
+                        }
                         continue;
                     }
                 }
@@ -123,10 +153,17 @@ impl Agent {
         }
     }
 
-    fn start_replica(&self, replica: &Replica, size: u64, dir: &Path) -> anyhow::Result<Proc> {
+    fn start_replica(
+        &self,
+        replica: &Replica,
+        size: u64,
+        dir: &Path,
+        image: &str,
+        upgrading: bool,
+    ) -> anyhow::Result<Proc> {
         fs::create_dir_all(dir)?;
         let address = format!("{}:{}", self.config.host, free_port(&self.config.host)?);
-        let mut process = Process::new(&self.config.exe);
+        let mut process = Process::new(self.binary(image));
         process
             .arg("replica")
             .arg("serve")
@@ -139,15 +176,20 @@ impl Agent {
         if !dir.join("volume.meta").exists() {
             process.arg("--size").arg(size.to_string());
         }
-        let child = spawn_logged(process, &dir.join("replica.log"))?;
+        let log = dir.join("replica.log");
+        let mut child = spawn_logged(process, &log)?;
         let record = Record {
             pid: child.id() as i32,
             address,
             epoch: 0,
             control: String::new(),
+            image: image.to_string(),
         };
         write_record(dir, &record)?;
         wait_listening(&record.address, Duration::from_secs(10));
+        if upgrading {
+            still_running(&mut child, &log)?;
+        }
         tracing::info!(replica = %replica.id, address = %record.address, "replica started");
         Ok(Proc {
             record,

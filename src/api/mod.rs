@@ -21,6 +21,7 @@ mod jobs;
 mod nodes;
 mod openapi;
 mod snapshots;
+mod upgrades;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -121,6 +122,14 @@ pub fn router(api: Api) -> Router {
         .route("/v1/volumes/{name}/update", post(update_volume))
         .route("/v1/volumes/{name}/activate", post(activate_volume))
         .route("/v1/volumes/{name}/engine", get(engine::get))
+        .route(
+            "/v1/volumes/{name}/engine-upgrade",
+            get(upgrades::get_volume).post(upgrades::upgrade_volume),
+        )
+        .route(
+            "/v1/engine-upgrades",
+            get(upgrades::get_job).post(upgrades::start_job),
+        )
         .route(
             "/v1/volumes/{name}/snapshots",
             get(snapshots::list).post(snapshots::create),

@@ -17,6 +17,10 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("/v1/volumes/{name}/detach", "post"),
     ("/v1/volumes/{name}/activate", "post"),
     ("/v1/volumes/{name}/engine", "get"),
+    ("/v1/volumes/{name}/engine-upgrade", "get"),
+    ("/v1/volumes/{name}/engine-upgrade", "post"),
+    ("/v1/engine-upgrades", "get"),
+    ("/v1/engine-upgrades", "post"),
     ("/v1/volumes/{name}/expand", "post"),
     ("/v1/volumes/{name}/update", "post"),
     ("/v1/volumes/{name}/snapshots", "get"),
@@ -109,6 +113,10 @@ fn path_param(name: &str) -> Value {
 
 pub fn build() -> Value {
     let volume = reference("Volume");
+    let image_body = json!({
+        "type": "object", "required": ["image"], "additionalProperties": false,
+        "properties": { "image": { "type": "string", "description": "absolute path of the new shorthorn binary on every node" } }
+    });
     let list = |item: Value| json!({ "type": "array", "items": item });
     let labels = json!({ "type": "object", "additionalProperties": { "type": "string" },
         "description": "recurring-job.shorthorn.io/<job>: enabled and recurring-job-group.shorthorn.io/<group>: enabled join recurring jobs" });
@@ -321,6 +329,15 @@ pub fn build() -> Value {
             }
         }
     });
+    paths["/v1/volumes/{name}/engine-upgrade"] = json!({
+            "parameters": path_param("name"),
+            "get": operation("The volume's engine image (\"\" = each node's own binary) and its last engine upgrade: phase checking, engine, replicas, replica (one at a time), done or failed (with the error)", ("200", ok("engine upgrade", reference("VolumeEngineUpgrade"))), None),
+            "post": operation("Upgrade the volume's engine, then its replicas one at a time, to an engine image without detaching it; the image is checked (run with --version) on the volume's node first", ("202", ok("engine upgrade", reference("VolumeEngineUpgrade"))), Some(image_body.clone())),
+        });
+    paths["/v1/engine-upgrades"] = json!({
+            "get": operation("The engine upgrade job and every volume's image and last upgrade", ("200", ok("engine upgrades", reference("EngineUpgrades"))), None),
+            "post": operation("Upgrade every volume to an engine image, at most concurrentAutomaticEngineUpgradePerNodeLimit volumes per node at once (412 when it is 0); the job starts no new volume after the first failure", ("202", ok("engine upgrades", reference("EngineUpgrades"))), Some(image_body)),
+        });
     for (_, item) in paths.as_object_mut().into_iter().flatten() {
         for (method, op) in item.as_object_mut().into_iter().flatten() {
             if op.get("responses").is_some() {
@@ -369,6 +386,28 @@ pub fn build() -> Value {
                 "Node": { "type": "object", "properties": {
                     "id": { "type": "string" }, "address": { "type": "string" }, "zone": { "type": "string" },
                     "schedulable": { "type": "boolean" }, "disks": { "type": "object" } } },
+                "VolumeEngineUpgrade": { "type": "object", "properties": {
+                    "volume": { "type": "string" },
+                    "image": { "type": "string" },
+                    "upgrade": { "type": ["object", "null"], "properties": {
+                        "image": { "type": "string" }, "from": { "type": "string" },
+                        "phase": { "type": "object", "properties": { "phase": { "enum": ["checking", "engine", "replicas", "replica", "done", "failed"] } } },
+                        "job": { "type": "boolean" },
+                        "replicasDone": { "type": "array", "items": { "type": "string" } },
+                        "startedAt": { "type": "integer" }, "finishedAt": { "type": ["integer", "null"] },
+                        "error": { "type": ["string", "null"] }
+                    } }
+                } },
+                "EngineUpgrades": { "type": "object", "properties": {
+                    "job": { "type": ["object", "null"], "properties": {
+                        "image": { "type": "string" },
+                        "volumes": { "type": "array", "items": { "type": "string" } },
+                        "done": { "type": "array", "items": { "type": "string" } },
+                        "failed": { "type": ["array", "null"], "items": { "type": "string" } },
+                        "startedAt": { "type": "integer" }, "finishedAt": { "type": ["integer", "null"] }
+                    } },
+                    "volumes": { "type": "array", "items": reference("VolumeEngineUpgrade") }
+                } },
                 "Engine": { "type": "object", "properties": {
                     "volume": { "type": "string" }, "node": { "type": "string", "description": "the node whose engine answered" },
                     "replicas": { "type": "array", "items": { "type": "object", "properties": {

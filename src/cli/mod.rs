@@ -12,6 +12,7 @@ mod job;
 mod manager;
 mod progress;
 mod replica;
+mod upgrade;
 mod volume;
 mod watch;
 
@@ -62,6 +63,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Read and change cluster settings.
     Setting(SettingArgs),
+    /// Upgrade volumes' engines and replicas to a new binary while they stay attached.
+    Upgrade(UpgradeArgs),
     /// Follow the cluster's event stream: one line per event of the log.
     Watch(watch::WatchArgs),
     /// Run the CSI driver (controller and node services) on a unix socket.
@@ -111,6 +114,14 @@ pub struct JobArgs {
     target: client::Target,
     #[command(subcommand)]
     command: job::JobCommand,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    target: client::Target,
+    #[command(subcommand)]
+    command: upgrade::UpgradeCommand,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Setting(args) => volume::setting(args.command, &args.target),
         Command::Backup(args) => backup::backup(args.command, &args.target),
         Command::Job(args) => job::job(args.command, &args.target),
+        Command::Upgrade(args) => upgrade::upgrade(args.command, &args.target),
         Command::Watch(args) => watch::watch(args),
         Command::Csi(args) => csi::run(args),
         Command::Check(args) => check::run(args),
