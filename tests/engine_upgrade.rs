@@ -130,7 +130,9 @@ fn an_attached_volume_moves_to_a_new_engine_image_under_fio_without_an_error() {
     let engine_before = cluster.engine_pid(1, "db");
     let replicas_before = replica_exes(&cluster, "db");
     assert!(
-        replicas_before.iter().all(|(_, e)| e.as_path() == Path::new(BIN)),
+        replicas_before
+            .iter()
+            .all(|(_, e)| e.as_path() == Path::new(BIN)),
         "{replicas_before:?}"
     );
     let epoch = cluster.json(&["volume", "get", "db"])["epoch"]
@@ -171,7 +173,10 @@ fn an_attached_volume_moves_to_a_new_engine_image_under_fio_without_an_error() {
             !replicas_before.iter().any(|(before, _)| before == pid),
             "replica {pid} was not restarted: {replicas:?}"
         );
-        assert_eq!(exe, &new, "a replica does not run the new image: {replicas:?}");
+        assert_eq!(
+            exe, &new,
+            "a replica does not run the new image: {replicas:?}"
+        );
     }
     let status = upgrade_of(&cluster, "db");
     assert_eq!(status["image"], new.to_str().expect("utf-8"), "{status}");
@@ -220,7 +225,11 @@ fn an_image_that_cannot_start_leaves_the_old_engine_serving() {
         stderr.contains("failed") && stderr.contains("cannot start"),
         "{stderr}"
     );
-    assert_eq!(cluster.engine_pid(1, "db"), engine, "the engine was replaced");
+    assert_eq!(
+        cluster.engine_pid(1, "db"),
+        engine,
+        "the engine was replaced"
+    );
     assert_eq!(exe(&engine), Path::new(BIN));
     assert_eq!(cluster.json(&["volume", "get", "db"])["epoch"], epoch);
 
@@ -368,7 +377,10 @@ fn the_upgrade_job_upgrades_every_volume_and_stops_at_the_first_failure() {
     let job = &status["job"];
     assert_eq!(job["done"].as_array().map(Vec::len), Some(2), "{status}");
     for volume in ["attached", "idle"] {
-        assert_eq!(upgrade_of(&cluster, volume)["image"], new.to_str().expect("utf-8"));
+        assert_eq!(
+            upgrade_of(&cluster, volume)["image"],
+            new.to_str().expect("utf-8")
+        );
     }
     assert_eq!(exe(&cluster.engine_pid(1, "attached")), new);
     // The detached volume's replica processes were restarted from the new image.
@@ -385,8 +397,9 @@ fn the_upgrade_job_upgrades_every_volume_and_stops_at_the_first_failure() {
     };
     assert!(replicas.iter().all(|(_, e)| e == &new), "{replicas:?}");
 
-    // A job to an image that cannot start stops at its first volume; the other keeps its
-    // image.
+    // A job to an image that cannot start stops at its first volume; the other, on the
+    // same node (so it waits its turn under the limit of 1), keeps its image.
+    cluster.ok(&["volume", "attach", "idle", "--node", "node-1"]);
     let broken = script(work.path(), "broken", "exit 1");
     let (ok, _, stderr) = cluster.cli(&[
         "upgrade",
@@ -398,7 +411,10 @@ fn the_upgrade_job_upgrades_every_volume_and_stops_at_the_first_failure() {
         "120",
     ]);
     assert!(!ok, "a job to a broken image succeeded");
-    assert!(stderr.contains("stopped: volume attached failed"), "{stderr}");
+    assert!(
+        stderr.contains("stopped: volume attached failed"),
+        "{stderr}"
+    );
     let status = cluster.json(&["upgrade", "status"]);
     assert_eq!(status["job"]["done"], serde_json::json!([]), "{status}");
     for volume in ["attached", "idle"] {
@@ -411,6 +427,7 @@ fn the_upgrade_job_upgrades_every_volume_and_stops_at_the_first_failure() {
         "the job started the second volume after the first failed"
     );
     cluster.detach("attached");
+    cluster.detach("idle");
 }
 
 /// Unmounts `at` (lazily) when dropped, so a failed test leaves no mount behind.

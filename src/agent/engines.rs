@@ -70,7 +70,10 @@ impl Agent {
                             tracing::debug!(volume = %volume.name, ?wait, "the engine keeps dying; starting it later");
                             continue;
                         }
-                        let image = view.engine_images.get(&volume.name).map_or("", String::as_str);
+                        let image = view
+                            .engine_images
+                            .get(&volume.name)
+                            .map_or("", String::as_str);
                         let upgrading = view.upgrading_engines.contains(&volume.name);
                         match self.start_engine(volume, replicas, image, upgrading) {
                             Ok(proc) => {

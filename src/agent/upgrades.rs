@@ -132,20 +132,24 @@ mod tests {
         let script = |name: &str, body: &str| {
             let path = dir.path().join(name);
             std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-            std::fs::set_permissions(
-                &path,
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )
-            .unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
             path
         };
         let good = script("good", "echo 'shorthorn 9.9.9'");
         assert_eq!(check_image(&good).unwrap(), "9.9.9");
         let failing = script("failing", "echo 'cannot start' >&2; exit 3");
         let err = check_image(&failing).unwrap_err();
-        assert!(err.contains("exit status: 3") && err.contains("cannot start"), "{err}");
+        assert!(
+            err.contains("exit status: 3") && err.contains("cannot start"),
+            "{err}"
+        );
         let other = script("other", "echo 'busybox 1.0'");
-        assert!(check_image(&other).unwrap_err().contains("not a shorthorn binary"));
+        assert!(
+            check_image(&other)
+                .unwrap_err()
+                .contains("not a shorthorn binary")
+        );
         let missing = dir.path().join("missing");
         assert!(check_image(&missing).unwrap_err().contains("No such file"));
     }

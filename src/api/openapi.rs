@@ -330,14 +330,14 @@ pub fn build() -> Value {
         }
     });
     paths["/v1/volumes/{name}/engine-upgrade"] = json!({
-            "parameters": path_param("name"),
-            "get": operation("The volume's engine image (\"\" = each node's own binary) and its last engine upgrade: phase checking, engine, replicas, replica (one at a time), done or failed (with the error)", ("200", ok("engine upgrade", reference("VolumeEngineUpgrade"))), None),
-            "post": operation("Upgrade the volume's engine, then its replicas one at a time, to an engine image without detaching it; the image is checked (run with --version) on the volume's node first", ("202", ok("engine upgrade", reference("VolumeEngineUpgrade"))), Some(image_body.clone())),
-        });
+        "parameters": path_param("name"),
+        "get": operation("The volume's engine image (\"\" = each node's own binary) and its last engine upgrade: phase checking, engine, replicas, replica (one at a time), done or failed (with the error)", ("200", ok("engine upgrade", reference("VolumeEngineUpgrade"))), None),
+        "post": operation("Upgrade the volume's engine, then its replicas one at a time, to an engine image without detaching it; the image is checked (run with --version) on the volume's node first", ("202", ok("engine upgrade", reference("VolumeEngineUpgrade"))), Some(image_body.clone())),
+    });
     paths["/v1/engine-upgrades"] = json!({
-            "get": operation("The engine upgrade job and every volume's image and last upgrade", ("200", ok("engine upgrades", reference("EngineUpgrades"))), None),
-            "post": operation("Upgrade every volume to an engine image, at most concurrentAutomaticEngineUpgradePerNodeLimit volumes per node at once (412 when it is 0); the job starts no new volume after the first failure", ("202", ok("engine upgrades", reference("EngineUpgrades"))), Some(image_body)),
-        });
+        "get": operation("The engine upgrade job and every volume's image and last upgrade", ("200", ok("engine upgrades", reference("EngineUpgrades"))), None),
+        "post": operation("Upgrade every volume to an engine image, at most concurrentAutomaticEngineUpgradePerNodeLimit volumes per node at once (412 when it is 0); the job starts no new volume after the first failure", ("202", ok("engine upgrades", reference("EngineUpgrades"))), Some(image_body)),
+    });
     for (_, item) in paths.as_object_mut().into_iter().flatten() {
         for (method, op) in item.as_object_mut().into_iter().flatten() {
             if op.get("responses").is_some() {
