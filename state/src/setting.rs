@@ -102,8 +102,44 @@ fn backup_target(value: &String) -> Result<(), String> {
     }
 }
 
+/// The settings: first those of state format 11, then each added since, so that a state of
+/// format 11 is read through [`SettingsV11`] (its archived layout) with the added settings
+/// at their defaults.
 macro_rules! settings {
-    ($(
+    (
+        $(
+            $(#[doc = $doc:literal])*
+            $field:ident: $ty:ty = $default:expr, $key:literal $(| $alias:literal)*, $check:expr;
+        )*
+        @added_after_format_11 {
+            $(
+                $(#[doc = $ndoc:literal])*
+                $nfield:ident: $nty:ty = $ndefault:expr, $nkey:literal $(| $nalias:literal)*, $ncheck:expr;
+            )*
+        }
+    ) => {
+        settings!(@all
+            $( $(#[doc = $doc])* $field: $ty = $default, $key $(| $alias)*, $check; )*
+            $( $(#[doc = $ndoc])* $nfield: $nty = $ndefault, $nkey $(| $nalias)*, $ncheck; )*
+        );
+
+        /// The settings as state format 11 archived them.
+        #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        pub(crate) struct SettingsV11 {
+            $( pub $field: $ty, )*
+        }
+
+        impl From<SettingsV11> for Settings {
+            fn from(old: SettingsV11) -> Settings {
+                let defaults = Settings::default();
+                Settings {
+                    $( $field: old.$field, )*
+                    $( $nfield: defaults.$nfield, )*
+                }
+            }
+        }
+    };
+    (@all $(
         $(#[doc = $doc:literal])*
         $field:ident: $ty:ty = $default:expr, $key:literal $(| $alias:literal)*, $check:expr;
     )*) => {
@@ -274,7 +310,9 @@ settings! {
     recurring_successful_jobs_history_limit: u64 = 1, "recurringSuccessfulJobsHistoryLimit", range(0, 100);
     /// Finished runs of a recurring job kept in its history where some volume failed.
     recurring_failed_jobs_history_limit: u64 = 1, "recurringFailedJobsHistoryLimit", range(0, 100);
+    @added_after_format_11 {
     /// Volumes a node may have in an engine upgrade job at once (the job upgrades every
     /// volume to one image); 0 turns upgrade jobs off.
     concurrent_automatic_engine_upgrade_per_node_limit: u64 = 0, "concurrentAutomaticEngineUpgradePerNodeLimit", range(0, 64);
+    }
 }
