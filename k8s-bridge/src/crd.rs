@@ -103,6 +103,13 @@ pub struct VolumeStatus {
     pub restore_state: String,
     #[serde(default)]
     pub restore_progress: u8,
+    /// The engine image its engine and replicas run (empty: each node's own binary).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub current_image: String,
+    /// Its last engine upgrade: `IMAGE: PHASE` (checking, engine, replicas, replica ID,
+    /// done, failed: ERROR).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_upgrade: String,
     /// The generation of the spec the log has seen (accepted or rejected).
     #[serde(default)]
     pub observed_generation: i64,

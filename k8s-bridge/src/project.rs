@@ -242,6 +242,12 @@ pub fn project(state: &State) -> Projection {
                 })
                 .unwrap_or_default(),
             restore_progress: volume.restore.as_ref().map(|r| r.progress).unwrap_or(0),
+            current_image: state.engine_image(&volume.name).to_string(),
+            engine_upgrade: state
+                .engine_upgrades
+                .get(&volume.name)
+                .map(upgrade_text)
+                .unwrap_or_default(),
             ..Default::default()
         };
         put(
@@ -454,4 +460,21 @@ pub(crate) mod tests {
         assert!(p.contains_key(&(Kind::BackupTarget, "default".to_string())));
         assert!(!p.keys().any(|(k, _)| *k == Kind::Engine));
     }
+}
+
+/// `IMAGE: PHASE` of an engine upgrade, as the Volume's status shows it.
+fn upgrade_text(upgrade: &shorthorn_state::EngineUpgrade) -> String {
+    use shorthorn_state::UpgradePhase;
+    let phase = match &upgrade.phase {
+        UpgradePhase::Checking => "checking".to_string(),
+        UpgradePhase::Engine { .. } => "engine".to_string(),
+        UpgradePhase::Replicas => "replicas".to_string(),
+        UpgradePhase::Replica { id, .. } => format!("replica {id}"),
+        UpgradePhase::Done => "done".to_string(),
+        UpgradePhase::Failed => format!(
+            "failed: {}",
+            upgrade.error.as_deref().unwrap_or("unknown reason")
+        ),
+    };
+    format!("{}: {phase}", upgrade.image)
 }
