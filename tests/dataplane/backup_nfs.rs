@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use shorthorn_dataplane::backup::nfs::{NfsConfig, NfsStore};
 use shorthorn_dataplane::backup::store::decode_block;
@@ -206,6 +207,28 @@ fn nfs_object_store_conformance() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["v"]);
+
+    // A temporary file a client that died mid-put left over a day ago is removed by the
+    // next full listing (the collector's); a recent one, maybe a put in progress, is kept.
+    let k = nfs.export_dir("backups").join("k");
+    let old = k.join(".shorthorn-tmp.4242.0.19a0.v");
+    let recent = k.join(".shorthorn-tmp.4242.1.19a0.v");
+    std::fs::write(&old, "partial").expect("old temporary");
+    std::fs::write(&recent, "partial").expect("recent temporary");
+    let status = Command::new("touch")
+        .args(["-m", "-d", "2 days ago"])
+        .arg(&old)
+        .status()
+        .expect("touch");
+    assert!(status.success());
+    let listed: Vec<String> = rt
+        .block_on(store.list(Some(&"k".into())).collect::<Vec<_>>())
+        .into_iter()
+        .map(|m| m.expect("listed").location.to_string())
+        .collect();
+    assert_eq!(listed, ["k/v"], "temporary files are never listed");
+    assert!(!old.exists(), "the stale temporary file is still there");
+    assert!(recent.exists(), "a recent temporary file was removed");
 }
 
 /// ganesha SIGKILLed mid-backup and started again a few seconds later on the same ports:

@@ -44,6 +44,9 @@ type Client = Nfs3Client<TokioIo<TcpStream>>;
 pub const PORTMAPPER_PORT: u16 = 111;
 /// Temporary files of unfinished puts start with this; listings skip them.
 const TMP_PREFIX: &str = ".shorthorn-tmp.";
+/// A temporary file not modified for this long was left by a client that died mid-put
+/// (a put of one block or manifest takes seconds): a full listing removes it.
+const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
 /// The most a READ or WRITE carries (servers may offer more; 1 MiB is what ganesha and
 /// the Linux server default to).
 const MAX_IO: u32 = 1 << 20;
@@ -453,6 +456,14 @@ fn mtime(a: &fattr3) -> chrono::DateTime<chrono::Utc> {
         .unwrap_or_default()
 }
 
+/// Whether a temporary file with attributes `a` was last modified [`STALE_TMP`] or more
+/// before `now`.
+fn stale_since(a: &fattr3, now: std::time::SystemTime) -> bool {
+    let modified = std::time::UNIX_EPOCH + Duration::from_secs(u64::from(a.mtime.seconds));
+    now.duration_since(modified)
+        .is_ok_and(|age| age >= STALE_TMP)
+}
+
 fn meta(location: Path, a: &fattr3) -> ObjectMeta {
     ObjectMeta {
         location,
@@ -693,12 +704,14 @@ impl Session {
     }
 
     /// Every entry of directory `fh`: (name, handle, attributes), without `.`, `..` and
-    /// unfinished puts' temporary files.
+    /// unfinished puts' temporary files; those last modified more than [`STALE_TMP`] ago
+    /// are added to `stale` when given.
     async fn readdir(
         &self,
         c: &mut Conn,
         fh: &nfs_fh3,
         path: &str,
+        mut stale: Option<&mut Vec<String>>,
     ) -> Result<Vec<(String, nfs_fh3, fattr3)>, NfsError> {
         let mut out = Vec::new();
         let mut cookie = 0;
@@ -723,7 +736,16 @@ impl Session {
                 let Ok(name) = std::str::from_utf8(e.name.as_ref()) else {
                     continue;
                 };
-                if name == "." || name == ".." || name.starts_with(TMP_PREFIX) {
+                if name.starts_with(TMP_PREFIX) {
+                    if let (Some(stale), Nfs3Option::Some(a)) =
+                        (stale.as_deref_mut(), &e.name_attributes)
+                        && stale_since(a, std::time::SystemTime::now())
+                    {
+                        stale.push(name.to_owned());
+                    }
+                    continue;
+                }
+                if name == "." || name == ".." {
                     continue;
                 }
                 let name = name.to_owned();
@@ -1275,12 +1297,23 @@ impl Inner {
                 let mut todo = vec![(base.clone(), top)];
                 while let Some((dir, fh)) = todo.pop() {
                     let label = dir.join("/");
-                    let entries = match s.readdir(&mut c, &fh, &label).await {
+                    let mut stale = Vec::new();
+                    let entries = match s.readdir(&mut c, &fh, &label, Some(&mut stale)).await {
                         Ok(v) => v,
                         // Removed while we walked.
                         Err(e) if e.status() == Some(nfsstat3::NFS3ERR_NOENT) => continue,
                         Err(e) => return Err(e),
                     };
+                    for name in stale {
+                        let path = format!("{label}/{name}");
+                        match s.remove(&mut c, &fh, &name, &path).await {
+                            Ok(()) => tracing::info!(
+                                path,
+                                "removed a temporary file an unfinished put left over a day ago"
+                            ),
+                            Err(e) => tracing::warn!(path, "removing a stale temporary file: {e}"),
+                        }
+                    }
                     for (name, h, a) in entries {
                         let mut child = dir.clone();
                         child.push(name);
@@ -1326,7 +1359,7 @@ impl Inner {
                     }
                     Err(e) => return Err(e),
                 };
-                let entries = s.readdir(&mut c, &fh, &base.join("/")).await?;
+                let entries = s.readdir(&mut c, &fh, &base.join("/"), None).await?;
                 for (name, _, a) in entries {
                     let mut child = base.clone();
                     child.push(name);
