@@ -284,6 +284,15 @@ try {
     await expectText('#volume-robustness', /healthy/);
     await screenshot('volume-expanded');
   });
+  await step('an engine upgrade to an image that is not there fails, the volume untouched', async () => {
+    await go('/volumes/web');
+    await page.locator('#upgrade-engine').click();
+    await dialog({ image: '/nonexistent/shorthorn' }, 'Upgrade');
+    await dialogClosed();
+    await expectText('#engine-upgrade', /to \/nonexistent\/shorthorn: failed: running \/nonexistent\/shorthorn: No such file/, 60_000);
+    await expectText('#volume-robustness', /healthy/);
+    await screenshot('engine-upgrade-failed');
+  });
   console.log(`console test passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 } catch (err) {
   console.log(`FAILED: ${err.message}`);

@@ -85,6 +85,21 @@ export function mount(root, [name], ctx) {
     if (done) again();
   }
 
+  async function upgradeEngine(current) {
+    const done = await formDialog({
+      title: `Upgrade the engine of ${name}`,
+      submitLabel: 'Upgrade',
+      intro: 'The new binary is run with --version first; then the engine is replaced behind the same device and the replicas are restarted from it one at a time, each caught up by a delta rebuild. The volume stays attached.',
+      fields: [{ name: 'image', label: 'Engine image (absolute path of a shorthorn binary on every node)', required: true, value: current || '' }],
+      submit: async (v) => {
+        const { data } = await api.post(`${base}/engine-upgrade`, { image: v.image.trim() });
+        toast(`The engine of ${name} is being upgraded to ${data.upgrade?.image || v.image.trim()}`);
+        return data;
+      },
+    });
+    if (done) again();
+  }
+
   function header(v) {
     const attached = v.state === 'attached' || v.state === 'attaching';
     const buttons = [];
@@ -100,6 +115,7 @@ export function mount(root, [name], ctx) {
       h('button', { type: 'button', disabled: v.standby, onclick: (e) => backUp(null, e.target) }, 'Back up now'),
       h('button', { type: 'button', onclick: async () => { if (await expandDialog(v)) again(); } }, 'Expand'),
       h('button', { type: 'button', onclick: async () => { if (await replicasDialog(v)) again(); } }, 'Replicas'),
+      h('button', { type: 'button', id: 'upgrade-engine', disabled: v.standby, onclick: () => upgradeEngine(v.engineImage) }, 'Upgrade engine'),
       h('button', { type: 'button', class: 'danger', onclick: async () => { if (await deleteDialog([name])) location.hash = '#/volumes'; } }, 'Delete'));
     return pageHead(
       h('h1', {}, h('a', { href: '#/volumes', class: 'crumb' }, 'Volumes'), ' / ', name),
@@ -108,7 +124,17 @@ export function mount(root, [name], ctx) {
       buttons);
   }
 
-  function summary(v, engine) {
+  /** "checking", "replica db-r2 (1 done)", "failed: why" of an engine upgrade. */
+  function upgradePhase(u) {
+    const p = u.phase?.phase;
+    const done = (u.replicasDone || []).length;
+    if (p === 'replica') return `replica ${u.phase.id} (${done} done)`;
+    if (p === 'replicas') return `replicas (${done} done)`;
+    if (p === 'failed') return `failed: ${u.error}`;
+    return p;
+  }
+
+  function summary(v, engine, upgrade) {
     const a = v.attachment;
     const rows = [
       ['Size', fmt.bytes(v.size)],
@@ -118,8 +144,12 @@ export function mount(root, [name], ctx) {
       ['Endpoint', a?.endpoint ? h('code', {}, a.endpoint) : '–'],
       ['Block device', a?.device ? h('code', {}, a.device) : (a ? a.frontend : '–')],
       ['Epoch', String(v.epoch)],
+      ['Engine image', upgrade?.image ? h('code', {}, upgrade.image) : 'each node\'s own binary'],
       ['Created', fmt.time(v.createdAt)],
     ];
+    if (upgrade?.upgrade) {
+      rows.push(['Engine upgrade', h('span', { id: 'engine-upgrade' }, `to ${upgrade.upgrade.image}: ${upgradePhase(upgrade.upgrade)}`)]);
+    }
     if (engine?.stats) {
       const s = engine.stats;
       rows.push(['I/O (last second)', `read ${s.readIops} IOPS, ${fmt.rate(s.readThroughput)} · write ${s.writeIops} IOPS, ${fmt.rate(s.writeThroughput)}`]);
@@ -247,11 +277,13 @@ export function mount(root, [name], ctx) {
         }
         throw err;
       }
-      const [replicas, backups, jobs] = await Promise.all([
+      const [replicas, backups, jobs, upgrade] = await Promise.all([
         api.get(`/v1/replicas?volume=${api.seg(name)}`),
         api.get(`/v1/backups?volume=${api.seg(name)}`),
         api.get('/v1/recurringjobs'),
+        api.get(`${base}/engine-upgrade`),
       ]);
+      v.engineImage = upgrade.image;
       let engine = null;
       let engineError = null;
       if (v.state === 'attached') {
@@ -263,14 +295,15 @@ export function mount(root, [name], ctx) {
       }
       fill(head, header(v));
       fill(body,
-        summary(v, engine),
+        summary(v, engine, upgrade),
         replicasPanel(replicas, engine, engineError),
         snapshotsPanel(v),
         backupsPanel(backups),
         jobsPanel(jobs),
         eventsPanel());
       // A rebuild's progress is in the engine, not in the log: ask again while one runs.
-      const rebuilding = replicas.some((r) => r.mode === 'WO') || (engine?.replicas || []).some((r) => r.mode === 'WO');
+      const upgrading = upgrade.upgrade && !['done', 'failed'].includes(upgrade.upgrade.phase?.phase);
+      const rebuilding = upgrading || replicas.some((r) => r.mode === 'WO') || (engine?.replicas || []).some((r) => r.mode === 'WO');
       clearTimeout(poll);
       poll = rebuilding ? setTimeout(again, REBUILD_POLL_MS) : null;
     },
