@@ -86,6 +86,8 @@ pub struct Agent {
     engine_deaths: BTreeMap<String, engines::Deaths>,
     /// (volume, image) engine upgrade checks this agent ran and reported.
     upgrade_checked: BTreeSet<(String, String)>,
+    /// The engine image checks running now, by (volume, image).
+    running_checks: BTreeMap<(String, String), tokio::task::JoinHandle<Result<String, String>>>,
     /// Since when, and for how many probes in a row, each engine has not answered.
     engine_silence: BTreeMap<String, (Instant, u32)>,
     /// When this agent first saw each volume attaching here.
@@ -119,6 +121,7 @@ impl Agent {
             last_nbd: BTreeMap::new(),
             engine_deaths: BTreeMap::new(),
             upgrade_checked: Default::default(),
+            running_checks: Default::default(),
             engine_silence: BTreeMap::new(),
             attach_seen: BTreeMap::new(),
             orphans_reported: Default::default(),

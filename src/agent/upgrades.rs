@@ -24,15 +24,30 @@ impl Agent {
         }
     }
 
-    /// Runs each image this node is asked to check and reports whether it starts.
+    /// Runs each image this node is asked to check (in the background: a binary that hangs
+    /// must not stall the agent's heartbeats) and reports whether it starts.
     pub(super) async fn check_upgrades(&mut self, checks: &[(String, String)]) {
         for (volume, image) in checks {
             let key = (volume.clone(), image.clone());
-            if self.upgrade_checked.contains(&key) {
+            if self.upgrade_checked.contains(&key) || self.running_checks.contains_key(&key) {
                 continue;
             }
             let binary = self.binary(image);
-            let outcome = tokio::task::block_in_place(|| check_image(&binary));
+            let check = tokio::task::spawn_blocking(move || check_image(&binary));
+            self.running_checks.insert(key, check);
+        }
+        let finished: Vec<(String, String)> = self
+            .running_checks
+            .iter()
+            .filter(|(_, check)| check.is_finished())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in finished {
+            let check = self.running_checks.remove(&key).expect("present");
+            let (volume, image) = &key;
+            let outcome = check
+                .await
+                .unwrap_or_else(|err| Err(format!("the check of {image} panicked: {err}")));
             let request = match &outcome {
                 Ok(version) => {
                     tracing::info!(volume, image, version, "engine image checked: upgrading");
@@ -53,6 +68,7 @@ impl Agent {
                 Ok(_) => {
                     self.upgrade_checked.insert(key);
                 }
+                // Run again at a later tick.
                 Err(err) => tracing::warn!(volume, "reporting the engine image check: {err}"),
             }
         }
