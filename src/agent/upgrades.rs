@@ -33,7 +33,7 @@ impl Agent {
                 continue;
             }
             let binary = self.binary(image);
-            let check = tokio::task::spawn_blocking(move || check_image(&binary));
+            let check = tokio::task::spawn_blocking(move || check_image(&binary, CHECK_TIMEOUT));
             self.running_checks.insert(key, check);
         }
         let finished: Vec<(String, String)> = self
@@ -89,9 +89,9 @@ impl Agent {
     }
 }
 
-/// Runs `binary --version`: it must exit 0 within [`CHECK_TIMEOUT`] and name itself
-/// shorthorn. Returns the version it printed, or why not.
-fn check_image(binary: &Path) -> Result<String, String> {
+/// Runs `binary --version`: it must exit 0 within `timeout` and name itself shorthorn.
+/// Returns the version it printed, or why not.
+fn check_image(binary: &Path, timeout: Duration) -> Result<String, String> {
     let mut child = Process::new(binary)
         .arg("--version")
         .stdin(Stdio::null())
@@ -99,7 +99,7 @@ fn check_image(binary: &Path) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|err| format!("running {}: {err}", binary.display()))?;
-    let deadline = Instant::now() + CHECK_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -110,7 +110,7 @@ fn check_image(binary: &Path) -> Result<String, String> {
                 return Err(format!(
                     "{} --version did not finish within {} s",
                     binary.display(),
-                    CHECK_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ));
             }
             Err(err) => return Err(format!("waiting for {}: {err}", binary.display())),
@@ -152,21 +152,30 @@ mod tests {
                 .unwrap();
             path
         };
+        let check = |path: &Path| check_image(path, Duration::from_secs(1));
         let good = script("good", "echo 'shorthorn 9.9.9'");
-        assert_eq!(check_image(&good).unwrap(), "9.9.9");
+        assert_eq!(check(&good).unwrap(), "9.9.9");
         let failing = script("failing", "echo 'cannot start' >&2; exit 3");
-        let err = check_image(&failing).unwrap_err();
+        let err = check(&failing).unwrap_err();
         assert!(
             err.contains("exit status: 3") && err.contains("cannot start"),
             "{err}"
         );
         let other = script("other", "echo 'busybox 1.0'");
         assert!(
-            check_image(&other)
+            check(&other)
                 .unwrap_err()
                 .contains("not a shorthorn binary")
         );
         let missing = dir.path().join("missing");
-        assert!(check_image(&missing).unwrap_err().contains("No such file"));
+        assert!(check(&missing).unwrap_err().contains("No such file"));
+        let hangs = script("hangs", "exec sleep 30");
+        let started = Instant::now();
+        let err = check(&hangs).unwrap_err();
+        assert!(err.contains("did not finish within 1 s"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the hung check was not killed"
+        );
     }
 }
