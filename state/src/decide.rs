@@ -20,6 +20,10 @@ use crate::{auto_attach, backups, copy, jobs, restore, salvage, snapshots, stand
 /// Pure and deterministic: the same state and command always give the same answer.
 pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection> {
     let at = command.at;
+    crate::cluster_version::check(
+        command.request.cluster_version_required(),
+        state.cluster_version,
+    )?;
     match &command.request {
         Request::RegisterNode(spec) => register_node(state, spec, at),
         Request::UpdateNode {
@@ -427,7 +431,31 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
         Request::FireRecurringJob { name } => jobs::fire(state, name, at),
         Request::StepRecurringJob { name, volume } => jobs::step(state, name, volume, at),
         Request::FinishRecurringJobVolume { name, volume } => jobs::finish(state, name, volume, at),
+        Request::RaiseClusterVersion { version } => raise_cluster_version(state, *version),
     }
+}
+
+/// Raises the cluster version; the same version again is a no-op (the leader may propose
+/// it twice), a lower one is refused. Whether the proposer's build and every member support
+/// `version` is checked before proposing (by the consensus layer): deciding it here would
+/// make the outcome depend on the build applying the entry.
+fn raise_cluster_version(
+    state: &State,
+    version: crate::ClusterVersion,
+) -> Result<Vec<Event>, Rejection> {
+    let current = state.cluster_version;
+    if version < current {
+        return Err(Rejection::conflict(format!(
+            "the cluster runs cluster version {current}; it cannot go back to {version}"
+        )));
+    }
+    if version == current {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Event::ClusterVersionRaised {
+        from: current,
+        to: version,
+    }])
 }
 
 /// The volume backup `name` is of; empty for an unknown backup (its report is refused).

@@ -317,6 +317,11 @@ pub enum Event {
         at: Timestamp,
         note: Option<String>,
     },
+    /// The cluster runs cluster version `to` from now on (see [`crate::ClusterVersion`]).
+    ClusterVersionRaised {
+        from: crate::ClusterVersion,
+        to: crate::ClusterVersion,
+    },
 }
 
 impl Event {

@@ -10,6 +10,7 @@
 
 mod auto_attach;
 mod backups;
+mod cluster_version;
 mod codec;
 mod command;
 mod copy;
@@ -28,7 +29,8 @@ mod setting;
 mod snapshots;
 mod standby;
 
-pub use codec::{DecodeError, FORMAT_VERSION};
+pub use cluster_version::{CLUSTER_VERSION, ClusterVersion};
+pub use codec::{DecodeError, FORMAT_VERSION, OLDEST_FORMAT_VERSION, format_version};
 pub use command::{Command, DataSource, DiskSpec, NodeSpec, Request, VolumeSpec};
 pub use decide::decide;
 pub use event::Event;
