@@ -29,7 +29,7 @@ mod setting;
 mod snapshots;
 mod standby;
 
-pub use cluster_version::{CLUSTER_VERSION, ClusterVersion};
+pub use cluster_version::{CLUSTER_VERSION, ClusterVersion, too_new as cluster_version_too_new};
 pub use codec::{DecodeError, FORMAT_VERSION, OLDEST_FORMAT_VERSION, format_version};
 pub use command::{Command, DataSource, DiskSpec, NodeSpec, Request, VolumeSpec};
 pub use decide::decide;
