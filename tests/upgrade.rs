@@ -435,7 +435,7 @@ fn a_replica_directory_of_a_newer_format_is_refused_untouched_naming_both_versio
     let replica = dir.path().join("r1");
     let port = free_port_base() + 1;
     let mut first = Command::new(BIN)
-        .args(["replica", "serve", "--size", "4Mi"])
+        .args(["replica", "serve", "--size", "4M"])
         .arg("--dir")
         .arg(&replica)
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -23,7 +23,8 @@ if ! git -C "$repo" rev-parse --verify --quiet "$COMMIT^{commit}" >/dev/null; th
 fi
 echo "shorthorn-previous: building shorthorn at $COMMIT (cold: about 9 minutes)" >&2
 start=$(date +%s)
-rm -rf "$out/src" "$out/target"
+# A target directory left by an interrupted build is resumed.
+rm -rf "$out/src"
 mkdir -p "$out/src"
 git -C "$repo" archive "$COMMIT" | tar -x -C "$out/src"
 (cd "$out/src" && CARGO_TARGET_DIR="$out/target" CARGO_INCREMENTAL=0 \
