@@ -8,7 +8,10 @@
 # this build reads. The sources come from this clone's history (`git archive`), so the clone
 # must hold the commit: a shallow clone fails here, loudly. The build has a target directory of
 # its own inside the cache (never the workspace's), removed once the binary is kept.
-# Cold: about 9 minutes here (a debug build of the whole workspace on 2 cores).
+# Cold: a debug build of the whole workspace (dependencies at opt-level 2). Measured here,
+# niced on 2 cores shared with two other builds (load 6.6), it was about 70% done after 48
+# minutes when the disk filled; expect well over 10 minutes on 2 cores. Seeded with a target
+# directory of the same commit (cp -a of a warm debug build), 63 s.
 set -euo pipefail
 COMMIT=8983096
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -21,7 +24,7 @@ if ! git -C "$repo" rev-parse --verify --quiet "$COMMIT^{commit}" >/dev/null; th
     "the upgrade test needs it: fetch the history (git fetch --unshallow) and run again" >&2
   exit 1
 fi
-echo "shorthorn-previous: building shorthorn at $COMMIT (cold: about 9 minutes)" >&2
+echo "shorthorn-previous: building shorthorn at $COMMIT (cold: a full debug build, tens of minutes on 2 busy cores)" >&2
 start=$(date +%s)
 # A target directory left by an interrupted build is resumed.
 rm -rf "$out/src"
