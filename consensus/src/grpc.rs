@@ -39,8 +39,12 @@ struct Service {
 
 impl Service {
     async fn answer(&self, request: Request<Frame>) -> Result<Response<Frame>, tonic::Status> {
-        let envelope: Envelope = serde_json::from_slice(&request.get_ref().payload)
-            .map_err(|e| tonic::Status::invalid_argument(format!("undecodable envelope: {e}")))?;
+        let payload = &request.get_ref().payload;
+        let envelope: Envelope = serde_json::from_slice(payload).map_err(|e| {
+            let why = crate::log_store::undecodable_message(payload, &e);
+            tracing::warn!("{why}");
+            tonic::Status::invalid_argument(format!("undecodable envelope: {why}"))
+        })?;
         let reply = self.handle.serve(envelope).await;
         let payload = serde_json::to_vec(&reply)
             .map_err(|e| tonic::Status::internal(format!("unencodable reply: {e}")))?;

@@ -23,9 +23,10 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::{Deserialize, Serialize};
-use shorthorn_state::{Command, Event, State};
+use shorthorn_state::{CLUSTER_VERSION, ClusterVersion, Command, Event, Request, State};
 use tokio::sync::mpsc;
 
+use crate::cluster_version::Build;
 use crate::disk::Disk;
 use crate::error::Error;
 use crate::log_store::LogStore;
@@ -122,6 +123,10 @@ pub struct Status {
     pub voters: BTreeSet<NodeId>,
     /// Every member, voters and learners, with address and disk incarnation.
     pub members: BTreeMap<NodeId, Member>,
+    /// This member's build; None from a build before cluster versions (which counts as
+    /// supporting cluster version 1).
+    #[serde(default)]
+    pub build: Option<Build>,
 }
 
 struct Inner {
@@ -170,6 +175,7 @@ impl Handle {
         transport: Arc<dyn Transport>,
         tuning: Tuning,
     ) -> Result<Handle, Error> {
+        crate::data_format::open(data_dir).map_err(|e| Error::Storage(e.to_string()))?;
         let disk = Disk::open(data_dir).map_err(|e| Error::Storage(e.to_string()))?;
         let identity = membership::identity(&disk, node_id)
             .await
@@ -298,6 +304,7 @@ impl Handle {
             purged: metrics.purged.map(|id| id.index),
             voters: membership.voter_ids().collect(),
             members,
+            build: Some(Build::this()),
         }
     }
 
@@ -357,6 +364,7 @@ impl Handle {
     /// Commits `command` and returns the events it produced, or the state machine's
     /// rejection as [`Error::Rejected`]. Works on any member.
     pub async fn propose(&self, command: Command) -> Result<Vec<Event>, Error> {
+        self.check_cluster_version(&command.request).await?;
         let start = Instant::now();
         let outcome = self.propose_untimed(command).await;
         if matches!(outcome, Ok(_) | Err(Error::Rejected { .. })) {
@@ -365,6 +373,82 @@ impl Handle {
                 .observe(start.elapsed().as_secs_f64());
         }
         outcome
+    }
+
+    /// Refuses, before it reaches the log, a request that needs a cluster version the
+    /// cluster does not run yet (a member of an older build could not apply it), and a raise
+    /// of the cluster version beyond what this build or any member supports. The cluster
+    /// version only rises, so this member's state, even behind the leader's, never lets
+    /// through what the leader would refuse; the state machine checks again
+    /// ([`shorthorn_state::decide`]).
+    async fn check_cluster_version(&self, request: &Request) -> Result<(), Error> {
+        let current = self.read_local(|state| state.cluster_version);
+        let rejected = |rejection: shorthorn_state::Rejection| Error::Rejected {
+            kind: rejection.kind,
+            message: rejection.message,
+        };
+        let required = request.cluster_version_required();
+        if required > current {
+            return Err(rejected(shorthorn_state::cluster_version_too_new(
+                required, current,
+            )));
+        }
+        let Request::RaiseClusterVersion { version } = request else {
+            return Ok(());
+        };
+        if *version <= current {
+            return Ok(());
+        }
+        if *version > CLUSTER_VERSION {
+            return Err(rejected(shorthorn_state::Rejection::invalid(format!(
+                "this build (Shorthorn {}) supports cluster versions up to {CLUSTER_VERSION}; it \
+                 cannot raise the cluster to {version}",
+                env!("CARGO_PKG_VERSION")
+            ))));
+        }
+        for (id, build) in self.member_builds().await {
+            let supported = Build::supported(build.as_ref());
+            if supported < *version {
+                let runs = match &build {
+                    Some(build) => format!("Shorthorn {}", build.version),
+                    None => "a build before cluster versions (or does not answer)".to_string(),
+                };
+                return Err(rejected(shorthorn_state::Rejection::conflict(format!(
+                    "manager {id} runs {runs}, which supports cluster version {supported}; the \
+                     cluster stays at version {current} until every manager supports {version}"
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// What build every member runs, as each answers for itself (this member without a
+    /// call); None for a member of a build before cluster versions or one that does not
+    /// answer within a second.
+    pub async fn member_builds(&self) -> BTreeMap<NodeId, Option<Build>> {
+        let members = self.status().members;
+        let asks = members.into_iter().map(|(id, member)| async move {
+            if id == self.id() {
+                return (id, Some(Build::this()));
+            }
+            let answer = self
+                .call(&member.addr, Rpc::Status, Duration::from_secs(1))
+                .await;
+            match answer {
+                Ok(Reply::Status(status)) if status.id == id => (id, status.build),
+                _ => (id, None),
+            }
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+
+    /// The newest cluster version every member supports (at most this build's).
+    pub async fn cluster_version_supported(&self) -> ClusterVersion {
+        self.member_builds()
+            .await
+            .values()
+            .map(|build| Build::supported(build.as_ref()))
+            .fold(CLUSTER_VERSION, std::cmp::min)
     }
 
     /// The latencies of the proposals made through this member that were committed, in
@@ -581,6 +665,7 @@ impl Handle {
         let rpc = Rpc::Join {
             node_id: self.id(),
             member: self.inner.me.clone(),
+            build: Some(Build::this()),
         };
         self.call_leader_via(addr, rpc).await
     }
@@ -639,8 +724,33 @@ impl Handle {
     /// On the leader: adds `node_id` as a learner, waits for it to catch up, and promotes
     /// it to voter while the group has fewer voters than configured.
     pub async fn add_member(&self, node_id: NodeId, member: Member) -> Result<Status, Error> {
+        self.add_member_of(node_id, member, Some(&Build::this()))
+            .await
+    }
+
+    /// [`Handle::add_member`] of a manager that runs `build` (None: a build before cluster
+    /// versions): refused when the build does not support the cluster version the cluster
+    /// runs, since it could not apply the log.
+    pub async fn add_member_of(
+        &self,
+        node_id: NodeId,
+        member: Member,
+        build: Option<&Build>,
+    ) -> Result<Status, Error> {
         if !self.is_leader() {
             return Err(self.not_leader());
+        }
+        let current = self.read_local(|state| state.cluster_version);
+        let supported = Build::supported(build);
+        if supported < current {
+            let runs = match build {
+                Some(build) => format!("Shorthorn {}", build.version),
+                None => "a build before cluster versions".to_string(),
+            };
+            return Err(Error::Membership(format!(
+                "manager {node_id} runs {runs}, which supports cluster version {supported}; the \
+                 cluster runs cluster version {current}: upgrade the manager before it joins"
+            )));
         }
         let _one_at_a_time = self.inner.changing.lock().await;
         let status = self.status();
@@ -789,15 +899,21 @@ impl Handle {
             Rpc::InstallSnapshot(req) => Reply::InstallSnapshot(raft.install_snapshot(req).await),
             Rpc::Propose(command) => {
                 let timeout = self.inner.tuning.request_timeout;
-                Reply::Proposed(self.propose_here(command, timeout).await)
+                let checked = self.check_cluster_version(&command.request).await;
+                Reply::Proposed(match checked {
+                    Ok(()) => self.propose_here(command, timeout).await,
+                    Err(err) => Err(err),
+                })
             }
             Rpc::ReadIndex => {
                 let timeout = self.inner.tuning.request_timeout;
                 Reply::ReadIndex(self.read_index_here(timeout).await)
             }
-            Rpc::Join { node_id, member } => {
-                Reply::Membership(self.add_member(node_id, member).await)
-            }
+            Rpc::Join {
+                node_id,
+                member,
+                build,
+            } => Reply::Membership(self.add_member_of(node_id, member, build.as_ref()).await),
             Rpc::Remove { node_id } => Reply::Membership(self.remove_member_here(node_id).await),
             Rpc::Status => Reply::Status(self.status()),
             Rpc::Snapshot { purge } => Reply::Membership(self.snapshot(purge).await),

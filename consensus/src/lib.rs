@@ -15,10 +15,14 @@
 //! - [`membership`]: who is in the group, join and removal, disk incarnations.
 //! - [`handle`]: the API for the rest of the process; `proposals` batches on the leader.
 //! - [`client`]: calls to managers from processes that are not members.
+//! - [`cluster_version`]: the builds of the members and the leader's raising of the cluster
+//!   version; [`data_format`]: the data directory's `FORMAT` record.
 //!
 //! This crate never decides anything about volumes or nodes: that is `state`'s job.
 
 pub mod client;
+pub mod cluster_version;
+pub mod data_format;
 pub mod disk;
 pub mod error;
 pub mod grpc;
@@ -32,6 +36,7 @@ pub mod state_machine;
 use std::io::Cursor;
 
 pub use client::Client;
+pub use cluster_version::Build;
 pub use error::Error;
 pub use handle::{Handle, Logged, Status, Tuning};
 pub use membership::Member;

@@ -96,7 +96,57 @@ impl LogStore {
 }
 
 fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError<NodeId>> {
-    serde_json::from_slice(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+    serde_json::from_slice(bytes).map_err(|e| {
+        let err = std::io::Error::other(undecodable_entry(bytes, &e));
+        StorageIOError::read_logs(&err).into()
+    })
+}
+
+/// Why a log entry (its JSON in `bytes`) does not decode, in words: its log index, and
+/// whether a newer Shorthorn wrote it (a command or event this build does not know). Older
+/// entries always decode: new fields have serde defaults and no command type refuses
+/// unknown fields, so only a newer build's entries end here.
+pub fn undecodable_entry(bytes: &[u8], err: &serde_json::Error) -> String {
+    let index = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.pointer("/log_id/index").and_then(|i| i.as_u64()));
+    let at = index.map_or_else(|| "a log entry".to_string(), |i| format!("log entry {i}"));
+    explain(&at, err)
+}
+
+/// [`undecodable_entry`] for a message from another member: names the first entry it
+/// carries that does not decode.
+pub fn undecodable_message(bytes: &[u8], err: &serde_json::Error) -> String {
+    let value = serde_json::from_slice::<serde_json::Value>(bytes).ok();
+    let entries = value
+        .as_ref()
+        .and_then(|v| v.pointer("/rpc/AppendEntries/entries"))
+        .and_then(|v| v.as_array());
+    for entry in entries.into_iter().flatten() {
+        if let Err(entry_err) = serde_json::from_value::<Entry<TypeConfig>>(entry.clone()) {
+            let bytes = serde_json::to_vec(entry).unwrap_or_default();
+            return format!(
+                "a message from another manager: {}",
+                undecodable_entry(&bytes, &entry_err)
+            );
+        }
+    }
+    explain("a message from another manager", err)
+}
+
+fn explain(at: &str, err: &serde_json::Error) -> String {
+    let build = crate::Build::this();
+    let text = err.to_string();
+    if text.contains("unknown variant") {
+        format!(
+            "{at} was written by a newer Shorthorn: it holds a command this build (Shorthorn {}, \
+             cluster versions up to {}) does not know ({text}); run a build that supports the \
+             cluster's version",
+            build.version, build.cluster_version
+        )
+    } else {
+        format!("{at} does not decode (Shorthorn {}): {text}", build.version)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -233,5 +283,51 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         crate::state_machine::trim_events(&self.disk, log_id.index)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry whose command a newer build added, as it would sit in the log.
+    const NEWER_ENTRY: &str = r#"{"log_id":{"leader_id":{"term":3,"node_id":1},"index":42},
+        "payload":{"Normal":[{"at":5,"proposer":"test","request":{"type":"upgradeTheMoon","moon":1}}]}}"#;
+
+    #[test]
+    fn an_entry_of_a_newer_build_is_named_by_index_and_the_newer_writer() {
+        let err = decode_entry(NEWER_ENTRY.as_bytes()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "log entry 42 was written by a newer Shorthorn: it holds a command this \
+                 build (Shorthorn "
+            ) && text.contains("does not know (unknown variant `upgradeTheMoon`"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_message_carrying_such_an_entry_names_it_too() {
+        let message = format!(
+            r#"{{"from":1,"to":[2,7],"rpc":{{"AppendEntries":{{"vote":{{"leader_id":{{"term":3,"node_id":1}},"committed":true}},
+            "prev_log_id":null,"leader_commit":null,"entries":[{NEWER_ENTRY}]}}}}}}"#
+        );
+        let err = serde_json::from_str::<crate::Envelope>(&message).unwrap_err();
+        let text = undecodable_message(message.as_bytes(), &err);
+        assert!(
+            text.starts_with(
+                "a message from another manager: log entry 42 was written by a newer Shorthorn"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_entry_of_the_previous_release_still_decodes() {
+        // A command of commit 8983096, without the fields added since.
+        let old = r#"{"log_id":{"leader_id":{"term":1,"node_id":1},"index":7},
+            "payload":{"Normal":[{"at":5,"proposer":"test","request":{"type":"createVolume","name":"db","size":1073741824}}]}}"#;
+        decode_entry(old.as_bytes()).expect("an old entry decodes");
     }
 }

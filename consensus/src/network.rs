@@ -52,6 +52,9 @@ pub enum Rpc {
     Join {
         node_id: NodeId,
         member: Member,
+        /// The joiner's build; absent from builds before cluster versions.
+        #[serde(default)]
+        build: Option<crate::cluster_version::Build>,
     },
     /// Take a manager out of the group.
     Remove {

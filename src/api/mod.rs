@@ -114,6 +114,8 @@ pub fn router(api: Api) -> Router {
     let v1 = Router::new()
         .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/version", post(raise_cluster_version))
+        .route("/v1/version", get(version))
         .route("/v1/volumes", get(list_volumes).post(create_volume))
         .route("/v1/volumes/{name}", get(get_volume).delete(delete_volume))
         .route("/v1/volumes/{name}/attach", post(attach_volume))
@@ -287,6 +289,58 @@ async fn metrics(State(api): State<Api>) -> Response {
 
 async fn cluster(State(api): State<Api>) -> Json<shorthorn_consensus::Status> {
     Json(api.log.status())
+}
+
+/// What `GET /v1/version` answers: this manager's build, and the cluster version the
+/// cluster runs (a linearizable read).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VersionView {
+    /// The Shorthorn version of this manager's binary.
+    version: String,
+    /// The newest cluster version this build supports.
+    cluster_version_supported: shorthorn_state::ClusterVersion,
+    /// The cluster version the cluster runs.
+    cluster_version: shorthorn_state::ClusterVersion,
+    /// The state snapshot formats this build reads (oldest, newest).
+    state_formats: (u32, u32),
+    /// The data directory format this build writes (and the newest it reads).
+    data_format: u32,
+    /// The replica directory format this build writes (and the newest it reads).
+    replica_format: u32,
+}
+
+async fn version(State(api): State<Api>) -> Result<Json<VersionView>, ApiError> {
+    let build = shorthorn_consensus::Build::this();
+    let cluster_version = api.read(|state| state.cluster_version).await?;
+    Ok(Json(VersionView {
+        version: build.version,
+        cluster_version_supported: build.cluster_version,
+        cluster_version,
+        state_formats: build.state_formats,
+        data_format: build.data_format,
+        replica_format: shorthorn_dataplane::replica::REPLICA_FORMAT,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RaiseClusterVersionBody {
+    version: shorthorn_state::ClusterVersion,
+}
+
+/// `POST /v1/cluster/version {"version": N}`: raises the cluster version now (the leader
+/// does it by itself within seconds of every manager supporting it); refused (409) while a
+/// manager runs a build that does not support it.
+async fn raise_cluster_version(
+    State(api): State<Api>,
+    Body(body): Body<RaiseClusterVersionBody>,
+) -> Result<Json<VersionView>, ApiError> {
+    api.propose(Request::RaiseClusterVersion {
+        version: body.version,
+    })
+    .await?;
+    version(State(api)).await
 }
 
 /// A size in bytes, or a string with a binary suffix (`"10Gi"`).

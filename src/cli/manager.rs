@@ -80,6 +80,8 @@ pub fn run(args: ManagerArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(mut args: ManagerArgs) -> anyhow::Result<()> {
+    // Before anything touches the data directory: a newer build's is refused untouched.
+    shorthorn_consensus::data_format::check(&args.data_dir)?;
     // One client of the API server for discovery, the mirror and the credentials Secret.
     let kube = if args.kubernetes || args.services.kubeconfig.is_some() || args.services.in_cluster
     {
@@ -175,7 +177,10 @@ async fn serve(mut args: ManagerArgs) -> anyhow::Result<()> {
     let outcome = tokio::select! {
         started = started => match started {
             Ok(()) => match crate::daemon::start(&args.services, &handle, node_id, kube).await {
-                Ok(services) => {
+                Ok(mut services) => {
+                    services.push(tokio::spawn(shorthorn_consensus::cluster_version::run(
+                        handle.clone(),
+                    )));
                     let outcome = wait_for_signal().await;
                     services.iter().for_each(|task| task.abort());
                     outcome

@@ -23,6 +23,29 @@ pub struct Command {
     pub id: Option<String>,
 }
 
+impl Request {
+    /// The cluster version the whole group must run before this request may be proposed:
+    /// a request that an older build could not decode, or would decide differently, names
+    /// the version that introduced it. 1 for every request of the first release (and for
+    /// [`Request::RaiseClusterVersion`], which is proposed only when every member reads it).
+    pub fn cluster_version_required(&self) -> crate::ClusterVersion {
+        match self {
+            Request::RaiseClusterVersion { .. } => crate::ClusterVersion::FIRST,
+            // Live engine upgrades: the commands, and the setting of the upgrade job.
+            Request::UpgradeEngine { .. }
+            | Request::ReportEngineUpgradeChecked { .. }
+            | Request::ReportEngineUpgradeFailed { .. }
+            | Request::StartEngineUpgradeJob { .. } => crate::ClusterVersion(2),
+            Request::SetSetting { key, .. }
+                if crate::Settings::canonical_key(key).is_some_and(crate::SettingsV11::is_new) =>
+            {
+                crate::ClusterVersion(2)
+            }
+            _ => crate::ClusterVersion::FIRST,
+        }
+    }
+}
+
 impl Command {
     pub fn new(at: Timestamp, proposer: impl Into<String>, request: Request) -> Self {
         Self {
@@ -361,6 +384,13 @@ pub enum Request {
     FinishRecurringJobVolume {
         name: String,
         volume: String,
+    },
+    /// Raises the cluster version to `version` (see [`crate::ClusterVersion`]): proposed by
+    /// the leader once every manager runs a build that supports it. Raising to the version
+    /// the cluster runs changes nothing; lowering is refused. Builds before cluster versions
+    /// cannot decode this command, so it is never proposed while one of them is a member.
+    RaiseClusterVersion {
+        version: crate::ClusterVersion,
     },
     /// Moves volume `name`'s engine, then its replicas one at a time, to `image` (the
     /// absolute path of a shorthorn binary on every node) without detaching it.

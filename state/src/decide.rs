@@ -26,6 +26,10 @@ pub fn decide(state: &State, command: &Command) -> Result<Vec<Event>, Rejection>
 
 fn decide_request(state: &State, command: &Command) -> Result<Vec<Event>, Rejection> {
     let at = command.at;
+    crate::cluster_version::check(
+        command.request.cluster_version_required(),
+        state.cluster_version,
+    )?;
     match &command.request {
         Request::RegisterNode(spec) => register_node(state, spec, at),
         Request::UpdateNode {
@@ -433,6 +437,7 @@ fn decide_request(state: &State, command: &Command) -> Result<Vec<Event>, Reject
         Request::FireRecurringJob { name } => jobs::fire(state, name, at),
         Request::StepRecurringJob { name, volume } => jobs::step(state, name, volume, at),
         Request::FinishRecurringJobVolume { name, volume } => jobs::finish(state, name, volume, at),
+        Request::RaiseClusterVersion { version } => raise_cluster_version(state, *version),
         Request::UpgradeEngine { name, image } => upgrade::start(state, name, image, false, at),
         Request::ReportEngineUpgradeChecked { name, .. } => upgrade::checked(state, name, at),
         Request::ReportEngineUpgradeFailed { name, reason } => {
@@ -440,6 +445,29 @@ fn decide_request(state: &State, command: &Command) -> Result<Vec<Event>, Reject
         }
         Request::StartEngineUpgradeJob { image } => upgrade::start_job(state, image, at),
     }
+}
+
+/// Raises the cluster version; the same version again is a no-op (the leader may propose
+/// it twice), a lower one is refused. Whether the proposer's build and every member support
+/// `version` is checked before proposing (by the consensus layer): deciding it here would
+/// make the outcome depend on the build applying the entry.
+fn raise_cluster_version(
+    state: &State,
+    version: crate::ClusterVersion,
+) -> Result<Vec<Event>, Rejection> {
+    let current = state.cluster_version;
+    if version < current {
+        return Err(Rejection::conflict(format!(
+            "the cluster runs cluster version {current}; it cannot go back to {version}"
+        )));
+    }
+    if version == current {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Event::ClusterVersionRaised {
+        from: current,
+        to: version,
+    }])
 }
 
 /// The volume backup `name` is of; empty for an unknown backup (its report is refused).

@@ -317,6 +317,11 @@ pub enum Event {
         at: Timestamp,
         note: Option<String>,
     },
+    /// The cluster runs cluster version `to` from now on (see [`crate::ClusterVersion`]).
+    ClusterVersionRaised {
+        from: crate::ClusterVersion,
+        to: crate::ClusterVersion,
+    },
     /// An engine upgrade of the volume began: the new image is checked first.
     EngineUpgradeStarted {
         name: String,

@@ -14,6 +14,9 @@ fn restore_of<'a>(state: &'a mut State, volume: &str) -> Option<&'a mut Restore>
 /// of volumes short of replicas) in step.
 pub fn evolve(state: &mut State, event: &Event) {
     match event {
+        Event::ClusterVersionRaised { to, .. } => {
+            state.cluster_version = *to;
+        }
         Event::NodeRegistered { node } => {
             state.nodes.insert(node.id.clone(), node.clone());
         }

@@ -10,6 +10,7 @@
 
 mod auto_attach;
 mod backups;
+mod cluster_version;
 mod codec;
 mod command;
 mod copy;
@@ -29,7 +30,8 @@ mod snapshots;
 mod standby;
 mod upgrade;
 
-pub use codec::{DecodeError, FORMAT_VERSION};
+pub use cluster_version::{CLUSTER_VERSION, ClusterVersion, too_new as cluster_version_too_new};
+pub use codec::{DecodeError, FORMAT_VERSION, OLDEST_FORMAT_VERSION, format_version};
 pub use command::{Command, DataSource, DiskSpec, NodeSpec, Request, VolumeSpec};
 pub use decide::decide;
 pub use event::Event;
@@ -51,7 +53,7 @@ pub use model::{
 pub use name::{MIB, VOLUME_SIZE_ALIGNMENT, is_dns1123_label, is_dns1123_subdomain};
 pub use rejection::{Rejection, RejectionKind};
 pub use scheduler::Placement;
-pub use setting::{SETTING_KEYS, Settings};
+pub use setting::{SETTING_KEYS, Settings, SettingsV11};
 pub use upgrade::{EngineUpgrade, EngineUpgradeJob, IMAGE_MAX_LEN, UpgradePhase};
 
 /// Decide `command` against `state` and, when it is accepted, evolve `state` with every

@@ -95,6 +95,11 @@ pub struct State {
     /// them (every `backupstorePollInterval` seconds), by name.
     #[serde(default)]
     pub backup_volumes: BTreeMap<String, BackupVolume>,
+    /// The cluster version the group runs: which commands every manager can apply (see
+    /// [`crate::ClusterVersion`]). 1 in a state from before cluster versions.
+    /// New in state snapshot format 12.
+    #[serde(default)]
+    pub cluster_version: crate::ClusterVersion,
     /// The engine image of each volume not on its nodes' own binary.
     #[serde(default)]
     pub engine_images: BTreeMap<String, String>,

@@ -125,8 +125,26 @@ macro_rules! settings {
 
         /// The settings as state format 11 archived them.
         #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-        pub(crate) struct SettingsV11 {
+        pub struct SettingsV11 {
             $( pub $field: $ty, )*
+        }
+
+        impl SettingsV11 {
+            /// `settings` as format 11 holds them, if every setting added since is at its
+            /// default (else format 11 would lose it).
+            pub(crate) fn lossless(settings: &Settings) -> Option<SettingsV11> {
+                let defaults = Settings::default();
+                if $( settings.$nfield != defaults.$nfield || )* false {
+                    return None;
+                }
+                Some(SettingsV11 { $( $field: settings.$field.clone(), )* })
+            }
+
+            /// Whether `key` (canonical) is a setting format 11 does not know: builds of
+            /// that format refuse it, so it needs cluster version 2.
+            pub fn is_new(key: &str) -> bool {
+                [$($nkey),*].contains(&key)
+            }
         }
 
         impl From<SettingsV11> for Settings {
@@ -146,7 +164,7 @@ macro_rules! settings {
         /// Every cluster setting with its current value. Changed only by `SettingChanged` events.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize,
                  rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-        #[serde(rename_all = "camelCase")]
+        #[serde(rename_all = "camelCase", default)]
         pub struct Settings {
             $( $(#[doc = $doc])* pub $field: $ty, )*
         }

@@ -681,6 +681,38 @@ mod tests {
 
     const NEW: &str = "/opt/shorthorn/v2/shorthorn";
 
+    /// [`Cluster::with_attached_db`] at the cluster version engine upgrades need.
+    fn cluster() -> Cluster {
+        let mut c = Cluster::with_attached_db();
+        c.ok(Request::RaiseClusterVersion {
+            version: crate::CLUSTER_VERSION,
+        });
+        c
+    }
+
+    #[test]
+    fn upgrades_wait_for_the_cluster_version_that_has_them() {
+        let mut c = Cluster::with_attached_db();
+        let msg = c.rejected(
+            Request::UpgradeEngine {
+                name: "db".into(),
+                image: NEW.into(),
+            },
+            RejectionKind::Conflict,
+        );
+        assert!(msg.contains("this needs cluster version 2"), "{msg}");
+        let msg = c.rejected(
+            Request::SetSetting {
+                key: "concurrentAutomaticEngineUpgradePerNodeLimit".into(),
+                value: "1".into(),
+            },
+            RejectionKind::Conflict,
+        );
+        assert!(msg.contains("this needs cluster version 2"), "{msg}");
+        // The settings format 11 knows are set as before.
+        c.set("autoSalvage", "false");
+    }
+
     fn phase(c: &Cluster, name: &str) -> UpgradePhase {
         c.state.engine_upgrades[name].phase.clone()
     }
@@ -708,7 +740,7 @@ mod tests {
 
     #[test]
     fn an_attached_volume_moves_its_engine_then_one_replica_at_a_time() {
-        let mut c = Cluster::with_attached_db();
+        let mut c = cluster();
         let epoch = c.state.volumes["db"].epoch;
         c.ok(Request::UpgradeEngine {
             name: "db".into(),
@@ -757,7 +789,7 @@ mod tests {
 
     #[test]
     fn the_next_replica_waits_for_a_healthy_volume() {
-        let mut c = Cluster::with_attached_db();
+        let mut c = cluster();
         let ids: Vec<String> = c.replicas("db").into_iter().map(|r| r.id).collect();
         c.ok(Request::ReportReplicaFailed {
             id: ids[2].clone(),
@@ -786,7 +818,7 @@ mod tests {
 
     #[test]
     fn an_image_that_does_not_start_leaves_the_engine_alone() {
-        let mut c = Cluster::with_attached_db();
+        let mut c = cluster();
         let before = c.state.volumes["db"].clone();
         c.ok(Request::UpgradeEngine {
             name: "db".into(),
@@ -807,7 +839,7 @@ mod tests {
 
     #[test]
     fn an_engine_of_the_new_image_that_exits_brings_the_old_image_back() {
-        let mut c = Cluster::with_attached_db();
+        let mut c = cluster();
         c.ok(Request::UpgradeEngine {
             name: "db".into(),
             image: NEW.into(),
@@ -838,7 +870,7 @@ mod tests {
 
     #[test]
     fn a_detached_volume_takes_the_image_once_checked() {
-        let mut c = Cluster::with_attached_db();
+        let mut c = cluster();
         c.ok(Request::DetachVolume { name: "db".into() });
         let epoch = c.state.volumes["db"].epoch;
         c.ok(Request::ReportEngineStopped {
@@ -862,7 +894,7 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused() {
-        let mut c = Cluster::with_attached_db();
+        let mut c = cluster();
         let msg = c.rejected(
             Request::UpgradeEngine {
                 name: "db".into(),
@@ -902,7 +934,7 @@ mod tests {
 
     #[test]
     fn the_job_keeps_to_the_per_node_limit_and_stops_at_the_first_failure() {
-        let mut c = Cluster::with_attached_db();
+        let mut c = cluster();
         c.volume("web", 1, 3);
         c.attach("web", "n1");
         c.volume("logs", 1, 3);

@@ -363,6 +363,20 @@ impl DevCluster {
     /// SIGKILLs manager `n` alone (its replica and engine processes keep running) and starts
     /// it again with the same command line; returns once its API answers.
     pub fn restart_manager(&self, n: u16) {
+        self.restart_manager_as(n, "-KILL", Path::new(BIN), &[]);
+    }
+
+    /// Stops manager `n` alone with `signal` (`-KILL`, `-TERM`) and starts `bin` in its
+    /// place with the same command line plus `extra` arguments (a rolling upgrade replaces
+    /// a manager's binary so); returns once its API answers.
+    pub fn restart_manager_as(&self, n: u16, signal: &str, bin: &Path, extra: &[&str]) {
+        let args = self.stop_manager(n, signal);
+        self.start_manager_as(n, bin, &args, extra);
+    }
+
+    /// Stops manager `n` alone with `signal` and waits until it is gone (30 s at most);
+    /// returns its command line's arguments, to start it again with.
+    pub fn stop_manager(&self, n: u16, signal: &str) -> Vec<String> {
         let dir = self.dir().join(format!("m{n}"));
         let pid = std::fs::read_to_string(dir.join("pid")).expect("manager pid");
         let pid = pid.trim().to_string();
@@ -373,22 +387,33 @@ impl DevCluster {
             .skip(1)
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        let _ = Command::new("kill").args(["-9", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let _ = Command::new("kill").args([signal, &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Path::new(&format!("/proc/{pid}/stat")).exists()
             && std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .is_ok_and(|s| !s.contains(") Z "))
         {
-            assert!(Instant::now() < deadline, "manager {n} survived SIGKILL");
+            assert!(
+                Instant::now() < deadline,
+                "manager {n} survived kill {signal}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
+        args
+    }
+
+    /// Starts `bin` as manager `n` with `args` (from [`Self::stop_manager`]) plus `extra`;
+    /// returns once its API answers.
+    pub fn start_manager_as(&self, n: u16, bin: &Path, args: &[String], extra: &[&str]) {
+        let dir = self.dir().join(format!("m{n}"));
         let log = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(dir.join("manager.log"))
             .expect("log");
-        let child = Command::new(BIN)
-            .args(&args)
+        let child = Command::new(bin)
+            .args(args)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

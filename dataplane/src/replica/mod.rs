@@ -21,6 +21,9 @@ use crate::protocol::Status;
 use crate::volume::{BLOCK_SIZE, Epoch, valid_name};
 
 pub const VOLUME_META: &str = "volume.meta";
+/// The replica directory format this build writes and the newest it reads (`format` in
+/// `volume.meta`; a `volume.meta` without it is format 1). See `FORMAT.md`.
+pub const REPLICA_FORMAT: u32 = 1;
 pub const REVISION_COUNTER: &str = "revision.counter";
 /// Largest single buffer a zeroing or merge step writes at once.
 const STEP: u64 = 1 << 20;
@@ -28,6 +31,8 @@ const STEP: u64 = 1 << 20;
 /// `volume.meta`, as JSON: the truth about which layers form the chain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VolumeMeta {
+    /// The directory's format ([`REPLICA_FORMAT`] when written by this build).
+    #[serde(default = "first_format")]
     pub format: u32,
     pub size: u64,
     /// The volume this replica belongs to, set by the first accepted engine.
@@ -40,6 +45,18 @@ pub struct VolumeMeta {
     pub head_generation: u32,
     /// Snapshot names, oldest first.
     pub snapshots: Vec<String>,
+}
+
+fn first_format() -> u32 {
+    1
+}
+
+/// The `format` of a `volume.meta`, read before the rest: a newer format's fields may not
+/// parse as today's.
+#[derive(Deserialize)]
+struct FormatOnly {
+    #[serde(default = "first_format")]
+    format: u32,
 }
 
 /// A snapshot as listed to the engine.
@@ -72,6 +89,13 @@ pub enum ReplicaError {
     },
     #[error("{path} is corrupted: {reason}")]
     Corrupted { path: PathBuf, reason: String },
+    #[error(
+        "the replica directory {dir} has format {found}, written by a newer Shorthorn; this \
+         build (Shorthorn {this}) reads replica formats up to {REPLICA_FORMAT}: run a newer \
+         Shorthorn on it",
+        this = env!("CARGO_PKG_VERSION")
+    )]
+    NewerFormat { dir: PathBuf, found: u32 },
     #[error("replica in {dir} has size {actual}, not the {requested} asked for")]
     SizeMismatch {
         dir: PathBuf,
@@ -212,8 +236,24 @@ impl Replica {
     /// Opens the replica in `dir`, creating an empty one of `size` bytes if the directory
     /// holds none. Every layer is checked; the first bad one is named in the error.
     pub fn open(dir: &Path, size: Option<u64>) -> Result<Replica, ReplicaError> {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let meta_file = dir.join(VOLUME_META);
+        if meta_file.exists() {
+            // Before anything in the directory is touched: a newer build's is refused as is.
+            let text = std::fs::read(&meta_file).map_err(io_err(&meta_file))?;
+            let found = serde_json::from_slice::<FormatOnly>(&text)
+                .map_err(|e| ReplicaError::Corrupted {
+                    path: meta_file.clone(),
+                    reason: e.to_string(),
+                })?
+                .format;
+            if found > REPLICA_FORMAT {
+                return Err(ReplicaError::NewerFormat {
+                    dir: dir.to_owned(),
+                    found,
+                });
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let (meta, head, snapshots) = if meta_file.exists() {
             let text = std::fs::read(&meta_file).map_err(io_err(&meta_file))?;
             let meta: VolumeMeta =
@@ -221,7 +261,7 @@ impl Replica {
                     path: meta_file.clone(),
                     reason: e.to_string(),
                 })?;
-            if meta.format != 1 || !meta.size.is_multiple_of(BLOCK_SIZE) {
+            if meta.format == 0 || !meta.size.is_multiple_of(BLOCK_SIZE) {
                 return Err(ReplicaError::Corrupted {
                     path: meta_file,
                     reason: format!("format {} size {}", meta.format, meta.size),
@@ -276,7 +316,7 @@ impl Replica {
                 },
             )?;
             let meta = VolumeMeta {
-                format: 1,
+                format: REPLICA_FORMAT,
                 size,
                 volume: None,
                 epoch: 0,
@@ -893,6 +933,53 @@ mod tests {
         let mut b = vec![0u8; len];
         r.read(off, &mut b).unwrap();
         b
+    }
+
+    #[test]
+    fn a_replica_of_a_newer_format_is_refused_naming_both_versions_and_left_as_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(dir.path(), Some(1 << 20)).unwrap();
+        drop(r);
+        let meta_file = dir.path().join(VOLUME_META);
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
+        meta["format"] = 2.into();
+        meta["layers"] = "a field of format 2".into();
+        std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let listing = |dir: &Path| {
+            let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+                .collect();
+            files.sort();
+            files
+        };
+        let before = listing(dir.path());
+        let err = Replica::open(dir.path(), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the replica directory {} has format 2, written by a newer Shorthorn; this build \
+                 (Shorthorn {}) reads replica formats up to 1: run a newer Shorthorn on it",
+                dir.path().display(),
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        assert_eq!(listing(dir.path()), before);
+    }
+
+    #[test]
+    fn a_volume_meta_without_a_format_is_format_1() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Replica::open(dir.path(), Some(1 << 20)).unwrap());
+        let meta_file = dir.path().join(VOLUME_META);
+        let mut meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&meta_file).unwrap()).unwrap();
+        meta.as_object_mut().unwrap().remove("format");
+        std::fs::write(&meta_file, serde_json::to_vec(&meta).unwrap()).unwrap();
+        let r = Replica::open(dir.path(), None).unwrap();
+        assert_eq!(r.meta.format, 1);
     }
 
     #[test]
