@@ -4,7 +4,8 @@
 //!
 //! A flush (or a FUA write) does not hold up the requests behind it: its fsync runs on the
 //! blocking pool while the connection goes on, and its reply is sent when the fsync is
-//! done. Flushes that arrive while an fsync is running share the next one (group commit).
+//! done; a flush with nothing behind it (queue depth 1) fsyncs on the data path thread.
+//! Flushes that arrive while an fsync is running share the next one (group commit).
 //! A connection that has written `SYNC_WINDOW` bytes while an fsync runs waits for it,
 //! so a steady stream of writes cannot keep growing the dirty data every flush must write.
 //!
@@ -36,6 +37,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BUFFER: usize = 256 << 10;
 /// Bytes a connection writes while one of its fsyncs is running before it waits for it.
 const SYNC_WINDOW: u64 = 4 << 20;
+/// Bytes of reads a connection has waiting for the disk before it takes no more requests:
+/// each holds its own buffer until answered, and the replica must stay within 24 MiB.
+const READ_WINDOW: u64 = 4 << 20;
 
 /// A replica being served: the store, the newest accepted epoch (mirrored for a cheap
 /// per-request check) and the token engines must present, if any.
@@ -72,6 +76,8 @@ type Deferred = Pin<Box<dyn Future<Output = Done> + Send>>;
 struct Done {
     id: u64,
     sync: bool,
+    /// The length of a read (its buffer), 0 after an fsync.
+    read: u64,
     result: Result<Vec<u8>, ReplicaError>,
 }
 
@@ -178,10 +184,13 @@ impl ReplicaServer {
         // writes they overlap never grow the next fsync without bound.
         let mut syncs = 0usize;
         let mut written_during_sync = 0u64;
+        // Bytes of reads waiting for the disk; past READ_WINDOW the connection waits too.
+        let mut reading = 0u64;
         loop {
             let mut replied = false;
             loop {
-                let throttled = syncs > 0 && written_during_sync > SYNC_WINDOW;
+                let throttled =
+                    (syncs > 0 && written_during_sync > SYNC_WINDOW) || reading > READ_WINDOW;
                 if throttled || input.len() < REQUEST_HEADER_LEN {
                     break;
                 }
@@ -203,7 +212,10 @@ impl ReplicaServer {
                 let executed = if read_only && !reads_snapshots_only(h.op) {
                     Outcome::Now(Err(ReplicaError::ReadOnly(h.op)))
                 } else {
-                    self.execute(&h, body, &mut out)
+                    // Alone: nothing else of this connection is waiting to be executed
+                    // or answered, so a flush may fsync right here (see `sync`).
+                    let alone = input.len() == frame && deferred.is_empty();
+                    self.execute(&h, body, alone, &mut out)
                 };
                 match executed {
                     Outcome::Now(result) => {
@@ -212,7 +224,9 @@ impl ReplicaServer {
                         replied = true;
                     }
                     Outcome::Later(d) => {
-                        if matches!(h.op, Op::Flush | Op::Write | Op::WriteZeroes | Op::Trim) {
+                        if matches!(h.op, Op::Read | Op::ReadSnapshot) {
+                            reading += h.length as u64;
+                        } else {
                             syncs += 1;
                         }
                         deferred.push(d);
@@ -238,6 +252,7 @@ impl ReplicaServer {
                         let (status, payload) = done.reply();
                         reply(&mut w, status, done.id, payload).await?;
                         syncs -= usize::from(done.sync);
+                        reading -= done.read;
                         next = futures::FutureExt::now_or_never(deferred.next()).flatten();
                     }
                     w.flush().await?;
@@ -245,7 +260,7 @@ impl ReplicaServer {
                         written_during_sync = 0;
                     }
                 }
-                read = r.read_buf(&mut input), if syncs == 0 || written_during_sync <= SYNC_WINDOW => {
+                read = r.read_buf(&mut input), if (syncs == 0 || written_during_sync <= SYNC_WINDOW) && reading <= READ_WINDOW => {
                     if read? == 0 {
                         if input.is_empty() {
                             return Ok(());
@@ -302,7 +317,13 @@ impl ReplicaServer {
 
     /// Runs one request. A reply now carries the first returned-length bytes of `out`; a
     /// flush, or a FUA write once written, replies after its fsync.
-    fn execute(self: &Arc<Self>, h: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
+    fn execute(
+        self: &Arc<Self>,
+        h: &RequestHeader,
+        payload: &[u8],
+        alone: bool,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         let fua = h.flags & FLAG_FUA != 0;
         let written = match h.op {
             Op::Read | Op::ReadSnapshot => return self.read(h, payload, out),
@@ -312,7 +333,7 @@ impl ReplicaServer {
             _ => return Outcome::Now(self.execute_other(h, payload, out)),
         };
         match written {
-            Ok(()) if fua || h.op == Op::Flush => Outcome::Later(self.sync(h.id)),
+            Ok(()) if fua || h.op == Op::Flush => Outcome::Later(self.sync(h.id, alone)),
             Ok(()) => Outcome::Now(Ok(0)),
             Err(e) => Outcome::Now(Err(e)),
         }
@@ -423,6 +444,7 @@ impl ReplicaServer {
             Done {
                 id,
                 sync: false,
+                read: len as u64,
                 result,
             }
         }))
@@ -430,8 +452,11 @@ impl ReplicaServer {
 
     /// Queues an fsync of the head as it is now (every write executed so far is in it)
     /// and returns the reply to send once it is durable. The fsync runs outside the store
-    /// lock and the connection, so reads and writes go on meanwhile.
-    fn sync(self: &Arc<Self>, id: u64) -> Deferred {
+    /// lock and the connection, so reads and writes go on meanwhile; except when the
+    /// request is `alone` (its connection has nothing else to execute or answer) and no
+    /// fsync is running: then it runs here, saving the two thread hand-offs that cost more
+    /// than the fsync at queue depth 1 (a write+flush loop).
+    fn sync(self: &Arc<Self>, id: u64, alone: bool) -> Deferred {
         let (file, revision) = self.store().flush_target();
         let (done, rx) = oneshot::channel();
         let start = {
@@ -443,7 +468,9 @@ impl ReplicaServer {
             });
             !std::mem::replace(&mut q.running, true)
         };
-        if start {
+        if start && alone {
+            self.run_syncs();
+        } else if start {
             let me = self.clone();
             tokio::task::spawn_blocking(move || me.run_syncs());
         }
@@ -461,6 +488,7 @@ impl ReplicaServer {
             Done {
                 id,
                 sync: true,
+                read: 0,
                 result,
             }
         })
