@@ -10,7 +10,9 @@
 //! caller's runtime; they only send requests through channels, which work across runtimes.
 //!
 //! It must never run blocking work other than the short file I/O of the replica store:
-//! fsync goes to the blocking pool.
+//! reads that wait for the disk go to the replica's reader threads and fsync to the
+//! blocking pool, except the fsync of a flush its connection sent alone
+//! (`replica::server`).
 
 use std::sync::OnceLock;
 

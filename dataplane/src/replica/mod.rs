@@ -3,6 +3,7 @@
 //! counter (layout in `FORMAT.md`). It owns every byte of the replica's data and the
 //! snapshot operations on it. It never talks to the network; `server` does that.
 
+pub mod reader;
 pub mod server;
 
 use std::fs::{File, OpenOptions};
@@ -19,6 +20,7 @@ use crate::layer::{
 };
 use crate::protocol::Status;
 use crate::volume::{BLOCK_SIZE, Epoch, valid_name};
+use reader::ReadPlan;
 
 pub const VOLUME_META: &str = "volume.meta";
 /// The replica directory format this build writes and the newest it reads (`format` in
@@ -190,6 +192,40 @@ impl View<'_> {
     fn any(&self, start: u64, end: u64) -> bool {
         self.head.is_some_and(|h| h.blocks.any(start, end))
             || self.lower.iter().any(|l| l.blocks.any(start, end))
+    }
+
+    /// Where each byte of `[offset, offset+len)` (already range-checked) comes from: one
+    /// layer file for the whole range when no older layer holds any of it, else runs of
+    /// blocks from the newest layer holding each (none: zeros).
+    fn plan(&self, offset: u64, len: usize) -> ReadPlan {
+        let end = offset + len as u64;
+        if let Some(head) = self.head
+            && !self
+                .lower
+                .iter()
+                .any(|l| l.blocks.any(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE)))
+        {
+            return ReadPlan::One(head.file.clone());
+        }
+        let same = |a: Option<&Layer>, b: Option<&Layer>| match (a, b) {
+            (Some(a), Some(b)) => std::ptr::eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut runs = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let block = pos / BLOCK_SIZE;
+            let src = self.source_of(block);
+            let mut next = block + 1;
+            while next * BLOCK_SIZE < end && same(self.source_of(next), src) {
+                next += 1;
+            }
+            let run_end = (next * BLOCK_SIZE).min(end);
+            runs.push((src.map(|l| l.file.clone()), (run_end - pos) as usize));
+            pos = run_end;
+        }
+        ReadPlan::Runs(runs)
     }
 
     /// Reads `buf.len()` bytes at `offset` (already range-checked); blocks no layer holds
@@ -471,6 +507,24 @@ impl Replica {
     ) -> Result<(), ReplicaError> {
         self.check_range(offset, buf.len() as u64)?;
         self.view_at(name)?.read(offset, buf)
+    }
+
+    /// Where the bytes of a read of `len` bytes at `offset` come from, now or (with `at`)
+    /// as of snapshot `at`: the read itself runs without the store (see `reader`). The
+    /// plan stays right until the next write, snapshot or revert; a write that lands
+    /// meanwhile may or may not be seen, as with any two overlapping requests in flight.
+    pub fn read_plan(
+        &self,
+        at: Option<&str>,
+        offset: u64,
+        len: usize,
+    ) -> Result<ReadPlan, ReplicaError> {
+        self.check_range(offset, len as u64)?;
+        let view = match at {
+            Some(name) => self.view_at(name)?,
+            None => self.view(),
+        };
+        Ok(view.plan(offset, len))
     }
 
     /// Writes `data` at `offset` into the head. A partial block that only a lower layer

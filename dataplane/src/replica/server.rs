@@ -4,9 +4,14 @@
 //!
 //! A flush (or a FUA write) does not hold up the requests behind it: its fsync runs on the
 //! blocking pool while the connection goes on, and its reply is sent when the fsync is
-//! done. Flushes that arrive while an fsync is running share the next one (group commit).
+//! done; a flush with nothing behind it (queue depth 1) fsyncs on the data path thread.
+//! Flushes that arrive while an fsync is running share the next one (group commit).
 //! A connection that has written `SYNC_WINDOW` bytes while an fsync runs waits for it,
 //! so a steady stream of writes cannot keep growing the dirty data every flush must write.
+//!
+//! A read the page cache holds is answered at once; one that must wait for the disk runs
+//! on a reader thread (`reader`) and is answered when it is done, while the requests
+//! behind it go on, so the disk sees the client's queue depth.
 
 use std::fs::File;
 use std::future::Future;
@@ -20,7 +25,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::oneshot;
 
-use super::{Replica, ReplicaError};
+use super::{Replica, ReplicaError, reader};
 use crate::address::{Listener, Stream};
 use crate::protocol::{
     FLAG_FUA, FrameError, Hello, MAX_PAYLOAD, Op, REQUEST_HEADER_LEN, ReplyHeader, RequestHeader,
@@ -32,6 +37,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BUFFER: usize = 256 << 10;
 /// Bytes a connection writes while one of its fsyncs is running before it waits for it.
 const SYNC_WINDOW: u64 = 4 << 20;
+/// Bytes of reads a connection has waiting for the disk before it takes no more requests:
+/// each holds its own buffer until answered, and the replica must stay within 24 MiB.
+const READ_WINDOW: u64 = 4 << 20;
 
 /// A replica being served: the store, the newest accepted epoch (mirrored for a cheap
 /// per-request check) and the token engines must present, if any.
@@ -40,6 +48,8 @@ pub struct ReplicaServer {
     newest_epoch: AtomicU64,
     token: Option<String>,
     syncs: Mutex<SyncQueue>,
+    /// The replica's directory, named in the errors of deferred requests.
+    dir: std::path::PathBuf,
 }
 
 /// Flushes waiting for an fsync of the head. `running` is true while a blocking task
@@ -58,13 +68,38 @@ struct SyncWaiter {
     done: oneshot::Sender<Result<(), String>>,
 }
 
-/// A reply that waits for an fsync: the request id and the outcome of the fsync.
-type Deferred = Pin<Box<dyn Future<Output = (u64, Result<(), ReplicaError>)> + Send>>;
+/// A reply that waits for an fsync or for a read from the disk.
+type Deferred = Pin<Box<dyn Future<Output = Done> + Send>>;
 
-/// What executing a request gave: a reply now (payload in `out`), or one after an fsync.
+/// A deferred request done: its id, whether it waited for an fsync, and its outcome (the
+/// reply payload: the data of a read, empty after an fsync).
+struct Done {
+    id: u64,
+    sync: bool,
+    /// The length of a read (its buffer), 0 after an fsync.
+    read: u64,
+    result: Result<Vec<u8>, ReplicaError>,
+}
+
+impl Done {
+    /// The reply's status and payload; a failure is logged.
+    fn reply(&self) -> (Status, &[u8]) {
+        match &self.result {
+            Ok(payload) => (Status::Ok, payload),
+            Err(e) => {
+                let what = if self.sync { "fsync" } else { "read" };
+                tracing::error!(error = %e, "replica {what} failed");
+                (e.status(), &[])
+            }
+        }
+    }
+}
+
+/// What executing a request gave: a reply now (payload in `out`), or one later (after an
+/// fsync, or a read that waited for the disk).
 enum Outcome {
     Now(Result<usize, ReplicaError>),
-    AfterSync(Deferred),
+    Later(Deferred),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +117,9 @@ enum ConnError {
 impl ReplicaServer {
     pub fn new(replica: Replica, token: Option<String>) -> Arc<Self> {
         let epoch = replica.epoch().0;
+        let dir = replica.dir().to_owned();
         Arc::new(ReplicaServer {
+            dir,
             replica: Mutex::new(replica),
             newest_epoch: AtomicU64::new(epoch),
             token,
@@ -142,14 +179,18 @@ impl ReplicaServer {
         let mut input = BytesMut::with_capacity(BUFFER);
         let mut out = Vec::new();
         let mut deferred: FuturesUnordered<Deferred> = FuturesUnordered::new();
-        // Bytes written since the oldest fsync still awaited was queued; past
-        // SYNC_WINDOW the connection stops taking requests until it is done, so the
-        // writes it overlaps never grow the next fsync without bound.
+        // Fsyncs awaited, and the bytes written since the oldest of them was queued; past
+        // SYNC_WINDOW the connection stops taking requests until they are done, so the
+        // writes they overlap never grow the next fsync without bound.
+        let mut syncs = 0usize;
         let mut written_during_sync = 0u64;
+        // Bytes of reads waiting for the disk; past READ_WINDOW the connection waits too.
+        let mut reading = 0u64;
         loop {
             let mut replied = false;
             loop {
-                let throttled = !deferred.is_empty() && written_during_sync > SYNC_WINDOW;
+                let throttled =
+                    (syncs > 0 && written_during_sync > SYNC_WINDOW) || reading > READ_WINDOW;
                 if throttled || input.len() < REQUEST_HEADER_LEN {
                     break;
                 }
@@ -171,7 +212,10 @@ impl ReplicaServer {
                 let executed = if read_only && !reads_snapshots_only(h.op) {
                     Outcome::Now(Err(ReplicaError::ReadOnly(h.op)))
                 } else {
-                    self.execute(&h, body, &mut out)
+                    // Alone: nothing else of this connection is waiting to be executed
+                    // or answered, so a flush may fsync right here (see `sync`).
+                    let alone = input.len() == frame && deferred.is_empty();
+                    self.execute(&h, body, alone, &mut out)
                 };
                 match executed {
                     Outcome::Now(result) => {
@@ -179,9 +223,16 @@ impl ReplicaServer {
                         reply(&mut w, status, h.id, &out[..len]).await?;
                         replied = true;
                     }
-                    Outcome::AfterSync(d) => deferred.push(d),
+                    Outcome::Later(d) => {
+                        if matches!(h.op, Op::Read | Op::ReadSnapshot) {
+                            reading += h.length as u64;
+                        } else {
+                            syncs += 1;
+                        }
+                        deferred.push(d);
+                    }
                 }
-                if !deferred.is_empty() && matches!(h.op, Op::Write | Op::WriteZeroes) {
+                if syncs > 0 && matches!(h.op, Op::Write | Op::WriteZeroes) {
                     written_during_sync += h.length.max(h.payload_len) as u64;
                 }
                 input.advance(frame);
@@ -194,21 +245,22 @@ impl ReplicaServer {
             }
             tokio::select! {
                 biased;
-                Some((id, result)) = deferred.next(), if !deferred.is_empty() => {
-                    let status = match result {
-                        Ok(()) => Status::Ok,
-                        Err(e) => {
-                            tracing::error!(error = %e, "replica fsync failed");
-                            e.status()
-                        }
-                    };
-                    reply(&mut w, status, id, &[]).await?;
+                Some(done) = deferred.next(), if !deferred.is_empty() => {
+                    // Every other deferred reply ready now goes out in the same write.
+                    let mut next = Some(done);
+                    while let Some(done) = next {
+                        let (status, payload) = done.reply();
+                        reply(&mut w, status, done.id, payload).await?;
+                        syncs -= usize::from(done.sync);
+                        reading -= done.read;
+                        next = futures::FutureExt::now_or_never(deferred.next()).flatten();
+                    }
                     w.flush().await?;
-                    if deferred.is_empty() {
+                    if syncs == 0 {
                         written_during_sync = 0;
                     }
                 }
-                read = r.read_buf(&mut input), if deferred.is_empty() || written_during_sync <= SYNC_WINDOW => {
+                read = r.read_buf(&mut input), if (syncs == 0 || written_during_sync <= SYNC_WINDOW) && reading <= READ_WINDOW => {
                     if read? == 0 {
                         if input.is_empty() {
                             return Ok(());
@@ -265,16 +317,23 @@ impl ReplicaServer {
 
     /// Runs one request. A reply now carries the first returned-length bytes of `out`; a
     /// flush, or a FUA write once written, replies after its fsync.
-    fn execute(self: &Arc<Self>, h: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
+    fn execute(
+        self: &Arc<Self>,
+        h: &RequestHeader,
+        payload: &[u8],
+        alone: bool,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         let fua = h.flags & FLAG_FUA != 0;
         let written = match h.op {
+            Op::Read | Op::ReadSnapshot => return self.read(h, payload, out),
             Op::Write => self.store().write(h.offset, payload),
             Op::Trim | Op::WriteZeroes => self.store().zero(h.offset, h.length as u64),
             Op::Flush => Ok(()),
             _ => return Outcome::Now(self.execute_other(h, payload, out)),
         };
         match written {
-            Ok(()) if fua || h.op == Op::Flush => Outcome::AfterSync(self.sync(h.id)),
+            Ok(()) if fua || h.op == Op::Flush => Outcome::Later(self.sync(h.id, alone)),
             Ok(()) => Outcome::Now(Ok(0)),
             Err(e) => Outcome::Now(Err(e)),
         }
@@ -286,23 +345,6 @@ impl ReplicaServer {
         payload: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<usize, ReplicaError> {
-        if h.op == Op::Read || h.op == Op::ReadSnapshot {
-            if h.length > MAX_PAYLOAD {
-                return Err(ReplicaError::OutOfRange {
-                    offset: h.offset,
-                    length: h.length as u64,
-                    size: 0,
-                });
-            }
-            let buf = grow(out, h.length as usize);
-            if h.op == Op::Read {
-                self.store().read(h.offset, buf)?;
-            } else {
-                self.store()
-                    .read_at_snapshot(&text(payload)?, h.offset, buf)?;
-            }
-            return Ok(buf.len());
-        }
         out.clear();
         match h.op {
             Op::Read
@@ -354,10 +396,67 @@ impl ReplicaServer {
         Ok(out.len())
     }
 
+    /// Runs a read (of the head's chain, or of a snapshot named in the payload): at once
+    /// into `out` when the page cache holds every byte, else on a reader thread.
+    fn read(&self, h: &RequestHeader, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
+        if h.length > MAX_PAYLOAD {
+            return Outcome::Now(Err(ReplicaError::OutOfRange {
+                offset: h.offset,
+                length: h.length as u64,
+                size: 0,
+            }));
+        }
+        let at = match h.op {
+            Op::ReadSnapshot => match text(payload) {
+                Ok(name) => Some(name),
+                Err(e) => return Outcome::Now(Err(e)),
+            },
+            _ => None,
+        };
+        let (offset, len) = (h.offset, h.length as usize);
+        let plan = match self.store().read_plan(at.as_deref(), offset, len) {
+            Ok(plan) => plan,
+            Err(e) => return Outcome::Now(Err(e)),
+        };
+        let io_err = |dir: &std::path::Path, source| ReplicaError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        match plan.read(offset, grow(out, len), true) {
+            Ok(true) => return Outcome::Now(Ok(len)),
+            Ok(false) => {}
+            Err(e) => return Outcome::Now(Err(io_err(&self.dir, e))),
+        }
+        // The buffer is allocated (and later freed) on this thread: a reader thread that
+        // allocated would get an allocator arena of its own, megabytes of RSS each.
+        let mut buf = vec![0u8; len];
+        let (tx, rx) = oneshot::channel();
+        reader::spawn(move || {
+            let _ = tx.send(plan.read(offset, &mut buf, false).map(|_| buf));
+        });
+        let (id, dir) = (h.id, self.dir.clone());
+        Outcome::Later(Box::pin(async move {
+            let result = match rx.await {
+                Ok(Ok(data)) => Ok(data),
+                Ok(Err(e)) => Err(io_err(&dir, e)),
+                Err(_) => Err(io_err(&dir, std::io::Error::other("the reader stopped"))),
+            };
+            Done {
+                id,
+                sync: false,
+                read: len as u64,
+                result,
+            }
+        }))
+    }
+
     /// Queues an fsync of the head as it is now (every write executed so far is in it)
     /// and returns the reply to send once it is durable. The fsync runs outside the store
-    /// lock and the connection, so reads and writes go on meanwhile.
-    fn sync(self: &Arc<Self>, id: u64) -> Deferred {
+    /// lock and the connection, so reads and writes go on meanwhile; except when the
+    /// request is `alone` (its connection has nothing else to execute or answer) and no
+    /// fsync is running: then it runs here, saving the two thread hand-offs that cost more
+    /// than the fsync at queue depth 1 (a write+flush loop).
+    fn sync(self: &Arc<Self>, id: u64, alone: bool) -> Deferred {
         let (file, revision) = self.store().flush_target();
         let (done, rx) = oneshot::channel();
         let start = {
@@ -369,14 +468,16 @@ impl ReplicaServer {
             });
             !std::mem::replace(&mut q.running, true)
         };
-        if start {
+        if start && alone {
+            self.run_syncs();
+        } else if start {
             let me = self.clone();
             tokio::task::spawn_blocking(move || me.run_syncs());
         }
-        let dir = self.store().dir().to_owned();
+        let dir = self.dir.clone();
         Box::pin(async move {
             let result = match rx.await {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(())) => Ok(Vec::new()),
                 Ok(Err(reason)) => Err(reason),
                 Err(_) => Err("the fsync task stopped".to_owned()),
             };
@@ -384,7 +485,12 @@ impl ReplicaServer {
                 path: dir,
                 source: std::io::Error::other(reason),
             });
-            (id, result)
+            Done {
+                id,
+                sync: true,
+                read: 0,
+                result,
+            }
         })
     }
 
