@@ -9,11 +9,10 @@
 //!
 //! Durability: sled makes writes durable only at [`Disk::flush`]. Callers flush before they
 //! acknowledge a log append, a vote, a truncation or a snapshot to openraft. On Linux
-//! sled 0.34 syncs with `sync_file_range`, not `fdatasync`: a flushed write survives a crash
-//! of the process (SIGKILL, panic, OOM kill), but it is not guaranteed to survive a power
-//! loss or a kernel crash, because the file's metadata and the device cache may not be
-//! flushed. Running the managers on different machines (or failure domains) is what
-//! protects acknowledged commands against power loss: a commit is on a majority of disks.
+//! sled 0.34 syncs with `sync_file_range`, which writes the pages back but neither the
+//! file's metadata nor the device's cache: enough for a crash of the process, not for a
+//! power loss or a kernel crash. So [`Disk::flush`] then `fdatasync`s sled's data file
+//! itself, as etcd does its WAL: a flushed write survives a power loss too.
 
 use std::path::Path;
 
@@ -39,6 +38,8 @@ impl From<sled::Error> for DiskError {
 #[derive(Clone)]
 pub struct Disk {
     db: sled::Db,
+    /// sled's data file, opened again to `fdatasync` it after sled's own flush.
+    file: std::sync::Arc<std::fs::File>,
     log: sled::Tree,
     meta: sled::Tree,
     events: sled::Tree,
@@ -72,7 +73,11 @@ impl Disk {
             .path(dir.join("raft.sled"))
             .cache_capacity(64 << 20)
             .open()?;
+        let path = dir.join("raft.sled").join("db");
+        let file = std::fs::File::open(&path)
+            .map_err(|err| DiskError(format!("opening {}: {err}", path.display())))?;
         Ok(Disk {
+            file: std::sync::Arc::new(file),
             log: db.open_tree("log")?,
             meta: db.open_tree("meta")?,
             events: db.open_tree("events")?,
@@ -83,6 +88,11 @@ impl Disk {
     /// Makes every write made so far durable (see the module docs for what that means).
     pub async fn flush(&self) -> Result<(), DiskError> {
         self.db.flush_async().await?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(|err| DiskError(format!("fdatasync of the data file: {err}")))?
+            .map_err(|err| DiskError(format!("fdatasync of the data file: {err}")))?;
         Ok(())
     }
 
