@@ -12,7 +12,7 @@
 mod testkit;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -85,30 +85,9 @@ fn attach_device(cluster: &DevCluster, name: &str) -> String {
     device
 }
 
-/// fio writing random 4k blocks through `device` with direct I/O and verifying each, paced
-/// to last about `secs` seconds.
+/// fio verifying what it writes through `device`, paced to last about `secs` seconds.
 fn start_fio(device: &str, log: &Path, secs: u64) -> Child {
-    let blocks = 24_576; // 96 MiB of 4k blocks
-    Command::new("fio")
-        .args([
-            "--name=verify",
-            &format!("--filename={device}"),
-            "--direct=1",
-            "--ioengine=libaio",
-            "--iodepth=16",
-            "--rw=randwrite",
-            "--bs=4k",
-            "--size=96M",
-            &format!("--rate_iops={}", blocks / secs),
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--do_verify=1",
-            "--verify_state_save=0",
-        ])
-        .stdout(std::fs::File::create(log).expect("fio log"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs fio")
+    testkit::fio_verify(device, log, 24_576 / secs)
 }
 
 fn fio_clean(fio: Child, log: &Path, what: &str) {

@@ -118,29 +118,10 @@ fn checksum(endpoint: &str, mib: u64, work: &Path, name: &str) -> String {
     sha256(&image)
 }
 
+/// fio verifying what it writes through `device`, paced to outlast the three replacements
+/// (about 50 s of writes).
 fn start_fio(device: &str, log: &Path) -> Child {
-    Command::new("fio")
-        .args([
-            "--name=verify",
-            &format!("--filename={device}"),
-            "--direct=1",
-            "--ioengine=libaio",
-            "--iodepth=16",
-            "--rw=randwrite",
-            "--bs=4k",
-            "--size=96M",
-            // Paced to outlast the three replacements (about 50 s of writes), then verified.
-            "--rate_iops=500",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--do_verify=1",
-            "--verify_state_save=0",
-            "--output-format=normal",
-        ])
-        .stdout(std::fs::File::create(log).expect("fio log"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs fio")
+    testkit::fio_verify(device, log, 500)
 }
 
 /// The last lines of manager `n`'s log, for failure messages.

@@ -409,6 +409,23 @@ pub(crate) fn rfc3339(at: Timestamp) -> String {
         .unwrap_or_default()
 }
 
+/// `IMAGE: PHASE` of an engine upgrade, as the Volume's status shows it.
+fn upgrade_text(upgrade: &shorthorn_state::EngineUpgrade) -> String {
+    use shorthorn_state::UpgradePhase;
+    let phase = match &upgrade.phase {
+        UpgradePhase::Checking => "checking".to_string(),
+        UpgradePhase::Engine { .. } => "engine".to_string(),
+        UpgradePhase::Replicas => "replicas".to_string(),
+        UpgradePhase::Replica { id, .. } => format!("replica {id}"),
+        UpgradePhase::Done => "done".to_string(),
+        UpgradePhase::Failed => format!(
+            "failed: {}",
+            upgrade.error.as_deref().unwrap_or("unknown reason")
+        ),
+    };
+    format!("{}: {phase}", upgrade.image)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -460,21 +477,4 @@ pub(crate) mod tests {
         assert!(p.contains_key(&(Kind::BackupTarget, "default".to_string())));
         assert!(!p.keys().any(|(k, _)| *k == Kind::Engine));
     }
-}
-
-/// `IMAGE: PHASE` of an engine upgrade, as the Volume's status shows it.
-fn upgrade_text(upgrade: &shorthorn_state::EngineUpgrade) -> String {
-    use shorthorn_state::UpgradePhase;
-    let phase = match &upgrade.phase {
-        UpgradePhase::Checking => "checking".to_string(),
-        UpgradePhase::Engine { .. } => "engine".to_string(),
-        UpgradePhase::Replicas => "replicas".to_string(),
-        UpgradePhase::Replica { id, .. } => format!("replica {id}"),
-        UpgradePhase::Done => "done".to_string(),
-        UpgradePhase::Failed => format!(
-            "failed: {}",
-            upgrade.error.as_deref().unwrap_or("unknown reason")
-        ),
-    };
-    format!("{}: {phase}", upgrade.image)
 }

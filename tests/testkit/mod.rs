@@ -627,6 +627,33 @@ pub fn text_of(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_string()
 }
 
+/// fio writing 96 MiB of random 4k blocks through `device` with direct I/O at `iops`
+/// (paced, so that it lasts 24,576 / `iops` seconds whatever the device's speed), then
+/// verifying every block (crc32c); its report goes to `log`.
+pub fn fio_verify(device: &str, log: &Path, iops: u64) -> Child {
+    Command::new("fio")
+        .args([
+            "--name=verify",
+            &format!("--filename={device}"),
+            "--direct=1",
+            "--ioengine=libaio",
+            "--iodepth=16",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--size=96M",
+            &format!("--rate_iops={iops}"),
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--verify_state_save=0",
+            "--output-format=normal",
+        ])
+        .stdout(std::fs::File::create(log).expect("fio log"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs fio")
+}
+
 /// Runs `program`, which must succeed; returns its stdout.
 pub fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
