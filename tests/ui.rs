@@ -242,6 +242,30 @@ fn browser_tools() -> Result<(PathBuf, PathBuf, PathBuf), String> {
     Ok((chromium, node, playwright))
 }
 
+/// The node script, stopped when the test ends early (a panic while it runs): SIGTERM,
+/// which playwright answers by closing the browser it launched (in a process group of its
+/// own, so killing node alone would leave headless Chromium behind), then SIGKILL.
+struct Script(std::process::Child);
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn the_console_in_chromium_manages_a_dev_cluster() {
     // Sign in (a wrong token first: the API's refusal shown), create and attach a volume
@@ -285,6 +309,7 @@ fn the_console_in_chromium_manages_a_dev_cluster() {
         .expect("starts node");
     let mut stdin = child.stdin.take().expect("stdin");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut child = Script(child);
     let mut said = Vec::new();
     for line in stdout.lines() {
         let line = line.expect("a line from the script");
@@ -315,7 +340,7 @@ fn the_console_in_chromium_manages_a_dev_cluster() {
         }
         said.push(line);
     }
-    let status = child.wait().expect("node exits");
+    let status = child.0.wait().expect("node exits");
     println!(
         "screenshots in {} ({:.0} s in all)",
         shots.display(),
