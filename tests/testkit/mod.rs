@@ -434,8 +434,24 @@ impl DevCluster {
                 let log = std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 let alive = Path::new(&format!("/proc/{}", pid_of_new)).exists();
+                // Where a live one is stuck: every thread's stack (gdb, when installed).
+                let stacks = if alive {
+                    Command::new("gdb")
+                        .args([
+                            "-p",
+                            &pid_of_new.to_string(),
+                            "-batch",
+                            "-ex",
+                            "thread apply all bt 30",
+                        ])
+                        .output()
+                        .map(|o| text(&o.stdout))
+                        .unwrap_or_else(|e| format!("(no gdb: {e})"))
+                } else {
+                    String::new()
+                };
                 panic!(
-                    "manager {n} did not come back (process alive: {alive}); its log ends:\n{}",
+                    "manager {n} did not come back (process alive: {alive}); its log ends:\n{}\n{stacks}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
