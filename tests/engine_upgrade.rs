@@ -28,12 +28,7 @@ fn up() -> DevCluster {
     let cluster = DevCluster::up();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let version: Value = ureq::get(&format!("{}/v1/version", cluster.api()))
-            .set("Authorization", &format!("Bearer {}", cluster.token()))
-            .call()
-            .expect("GET /v1/version")
-            .into_json()
-            .expect("JSON");
+        let (_, version) = cluster.get_of(1, "/v1/version");
         if version["clusterVersion"] == 2 {
             return cluster;
         }

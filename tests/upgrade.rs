@@ -30,39 +30,12 @@ fn previous_binary() -> PathBuf {
 
 /// GET `path` on manager `n`; (status, JSON body or null).
 fn get(cluster: &DevCluster, n: u16, path: &str) -> (u16, Value) {
-    let result = ureq::get(&format!("{}{path}", cluster.api_of(n)))
-        .set("Authorization", &format!("Bearer {}", cluster.token()))
-        .timeout(Duration::from_secs(30))
-        .call();
-    match result {
-        Ok(response) => (
-            response.status(),
-            response.into_json().unwrap_or(Value::Null),
-        ),
-        Err(ureq::Error::Status(status, response)) => {
-            (status, response.into_json().unwrap_or(Value::Null))
-        }
-        Err(err) => panic!("GET {path} on manager {n}: {err}"),
-    }
+    cluster.get_of(n, path)
 }
 
 /// POST `body` to `path` on manager `n`; (status, JSON body or null).
 fn post(cluster: &DevCluster, n: u16, path: &str, body: &str) -> (u16, Value) {
-    let result = ureq::post(&format!("{}{path}", cluster.api_of(n)))
-        .set("Authorization", &format!("Bearer {}", cluster.token()))
-        .set("Content-Type", "application/json")
-        .timeout(Duration::from_secs(60))
-        .send_string(body);
-    match result {
-        Ok(response) => (
-            response.status(),
-            response.into_json().unwrap_or(Value::Null),
-        ),
-        Err(ureq::Error::Status(status, response)) => {
-            (status, response.into_json().unwrap_or(Value::Null))
-        }
-        Err(err) => panic!("POST {path} on manager {n}: {err}"),
-    }
+    cluster.post_of(n, path, body)
 }
 
 /// Waits (60 s at most) until every manager sees the same leader, three voters, and has

@@ -187,17 +187,7 @@ pub fn evolve(state: &mut State, event: &Event) {
                 attachment.error = Some(reason.clone());
             }
         }
-        Event::EngineRestarting { name, epoch } => {
-            if let Some(volume) = state.volumes.get_mut(name) {
-                // Same node, same device; the new engine reports its endpoint again.
-                volume.state = VolumeState::Attaching;
-                volume.epoch = volume.epoch.max(*epoch);
-                if let Some(attachment) = volume.attachment.as_mut() {
-                    attachment.epoch = *epoch;
-                    attachment.endpoint = None;
-                }
-            }
-        }
+        Event::EngineRestarting { name, epoch } => restart_engine(state, name, *epoch),
         Event::VolumeDetaching { name } => set_volume_state(state, name, VolumeState::Detaching),
         Event::VolumeDetached { name } => {
             if let Some(volume) = state.volumes.get_mut(name) {
@@ -550,6 +540,19 @@ fn set_snapshot_state(state: &mut State, volume: &str, name: &str, to: SnapshotS
         .and_then(|v| v.snapshots.get_mut(name))
     {
         snapshot.state = to;
+    }
+}
+
+/// A new engine for attached volume `name` at `epoch`: same node, same device; the new
+/// engine reports its endpoint again.
+pub(crate) fn restart_engine(state: &mut State, name: &str, epoch: crate::Epoch) {
+    if let Some(volume) = state.volumes.get_mut(name) {
+        volume.state = VolumeState::Attaching;
+        volume.epoch = volume.epoch.max(epoch);
+        if let Some(attachment) = volume.attachment.as_mut() {
+            attachment.epoch = epoch;
+            attachment.endpoint = None;
+        }
     }
 }
 

@@ -584,15 +584,7 @@ pub(crate) fn evolve(state: &mut State, event: &Event) {
             state
                 .engine_images
                 .insert(name.clone(), upgrade.image.clone());
-            if let Some(volume) = state.volumes.get_mut(name) {
-                // Same node, same device; the new engine reports its endpoint again.
-                volume.state = VolumeState::Attaching;
-                volume.epoch = volume.epoch.max(*epoch);
-                if let Some(attachment) = volume.attachment.as_mut() {
-                    attachment.epoch = *epoch;
-                    attachment.endpoint = None;
-                }
-            }
+            crate::evolve::restart_engine(state, name, *epoch);
         }
         Event::EngineUpgradeReplica { name, id } => {
             if let Some(upgrade) = state.engine_upgrades.get_mut(name) {

@@ -254,21 +254,26 @@ impl DevCluster {
 
     /// POSTs `body` to the API path on manager 1; returns (status, JSON body or null).
     pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let result = ureq::post(&format!("{}{path}", self.api()))
+        self.post_of(1, path, body)
+    }
+
+    /// POSTs `body` to the API path on manager `n`; returns (status, JSON body or null).
+    pub fn post_of(&self, n: u16, path: &str, body: &str) -> (u16, Value) {
+        let result = ureq::post(&format!("{}{path}", self.api_of(n)))
             .set("Authorization", &format!("Bearer {}", self.token()))
             .set("Content-Type", "application/json")
             .timeout(Duration::from_secs(120))
             .send_string(body);
-        match result {
-            Ok(response) => (
-                response.status(),
-                response.into_json().unwrap_or(Value::Null),
-            ),
-            Err(ureq::Error::Status(status, response)) => {
-                (status, response.into_json().unwrap_or(Value::Null))
-            }
-            Err(err) => panic!("POST {path}: {err}"),
-        }
+        answer(result, "POST", path, n)
+    }
+
+    /// GETs the API path on manager `n`; returns (status, JSON body or null).
+    pub fn get_of(&self, n: u16, path: &str) -> (u16, Value) {
+        let result = ureq::get(&format!("{}{path}", self.api_of(n)))
+            .set("Authorization", &format!("Bearer {}", self.token()))
+            .timeout(Duration::from_secs(30))
+            .call();
+        answer(result, "GET", path, n)
     }
 
     /// Reads manager 1's event stream from the start until `wanted` (event type, id) pairs
@@ -668,6 +673,25 @@ pub fn fio_verify(device: &str, log: &Path, iops: u64) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("runs fio")
+}
+
+/// (status, JSON body or null) of an API answer, refusals included.
+fn answer(
+    result: Result<ureq::Response, ureq::Error>,
+    method: &str,
+    path: &str,
+    n: u16,
+) -> (u16, Value) {
+    match result {
+        Ok(response) => (
+            response.status(),
+            response.into_json().unwrap_or(Value::Null),
+        ),
+        Err(ureq::Error::Status(status, response)) => {
+            (status, response.into_json().unwrap_or(Value::Null))
+        }
+        Err(err) => panic!("{method} {path} on manager {n}: {err}"),
+    }
 }
 
 /// Runs `program`, which must succeed; returns its stdout.

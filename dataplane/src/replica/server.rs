@@ -68,6 +68,13 @@ struct SyncWaiter {
     done: oneshot::Sender<Result<(), String>>,
 }
 
+/// Whether a connection takes no more requests until deferred replies are done: it wrote
+/// more than `SYNC_WINDOW` while fsyncs are awaited, or more than `READ_WINDOW` of its
+/// reads wait for the disk.
+fn throttled(syncs: usize, written_during_sync: u64, reading: u64) -> bool {
+    (syncs > 0 && written_during_sync > SYNC_WINDOW) || reading > READ_WINDOW
+}
+
 /// A reply that waits for an fsync or for a read from the disk.
 type Deferred = Pin<Box<dyn Future<Output = Done> + Send>>;
 
@@ -189,9 +196,9 @@ impl ReplicaServer {
         loop {
             let mut replied = false;
             loop {
-                let throttled =
-                    (syncs > 0 && written_during_sync > SYNC_WINDOW) || reading > READ_WINDOW;
-                if throttled || input.len() < REQUEST_HEADER_LEN {
+                if throttled(syncs, written_during_sync, reading)
+                    || input.len() < REQUEST_HEADER_LEN
+                {
                     break;
                 }
                 let mut hb = [0u8; REQUEST_HEADER_LEN];
@@ -260,7 +267,7 @@ impl ReplicaServer {
                         written_during_sync = 0;
                     }
                 }
-                read = r.read_buf(&mut input), if (syncs == 0 || written_during_sync <= SYNC_WINDOW) && reading <= READ_WINDOW => {
+                read = r.read_buf(&mut input), if !throttled(syncs, written_during_sync, reading) => {
                     if read? == 0 {
                         if input.is_empty() {
                             return Ok(());
