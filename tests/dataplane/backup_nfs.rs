@@ -286,3 +286,24 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A server that serves NFSv4 alone (no NFSv3, no MOUNT protocol) is refused at check time
+/// with what it lacks and what to do, both with the ports given and through the portmapper,
+/// instead of a bare RPC error.
+#[test]
+fn an_nfsv4_only_server_is_refused_naming_the_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nfs = NfsServer::start_v4_only(dir.path());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for url in [
+        nfs.url("backups"),
+        format!("nfs://127.0.0.1:{}:/backups", nfs.port),
+    ] {
+        let target = BackupTarget::parse(&url).expect("url");
+        let e = rt
+            .block_on(Store::check_target(&target, &Credentials::default()))
+            .expect_err("an NFSv4-only server");
+        eprintln!("{url}: {e}");
+        assert!(e.to_string().contains("NFSv3"), "{url}: {e}");
+    }
+}

@@ -44,6 +44,8 @@ pub struct NfsServer {
     conf: PathBuf,
     dir: PathBuf,
     bin: PathBuf,
+    /// Whether it serves NFSv3 and the MOUNT protocol (false: NFSv4 alone).
+    v3: bool,
     /// Held while a started-here rpcbind is kept for the server's life.
     portmapper: Option<(File, Option<Child>)>,
 }
@@ -122,15 +124,20 @@ fn stop(child: &mut Child) {
 impl NfsServer {
     /// ganesha over directories under `dir` (see [`EXPORTS`]); rpcbind only for its startup.
     pub fn start(dir: &Path) -> NfsServer {
-        Self::start_inner(dir, false)
+        Self::start_inner(dir, false, "3")
+    }
+
+    /// ganesha serving NFSv4 alone (no NFSv3, no MOUNT protocol), as many servers now do.
+    pub fn start_v4_only(dir: &Path) -> NfsServer {
+        Self::start_inner(dir, false, "4")
     }
 
     /// The same, with rpcbind kept running (and ganesha registered in it) until drop.
     pub fn start_with_portmapper(dir: &Path) -> NfsServer {
-        Self::start_inner(dir, true)
+        Self::start_inner(dir, true, "3")
     }
 
-    fn start_inner(dir: &Path, keep_portmapper: bool) -> NfsServer {
+    fn start_inner(dir: &Path, keep_portmapper: bool, protocols: &str) -> NfsServer {
         let bin = ganesha_binary();
         let root = dir.join("nfs-exports");
         let mut blocks = String::new();
@@ -142,7 +149,7 @@ impl NfsServer {
             blocks.push_str(&format!(
                 "EXPORT {{\n  Export_Id = {id};\n  Path = {path};\n  Pseudo = /{name};\n  \
                  Access_Type = {access};\n  Squash = {squash};\n  Anonymous_Uid = 65534;\n  \
-                 Anonymous_Gid = 65534;\n  SecType = {sec};\n  Protocols = 3;\n  \
+                 Anonymous_Gid = 65534;\n  SecType = {sec};\n  Protocols = {protocols};\n  \
                  Transports = TCP;\n  FSAL {{ Name = VFS; }}\n}}\n",
                 id = i + 1,
                 path = path.display(),
@@ -161,7 +168,7 @@ impl NfsServer {
             "NFS_CORE_PARAM {{\n  Bind_addr = 127.0.0.1;\n  NFS_Port = {port};\n  \
              MNT_Port = {mount_port};\n  NLM_Port = {nlm};\n  Rquota_Port = {rq};\n  \
              Enable_NLM = false;\n  Enable_RQUOTA = false;\n  Enable_UDP = false;\n  \
-             Protocols = 3;\n  mount_path_pseudo = true;\n}}\n\
+             Protocols = {protocols};\n  mount_path_pseudo = true;\n}}\n\
              NFSV4 {{\n  Graceless = true;\n  RecoveryBackend = fs;\n  RecoveryRoot = {rec};\n}}\n\
              LOG {{\n  Default_Log_Level = EVENT;\n}}\n{blocks}",
             nlm = free_port(),
@@ -179,6 +186,7 @@ impl NfsServer {
             conf,
             dir: dir.to_owned(),
             bin,
+            v3: protocols.contains('3'),
             portmapper: None,
         };
         s.spawn(lock, keep_portmapper);
@@ -211,7 +219,7 @@ impl NfsServer {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             if text.contains("NFS SERVER INITIALIZED")
                 && listening(self.port)
-                && listening(self.mount_port)
+                && (!self.v3 || listening(self.mount_port))
             {
                 break;
             }

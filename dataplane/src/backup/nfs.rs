@@ -42,6 +42,8 @@ type Client = Nfs3Client<TokioIo<TcpStream>>;
 
 /// The RPC port of the portmapper (rpcbind).
 pub const PORTMAPPER_PORT: u16 = 111;
+/// Where an NFSv4 server listens (RFC 7530: no portmapper), asked when no MOUNT is found.
+const NFS4_PORT: u16 = 2049;
 /// Temporary files of unfinished puts start with this; listings skip them.
 const TMP_PREFIX: &str = ".shorthorn-tmp.";
 /// A temporary file not modified for this long was left by a client that died mid-put
@@ -115,6 +117,12 @@ pub enum NfsError {
     Broken { op: &'static str, addr: String },
     #[error("{0}")]
     Protocol(String),
+    #[error(
+        "the NFS server at {addr} does not serve NFSv3 (it serves NFS versions {low} to {high}): \
+         Shorthorn's userspace NFS client speaks NFSv3 with the MOUNT protocol; enable NFSv3 on \
+         the server, or mount the export on every node and use a file:// target"
+    )]
+    NoNfsV3 { addr: String, low: u32, high: u32 },
 }
 
 /// What an NFS status means, in words.
@@ -808,6 +816,23 @@ async fn getport(
 }
 
 impl Inner {
+    /// Asks the NFS port for NFSv3's NULL procedure: Err naming the versions it serves
+    /// when it answers that v3 is not one of them; Ok when it serves v3 or cannot tell.
+    async fn refuse_without_v3(&self, addr: SocketAddr) -> Result<(), NfsError> {
+        let Ok(io) = connect(addr, self.cfg.connect_timeout).await else {
+            return Ok(());
+        };
+        let mut client = Nfs3Client::new(io);
+        match tokio::time::timeout(self.cfg.rpc_timeout, client.null()).await {
+            Ok(Err(RpcError::ProgMismatch { low, high })) => Err(NfsError::NoNfsV3 {
+                addr: addr.to_string(),
+                low,
+                high,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn addr_label(&self, port: u16) -> String {
         format!("{}:{port}", self.cfg.server)
     }
@@ -854,10 +879,12 @@ impl Inner {
         }
     }
 
-    /// Finds the ports (portmapper unless given), mounts the export and asks FSINFO.
-    async fn mount(&self) -> Result<Session, NfsError> {
+    /// The MOUNT and NFS ports (the portmapper's unless given) and a connection to MOUNT.
+    async fn mount_connection(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> Result<(TokioIo<TcpStream>, SocketAddr, u16), NfsError> {
         let cfg = &self.cfg;
-        let ip = self.resolve().await?;
         let (mount_port, nfs_port) = match (cfg.mount_port, cfg.port) {
             (Some(m), Some(n)) => (m, n),
             (m, n) => {
@@ -899,6 +926,22 @@ impl Inner {
 
         let mount_addr = SocketAddr::new(ip, mount_port);
         let io = connect(mount_addr, cfg.connect_timeout).await?;
+        Ok((io, mount_addr, nfs_port))
+    }
+
+    /// Finds the ports (portmapper unless given), mounts the export and asks FSINFO.
+    async fn mount(&self) -> Result<Session, NfsError> {
+        let cfg = &self.cfg;
+        let ip = self.resolve().await?;
+        let (io, mount_addr, nfs_port) = match self.mount_connection(ip).await {
+            Ok(found) => found,
+            Err(e) => {
+                // No MOUNT service found: a server of NFSv4 alone says so on its NFS port.
+                let port = cfg.port.unwrap_or(NFS4_PORT);
+                self.refuse_without_v3(SocketAddr::new(ip, port)).await?;
+                return Err(e);
+            }
+        };
         let mut mc =
             MountClient::new_with_auth(io, self.credential.clone(), opaque_auth::default());
         let (root, rest) = self.mnt(&mut mc, mount_addr).await?;

@@ -314,6 +314,9 @@ impl Store {
                 | NfsError::Timeout { .. }
                 | NfsError::Portmap { .. } => BackupError::Unreachable { target, reason },
                 NfsError::NoSuchExport { .. } => BackupError::NoSuchExport { target, reason },
+                NfsError::NoNfsV3 { .. } => {
+                    BackupError::Unsupported(format!("backup target {target}: {reason}"))
+                }
                 NfsError::PermissionDenied { .. } => {
                     BackupError::PermissionDenied { target, reason }
                 }
