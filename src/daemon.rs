@@ -97,7 +97,7 @@ pub async fn start(
             "the token file {} is empty",
             token_file.display()
         );
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = bind(listen)
             .await
             .with_context(|| format!("REST API listening on {listen}"))?;
         let metrics = Metrics::new(handle.clone(), &name, local.clone());
@@ -170,6 +170,33 @@ pub async fn start(
 
 /// The `key: value` pairs of a default-settings file, each checked (unknown keys and bad
 /// values stop the manager with the key named: a typo in values.yaml should not go unseen).
+/// How long a port still held by the process this one replaces is waited for.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Binds `addr`, waiting up to [`BIND_PATIENCE`] while it is in use: a manager started
+/// again at once after a crash can find its ports still held by the old process, whose
+/// threads are still exiting (or by a connection's socket the kernel has not let go yet).
+/// Any other error, or a port still taken after that, fails at once.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(%addr, "the address is in use; retrying for up to 30 s");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn read_default_settings(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the default settings {}", path.display()))?;

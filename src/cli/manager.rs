@@ -114,7 +114,7 @@ async fn serve(mut args: ManagerArgs) -> anyhow::Result<()> {
         Some(id) => id,
         None => kept_node_id(&args.data_dir)?,
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = crate::daemon::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let advertise = args

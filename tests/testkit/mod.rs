@@ -394,10 +394,7 @@ impl DevCluster {
             .collect();
         let _ = Command::new("kill").args([signal, &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Path::new(&format!("/proc/{pid}/stat")).exists()
-            && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "))
-        {
+        while running(&pid) {
             assert!(
                 Instant::now() < deadline,
                 "manager {n} survived kill {signal}"
@@ -438,7 +435,7 @@ impl DevCluster {
             if Instant::now() >= deadline {
                 let log = std::fs::read_to_string(dir.join("manager.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                let alive = Path::new(&format!("/proc/{}", pid_of_new)).exists();
+                let alive = running(&pid_of_new.to_string());
                 // Where a live one is stuck: every thread's stack (gdb, when installed).
                 let stacks = if alive {
                     Command::new("gdb")
@@ -591,13 +588,29 @@ pub fn write_random(endpoint: &str, mib: u64) -> Written {
     }
 }
 
+/// Whether process `pid` still runs: it exists and is not a zombie whose threads are all
+/// gone. A SIGKILLed process's first thread can be a zombie while the others still exit,
+/// holding its open files and sockets (its ports); a process this test started and never
+/// reaped stays a zombie after it exited.
+pub fn running(pid: &str) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    });
+    match zombie {
+        Err(_) => false,
+        Ok(false) => true,
+        Ok(true) => std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1),
+    }
+}
+
 /// A base such that base+1..base+15 are free on 127.0.0.1 now, and reserved for this test
 /// process. Chosen below the kernel's ephemeral range (32768 and up), where the agents of
 /// parallel tests take their ports, on a 16-port grid so ranges never overlap, and held by
 /// a file naming this process under the system temp directory: a range whose manager is
 /// down for a restart is not free for another test to take meanwhile (a port taken so
-/// made a restarted manager fail with "Address already in use"). A file whose process is
-/// gone is taken over.
+/// made a restarted manager fail with "Address already in use"). The hold is an flock, so
+/// a range whose process is gone is free again, and two processes never both take one.
 pub fn free_port_base() -> u16 {
     let reservations = std::env::temp_dir().join("shorthorn-test-ports");
     std::fs::create_dir_all(&reservations).expect("port reservation directory");
@@ -611,26 +624,29 @@ pub fn free_port_base() -> u16 {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(attempt * 1442695040888963407);
         let base = 20_000 + 16 * ((pick >> 33) % 750) as u16;
-        let file = reservations.join(base.to_string());
-        // Held (by this process too: its clusters never share a range).
-        let held = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|pid| pid.trim().parse::<u32>().ok())
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if held {
-            continue;
-        }
-        // Taken over from a process that is gone, or new: created exclusively, so two
-        // processes never both hold it.
-        let _ = std::fs::remove_file(&file);
-        let created = std::fs::OpenOptions::new()
+        // Held while its holder lives: an flock on the range's file, which the kernel lets
+        // go when the holder exits (however it exits). This process keeps it to its end.
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
             .write(true)
-            .create_new(true)
-            .open(&file)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, me.to_string().as_bytes()));
-        if created.is_err() {
+            .open(reservations.join(base.to_string()))
+        else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor this function owns.
+        let locked = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } == 0;
+        if !locked {
             continue;
         }
+        let _ = file.set_len(0);
+        let _ = std::io::Write::write_all(&mut &file, me.to_string().as_bytes());
+        std::mem::forget(file);
         if (1..=15).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
