@@ -266,3 +266,48 @@ async fn sigterm_stops_a_manager_cleanly_and_it_restarts_with_its_data() {
     let state = converge(&client, &members, Duration::from_secs(10)).await;
     assert!(state.volumes.contains_key("term-4"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_whose_port_is_still_held_waits_for_it_and_starts() {
+    // A manager started again while its Raft port is still held (as by the exiting threads
+    // of the process it replaces) waits, and serves once the port is let go; it does not
+    // quit with "Address already in use".
+    let root = tempfile::tempdir().expect("temporary directory");
+    let mut managers = start_group(root.path(), 1).await;
+    let client = client();
+    let all = addrs(&managers);
+    client
+        .propose(&all, create_volume("before"))
+        .await
+        .expect("commit");
+    managers[0].kill();
+    let held = std::net::TcpListener::bind(managers[0].addr.as_str()).expect("hold the port");
+    managers[0].restart(None);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        managers[0].wait_exit(Duration::from_millis(100)),
+        None,
+        "it quit while the port was held; log:\n{}",
+        managers[0].log_text()
+    );
+    assert!(
+        managers[0]
+            .log_text()
+            .contains("the address is in use; retrying"),
+        "log:\n{}",
+        managers[0].log_text()
+    );
+    drop(held);
+    let addr = managers[0].addr.clone();
+    wait_status(
+        &client,
+        &addr,
+        Duration::from_secs(20),
+        "leader again",
+        |s| s.role == "Leader",
+    )
+    .await;
+    let members: Vec<&Manager> = managers.iter().collect();
+    let state = converge(&client, &members, Duration::from_secs(10)).await;
+    assert!(state.volumes.contains_key("before"));
+}
